@@ -1,0 +1,51 @@
+# The few targets people type. `make demo` and `make test` work on a fresh machine with Python 3.11.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+
+.PHONY: install demo test unit-test nb-test lab lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+# The main job: execute the notebook series in order on the embedded toy-cars dataset, storing outputs
+# in place and refreshing assets/.
+demo: $(STAMP)
+	cd notebooks && for nb in $(notdir $(NOTEBOOKS)); do \
+		echo "== $$nb" && ../$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+			--ExecutePreprocessor.timeout=1800 "$$nb" || exit 1; \
+	done
+
+# Every test: unit tests, then the notebooks as nbval regression tests in fast mode.
+test: unit-test nb-test
+
+unit-test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+nb-test: $(STAMP)
+	@if [ -n "$(NOTEBOOKS)" ]; then \
+		cd notebooks && DDPM_FAST=1 TQDM_DISABLE=1 MPLBACKEND=Agg ../$(BIN)/python -m pytest -p no:cacheprovider \
+			--nbval-lax --nbval-sanitize-with sanitize.cfg --nbval-cell-timeout=900 $(notdir $(NOTEBOOKS)); \
+	else echo "no notebooks yet"; fi
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check ddpm_lib tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format ddpm_lib tests benchmarks && $(BIN)/ruff check --fix .
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench.py --json benchmarks/results.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache runs

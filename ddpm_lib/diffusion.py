@@ -1,0 +1,320 @@
+"""The Gaussian diffusion process: forward noising, posterior, loss and samplers (stages 2 and 5).
+
+The network is kept apart from the process: every method that needs it takes ``model`` as an
+argument, a callable ``model(x_t, t) -> eps_pred`` with ``x_t`` of shape ``(B, C, H, W)`` and ``t`` a
+LongTensor of shape ``(B,)``. Timestep convention: integer ``t`` in ``[0, T-1]``; index ``t`` is the
+paper's step ``t+1``. The sampler visits ``T-1, ..., 0`` and adds no noise at ``t = 0``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Literal, get_args
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+VarianceType = Literal["fixed_small", "fixed_large"]
+Sampler = Literal["ddpm", "ddim"]
+LossType = Literal["mse", "l1", "huber"]
+Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _check_choice(value: str, kind: object, what: str) -> None:
+    choices = get_args(kind)
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; valid choices: {', '.join(choices)}")
+
+
+@contextlib.contextmanager
+def eval_mode(model: Model):
+    """Run ``model`` in eval mode without gradients, restoring its previous mode afterwards."""
+    was_training = isinstance(model, nn.Module) and model.training
+    if isinstance(model, nn.Module):
+        model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        if was_training:
+            model.train()
+
+
+class GaussianDiffusion:
+    """DDPM (Ho et al. 2020) and DDIM (Song et al. 2021) for a fixed schedule ``betas`` of shape ``(T,)``.
+
+    All schedule constants are precomputed in float64 and cast to the input's device and dtype
+    when used. ``variance_type`` picks the reverse-process variance sigma_t^2 of Sec. 3.2:
+    ``"fixed_small"`` (the default) is the posterior variance tilde-beta_t of Eq. 7, optimal when
+    x_0 is a point; ``"fixed_large"`` is beta_t, optimal when x_0 ~ N(0, I). The paper reports
+    similar sample quality for both.
+    """
+
+    def __init__(self, betas: torch.Tensor, variance_type: VarianceType = "fixed_small"):
+        _check_choice(variance_type, VarianceType, "variance_type")
+        betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
+        if betas.numel() < 1 or not bool(((betas > 0) & (betas < 1)).all()):
+            raise ValueError("betas must be a non-empty 1-D tensor with every value in (0, 1)")
+        self.variance_type = variance_type
+        self.num_timesteps = int(betas.numel())
+        self.betas = betas
+        self.alphas = 1.0 - betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
+        # Eq. 4: q(x_t | x_0) = N(sqrt(bar-alpha_t) x_0, (1 - bar-alpha_t) I)
+        self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
+        self.sqrt_one_minus_alphas_cumprod = (1.0 - self.alphas_cumprod).sqrt()
+        # x_0 from x_t and eps, the inverse of Eq. 4
+        self.sqrt_recip_alphas_cumprod = (1.0 / self.alphas_cumprod).sqrt()
+        self.sqrt_recipm1_alphas_cumprod = (1.0 / self.alphas_cumprod - 1.0).sqrt()
+        # Eq. 7: tilde-beta_t and the two coefficients of tilde-mu_t(x_t, x_0)
+        self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        self.posterior_mean_coef1 = betas * self.alphas_cumprod_prev.sqrt() / (1.0 - self.alphas_cumprod)
+        self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * self.alphas.sqrt() / (1.0 - self.alphas_cumprod)
+        self._cache: dict[tuple, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def _extract(self, name: str, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Gather ``self.<name>[t]`` as shape ``(B, 1, ..., 1)`` on x's device and in x's dtype."""
+        key = (name, x.device, x.dtype)
+        if key not in self._cache:
+            self._cache[key] = getattr(self, name).to(device=x.device, dtype=x.dtype)
+        out = self._cache[key][t.to(x.device)]
+        return out.view(-1, *([1] * (x.dim() - 1)))
+
+    def _as_timesteps(self, t: torch.Tensor | int, x: torch.Tensor) -> torch.Tensor:
+        """Turn an int or tensor ``t`` into a LongTensor of shape ``(B,)`` and check its range."""
+        t = torch.as_tensor(t, device=x.device)
+        if t.is_floating_point():
+            raise ValueError("t must hold integer timesteps in [0, T-1], got a floating-point tensor")
+        t = t.long().expand(x.shape[0]) if t.dim() == 0 else t.long()
+        if t.shape != (x.shape[0],):
+            raise ValueError(f"t must have shape ({x.shape[0]},) to match the batch, got {tuple(t.shape)}")
+        if int(t.min()) < 0 or int(t.max()) >= self.num_timesteps:
+            raise ValueError(f"t must lie in [0, {self.num_timesteps - 1}], got values in [{int(t.min())}, {int(t.max())}]")
+        return t
+
+    # ------------------------------------------------------------------ forward process
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Sample x_t ~ q(x_t | x_0) in closed form (Ho et al. 2020, Eq. 4).
+
+        ``x_t = sqrt(bar-alpha_t) x_0 + sqrt(1 - bar-alpha_t) noise``; x0 and noise ``(B, C, H, W)``,
+        t ``(B,)``; returns ``(B, C, H, W)``.
+        """
+        t = self._as_timesteps(t, x0)
+        if noise is None:
+            noise = torch.randn_like(x0)
+        elif noise.shape != x0.shape:
+            raise ValueError(f"noise has shape {tuple(noise.shape)}, expected x0's shape {tuple(x0.shape)}")
+        return self._extract("sqrt_alphas_cumprod", t, x0) * x0 + self._extract("sqrt_one_minus_alphas_cumprod", t, x0) * noise
+
+    def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of the posterior q(x_{t-1} | x_t, x_0) (Ho et al. 2020, Eqs. 6-7).
+
+        Returns ``(mean, variance)``: mean ``(B, C, H, W)``; variance tilde-beta_t of shape
+        ``(B, 1, 1, 1)``, broadcastable against the mean. At t = 0 the variance is 0 (x_0 is known).
+        """
+        t = self._as_timesteps(t, x_t)
+        mean = self._extract("posterior_mean_coef1", t, x_t) * x0 + self._extract("posterior_mean_coef2", t, x_t) * x_t
+        return mean, self._extract("posterior_variance", t, x_t)
+
+    def predict_x0_from_noise(self, x_t: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor) -> torch.Tensor:
+        """hat-x_0 = (x_t - sqrt(1 - bar-alpha_t) eps) / sqrt(bar-alpha_t), Eq. 4 solved for x_0 (cf. Eq. 15)."""
+        t = self._as_timesteps(t, x_t)
+        return self._extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t - self._extract("sqrt_recipm1_alphas_cumprod", t, x_t) * noise
+
+    def predict_noise_from_x0(self, x_t: torch.Tensor, t: torch.Tensor | int, x0: torch.Tensor) -> torch.Tensor:
+        """The eps consistent with x_t and a (clipped) x_0: Eq. 4 solved for eps."""
+        t = self._as_timesteps(t, x_t)
+        return (self._extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t - x0) / self._extract("sqrt_recipm1_alphas_cumprod", t, x_t)
+
+    # ------------------------------------------------------------------ loss
+    def training_loss(
+        self,
+        model: Model,
+        x0: torch.Tensor,
+        loss_type: LossType = "mse",
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """The simplified objective L_simple (Ho et al. 2020, Eq. 14; Algorithm 1, lines 2-5).
+
+        Draws ``t ~ Uniform{0..T-1}`` and ``noise ~ N(0, I)`` unless given, and returns the scalar
+        mean over all elements of ``loss(noise, model(q_sample(x0, t, noise), t))``, computed in
+        float32 whatever the model's precision. x0 ``(B, C, H, W)`` in [-1, 1].
+        """
+        _check_choice(loss_type, LossType, "loss_type")
+        B = x0.shape[0]
+        rng_device = generator.device if generator is not None else x0.device
+        if t is None:
+            t = torch.randint(0, self.num_timesteps, (B,), generator=generator, device=rng_device)
+        t = self._as_timesteps(t, x0)
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator, device=rng_device, dtype=x0.dtype).to(x0.device)
+        x_t = self.q_sample(x0, t, noise)
+        eps_pred = model(x_t, t).float()
+        noise = noise.float()
+        if loss_type == "mse":
+            return F.mse_loss(eps_pred, noise)
+        if loss_type == "l1":
+            return F.l1_loss(eps_pred, noise)
+        return F.huber_loss(eps_pred, noise, delta=1.0)
+
+    # ------------------------------------------------------------------ reverse process
+    def p_mean_variance(
+        self, model: Model, x_t: torch.Tensor, t: torch.Tensor | int, clip_denoised: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """Mean and variance of p_theta(x_{t-1} | x_t) (Ho et al. 2020, Eqs. 1 and 11).
+
+        The mean is the posterior mean of Eq. 7 at the predicted hat-x_0, which equals Eq. 11
+        exactly when hat-x_0 is not clipped. Returns a dict with ``mean`` ``(B, C, H, W)``,
+        ``variance`` ``(B, 1, 1, 1)``, ``x0_pred`` and ``eps_pred`` ``(B, C, H, W)``.
+        """
+        t = self._as_timesteps(t, x_t)
+        eps_pred = model(x_t, t).to(x_t.dtype)
+        if eps_pred.shape != x_t.shape:
+            raise ValueError(f"model returned shape {tuple(eps_pred.shape)}, expected x_t's shape {tuple(x_t.shape)}")
+        x0_pred = self.predict_x0_from_noise(x_t, t, eps_pred)
+        if clip_denoised:
+            x0_pred = x0_pred.clamp(-1.0, 1.0)
+        mean, posterior_variance = self.q_posterior(x0_pred, x_t, t)
+        if self.variance_type == "fixed_small":
+            variance = posterior_variance
+        else:
+            variance = self._extract("betas", t, x_t)
+        return {"mean": mean, "variance": variance, "x0_pred": x0_pred, "eps_pred": eps_pred}
+
+    def _p_sample(self, model, x_t, t, noise, clip_denoised):
+        out = self.p_mean_variance(model, x_t, t, clip_denoised)
+        t = self._as_timesteps(t, x_t)
+        nonzero = (t != 0).to(x_t.dtype).view(-1, *([1] * (x_t.dim() - 1)))  # no noise at t = 0
+        if noise is None:
+            noise = torch.randn_like(x_t)
+        return out["mean"] + nonzero * out["variance"].sqrt() * noise, out["x0_pred"]
+
+    def p_sample(
+        self, model: Model, x_t: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor | None = None, clip_denoised: bool = True
+    ) -> torch.Tensor:
+        """One step of ancestral sampling (Ho et al. 2020, Algorithm 2, lines 3-4): x_t -> x_{t-1}.
+
+        ``x_{t-1} = mu_theta(x_t, t) + sigma_t z`` with ``z = noise`` when given (else drawn), and
+        z = 0 where t = 0. x_t ``(B, C, H, W)``; t an int or ``(B,)``; returns ``(B, C, H, W)``.
+        """
+        return self._p_sample(model, x_t, t, noise, clip_denoised)[0]
+
+    def ddim_timesteps(self, num_steps: int) -> list[int]:
+        """The ``num_steps`` timesteps DDIM visits, evenly spaced from T-1 down to 0 (both included)."""
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= self.num_timesteps:
+            raise ValueError(f"num_steps must be an integer in [1, {self.num_timesteps}], got {num_steps!r}")
+        if num_steps == 1:
+            return [self.num_timesteps - 1]
+        steps = np.unique(np.round(np.linspace(0, self.num_timesteps - 1, num_steps)).astype(np.int64))
+        return [int(s) for s in steps[::-1]]
+
+    def ddim_step(
+        self,
+        model: Model,
+        x_t: torch.Tensor,
+        t: int,
+        t_prev: int,
+        eta: float = 0.0,
+        noise: torch.Tensor | None = None,
+        clip_denoised: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One DDIM update x_t -> x_{t_prev} (Song et al. 2021, Eq. 12, sigma from Eq. 16).
+
+        ``t_prev = -1`` means the final step to x_0 (bar-alpha = 1, no noise). eta = 0 is
+        deterministic; eta = 1 with consecutive steps is DDPM with sigma_t^2 = tilde-beta_t.
+        Returns ``(x_prev, x0_pred)``, both ``(B, C, H, W)``.
+        """
+        tt = self._as_timesteps(t, x_t)
+        eps_pred = model(x_t, tt).to(x_t.dtype)
+        x0_pred = self.predict_x0_from_noise(x_t, tt, eps_pred)
+        if clip_denoised:
+            x0_pred = x0_pred.clamp(-1.0, 1.0)
+            eps_pred = self.predict_noise_from_x0(x_t, tt, x0_pred)
+        a_t = self.alphas_cumprod[t].item()
+        a_prev = self.alphas_cumprod[t_prev].item() if t_prev >= 0 else 1.0
+        sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
+        x_prev = a_prev**0.5 * x0_pred + max(1 - a_prev - sigma**2, 0.0) ** 0.5 * eps_pred
+        if sigma > 0:
+            x_prev = x_prev + sigma * (torch.randn_like(x_t) if noise is None else noise)
+        return x_prev, x0_pred
+
+    def sample(
+        self,
+        model: Model,
+        shape: tuple[int, ...],
+        sampler: Sampler = "ddpm",
+        num_steps: int | None = None,
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+        clip_denoised: bool = True,
+        progress: bool = False,
+        return_trajectory: bool = False,
+        device: torch.device | str | None = None,
+        x_T: torch.Tensor | None = None,
+    ):
+        """Generate samples x_0 of ``shape`` ``(B, C, H, W)`` from x_T ~ N(0, I).
+
+        ``sampler="ddpm"``: Algorithm 2 of Ho et al. 2020 over all T steps (``num_steps`` must be
+        None or T). ``sampler="ddim"``: Song et al. 2021, Eq. 12 over ``num_steps`` evenly spaced
+        steps (default 50) with stochasticity ``eta``. The model runs in eval mode under no_grad.
+        All noise is drawn from ``generator`` (on ``device``) when given, so a seed fixes the result.
+
+        Returns x_0 clamped to [-1, 1]; with ``return_trajectory=True`` returns ``(x_0, traj)`` where
+        ``traj`` is a dict of CPU tensors: ``timesteps`` ``(S,)``, ``x_t`` ``(S, B, C, H, W)`` (the input
+        of each step) and ``x0_pred`` ``(S, B, C, H, W)`` (the model's estimate at that step).
+        """
+        _check_choice(sampler, Sampler, "sampler")
+        if device is None:
+            device = generator.device if generator is not None else _model_device(model)
+        if sampler == "ddpm":
+            if num_steps not in (None, self.num_timesteps):
+                raise ValueError(f"the ddpm sampler runs all T={self.num_timesteps} steps; use sampler='ddim' for num_steps={num_steps}")
+            timesteps = list(range(self.num_timesteps - 1, -1, -1))
+        else:
+            if eta < 0:
+                raise ValueError(f"eta must be >= 0, got {eta}")
+            timesteps = self.ddim_timesteps(min(50, self.num_timesteps) if num_steps is None else num_steps)
+
+        def randn():
+            return torch.randn(shape, generator=generator, device=device)
+
+        x = randn() if x_T is None else x_T.to(device)
+        traj_t, traj_x, traj_x0 = [], [], []
+        iterator = timesteps
+        if progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(timesteps, desc=f"{sampler} sampling", leave=False)
+        with eval_mode(model):
+            for i, t in enumerate(iterator):
+                x_in = x
+                if sampler == "ddpm":
+                    noise = randn() if t > 0 else torch.zeros_like(x)  # Algorithm 2, line 3
+                    x, x0_pred = self._p_sample(model, x, t, noise, clip_denoised)
+                else:
+                    t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+                    noise = randn() if (eta > 0 and t_prev >= 0) else None
+                    x, x0_pred = self.ddim_step(model, x, t, t_prev, eta, noise, clip_denoised)
+                if return_trajectory:
+                    traj_t.append(t)
+                    traj_x.append(x_in.float().cpu())
+                    traj_x0.append(x0_pred.float().cpu())
+        x = x.clamp(-1.0, 1.0)
+        if return_trajectory:
+            traj = {"timesteps": torch.tensor(traj_t), "x_t": torch.stack(traj_x), "x0_pred": torch.stack(traj_x0)}
+            return x, traj
+        return x
+
+
+def _model_device(model: Model) -> torch.device:
+    if isinstance(model, nn.Module):
+        for p in model.parameters():
+            return p.device
+    return torch.device("cpu")

@@ -1,0 +1,30 @@
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    yield
+
+
+class GaussianOracle:
+    """The optimal noise predictor when every pixel of x_0 is independent N(mu, s^2).
+
+    Then x_t ~ N(sqrt(ab) mu, ab s^2 + 1 - ab) and E[eps | x_t] = sqrt(1 - ab) (x_t - sqrt(ab) mu) / (ab s^2 + 1 - ab).
+    """
+
+    def __init__(self, diffusion, mu: float, s: float):
+        self.ab = diffusion.alphas_cumprod
+        self.mu, self.s = mu, s
+        self.calls: list[int] = []
+
+    def __call__(self, x_t, t):
+        self.calls.append(int(t[0]))
+        ab = self.ab.to(x_t.dtype)[t].view(-1, *([1] * (x_t.dim() - 1)))
+        return (1 - ab).sqrt() * (x_t - ab.sqrt() * self.mu) / (ab * self.s**2 + 1 - ab)
+
+
+@pytest.fixture
+def oracle_cls():
+    return GaussianOracle

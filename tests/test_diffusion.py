@@ -1,0 +1,230 @@
+import math
+
+import pytest
+import torch
+
+from ddpm_lib.diffusion import GaussianDiffusion
+from ddpm_lib.schedules import make_betas
+from ddpm_lib.unet import UNet, UNetConfig
+
+
+def _diffusion(T=1000, name="linear", **kw):
+    return GaussianDiffusion(make_betas(name, T), **kw)
+
+
+def test_buffers_float64_and_consistent():
+    d = _diffusion()
+    for name in ["betas", "alphas", "alphas_cumprod", "posterior_variance", "posterior_mean_coef1", "posterior_mean_coef2"]:
+        assert getattr(d, name).dtype == torch.float64 and getattr(d, name).shape == (1000,)
+    assert torch.allclose(d.alphas_cumprod, torch.cumprod(1 - d.betas, 0))
+    assert d.posterior_variance[0].item() == 0.0
+    assert bool((d.posterior_variance[1:] < d.betas[1:]).all())  # tilde-beta_t < beta_t
+
+
+def test_q_sample_matches_iterating_eq2():
+    """Eq. 4 (closed form) against running Eq. 2 one step at a time, by moments over many draws."""
+    d = _diffusion(T=200)
+    n = 40000
+    x0 = torch.tensor([0.8, -0.5, 0.0], dtype=torch.float64).repeat(n, 1)  # (n, 3)
+    x = x0.clone()
+    checkpoints = {0, 9, 49, 199}
+    for t in range(200):
+        beta = d.betas[t]
+        x = (1 - beta).sqrt() * x + beta.sqrt() * torch.randn_like(x)  # Eq. 2
+        if t in checkpoints:
+            closed = d.q_sample(x0, torch.full((n,), t))
+            mean_expected = d.sqrt_alphas_cumprod[t] * x0[0]
+            std_expected = d.sqrt_one_minus_alphas_cumprod[t].expand(3)
+            for sample in (x, closed):
+                assert torch.allclose(sample.mean(0), mean_expected, atol=4 * std_expected.max() / math.sqrt(n))
+                assert torch.allclose(sample.std(0), std_expected, rtol=0.02)
+
+
+def test_q_sample_exact_formula_and_dtype():
+    d = _diffusion()
+    x0 = torch.randn(4, 3, 8, 8)
+    noise = torch.randn_like(x0)
+    t = torch.tensor([0, 10, 500, 999])
+    x_t = d.q_sample(x0, t, noise)
+    assert x_t.dtype == torch.float32
+    ab = d.alphas_cumprod[t].view(-1, 1, 1, 1)  # float64 reference
+    assert torch.allclose(x_t.double(), ab.sqrt() * x0.double() + (1 - ab).sqrt() * noise.double(), atol=1e-6)
+
+
+def test_q_posterior_matches_bayes_rule():
+    """q(x_{t-1} | x_t, x_0) ∝ q(x_t | x_{t-1}) q(x_{t-1} | x_0), integrated numerically on a grid."""
+    d = _diffusion(T=100)
+    grid = torch.linspace(-6, 6, 200001, dtype=torch.float64)
+    for t, x0v, xtv in [(1, 0.7, 0.1), (10, -0.3, 0.9), (50, 0.5, -1.2), (99, 0.0, 0.4)]:
+        ab_prev = d.alphas_cumprod[t - 1]
+        prior = -((grid - ab_prev.sqrt() * x0v) ** 2) / (2 * (1 - ab_prev))  # log q(x_{t-1} | x_0), Eq. 4
+        lik = -((xtv - d.alphas[t].sqrt() * grid) ** 2) / (2 * d.betas[t])  # log q(x_t | x_{t-1}), Eq. 2
+        w = torch.softmax(prior + lik, 0)
+        mean_bayes = (w * grid).sum()
+        var_bayes = (w * (grid - mean_bayes) ** 2).sum()
+        x0 = torch.full((1, 1), x0v, dtype=torch.float64)
+        xt = torch.full((1, 1), xtv, dtype=torch.float64)
+        mean, var = d.q_posterior(x0, xt, t)
+        assert mean.item() == pytest.approx(mean_bayes.item(), abs=1e-6)
+        assert var.item() == pytest.approx(var_bayes.item(), rel=1e-4)
+
+
+def test_predict_x0_inverts_q_sample():
+    d = _diffusion()
+    x0 = torch.randn(3, 2, 4, 4, dtype=torch.float64)
+    noise = torch.randn_like(x0)
+    t = torch.tensor([0, 400, 999])
+    x_t = d.q_sample(x0, t, noise)
+    assert torch.allclose(d.predict_x0_from_noise(x_t, t, noise), x0, atol=1e-8)
+    assert torch.allclose(d.predict_noise_from_x0(x_t, t, x0), noise, atol=1e-8)
+
+
+def test_sampler_visits_all_steps_in_order(oracle_cls):
+    d = _diffusion(T=50)
+    oracle = oracle_cls(d, 0.0, 0.5)
+    d.sample(oracle, (2, 1, 2, 2), clip_denoised=False)
+    assert oracle.calls == list(range(49, -1, -1))
+    oracle.calls.clear()
+    d.sample(oracle, (2, 1, 2, 2), sampler="ddim", num_steps=50)
+    assert oracle.calls == list(range(49, -1, -1))
+    assert d.ddim_timesteps(5) == [49, 37, 24, 12, 0]
+
+
+def test_no_noise_added_at_last_step(oracle_cls):
+    d = _diffusion(T=50)
+    oracle = oracle_cls(d, 0.1, 0.5)
+    x = torch.randn(4, 3, 2, 2)
+    a = d.p_sample(oracle, x, 0, noise=torch.randn_like(x), clip_denoised=False)
+    b = d.p_sample(oracle, x, 0, noise=100 * torch.randn_like(x), clip_denoised=False)
+    assert torch.equal(a, b)
+    c = d.p_sample(oracle, x, 1, noise=torch.randn_like(x), clip_denoised=False)
+    e = d.p_sample(oracle, x, 1, noise=torch.randn_like(x), clip_denoised=False)
+    assert not torch.equal(c, e)
+
+
+def test_p_sample_mean_equals_eq11_without_clipping(oracle_cls):
+    """The posterior mean at hat-x_0 equals Eq. 11: (x_t - beta_t / sqrt(1 - ab_t) eps) / sqrt(alpha_t)."""
+    d = _diffusion()
+    oracle = oracle_cls(d, 0.2, 0.6)
+    x = torch.randn(5, 3, 4, 4, dtype=torch.float64)
+    for t in [1, 100, 999]:
+        out = d.p_mean_variance(oracle, x, t, clip_denoised=False)
+        eps = oracle(x, torch.full((5,), t))
+        eq11 = (x - d.betas[t] / (1 - d.alphas_cumprod[t]).sqrt() * eps) / d.alphas[t].sqrt()
+        assert torch.allclose(out["mean"], eq11, atol=1e-10)
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_ddim_eta1_all_steps_equals_ddpm(oracle_cls, clip):
+    d = _diffusion(T=100, variance_type="fixed_small")
+    oracle = oracle_cls(d, 0.2, 0.4)
+    x_T = torch.randn(8, 1, 3, 3, dtype=torch.float64)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    kw = dict(clip_denoised=clip, x_T=x_T)
+    ddpm = d.sample(oracle, (8, 1, 3, 3), "ddpm", generator=g1, **kw)
+    ddim = d.sample(oracle, (8, 1, 3, 3), "ddim", num_steps=100, eta=1.0, generator=g2, **kw)
+    # x_T is given, so the generators drew the same per-step noise in the same order (float32 noise)
+    assert torch.allclose(ddpm.double(), ddim.double(), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "sampler, steps, eta, variance_type",
+    [
+        ("ddpm", None, 0.0, "fixed_small"),
+        ("ddpm", None, 0.0, "fixed_large"),
+        ("ddim", 1000, 0.0, "fixed_small"),
+        ("ddim", 1000, 1.0, "fixed_small"),
+        ("ddim", 250, 0.0, "fixed_small"),
+    ],
+)
+def test_samplers_recover_gaussian_data(oracle_cls, sampler, steps, eta, variance_type):
+    """With the analytically optimal eps for N(mu, s^2) data, samples must have that mean and std."""
+    mu, s = 0.3, 0.25
+    d = _diffusion(T=1000, variance_type=variance_type)
+    oracle = oracle_cls(d, mu, s)
+    g = torch.Generator().manual_seed(0)
+    x = d.sample(oracle, (4000, 1, 2, 2), sampler, num_steps=steps, eta=eta, generator=g, clip_denoised=False)
+    assert x.mean().item() == pytest.approx(mu, abs=0.01)
+    assert x.std().item() == pytest.approx(s, rel=0.04)
+
+
+def test_ddim_few_steps_error_shrinks_with_more_steps(oracle_cls):
+    """Fewer DDIM steps under-disperse (discretisation error); the error falls as steps grow."""
+    mu, s = 0.3, 0.25
+    d = _diffusion(T=1000)
+    oracle = oracle_cls(d, mu, s)
+    errors = []
+    for steps in [10, 50, 200]:
+        x = d.sample(oracle, (4000, 1, 2, 2), "ddim", num_steps=steps, generator=torch.Generator().manual_seed(0), clip_denoised=False)
+        assert x.mean().item() == pytest.approx(mu, abs=0.01)
+        errors.append(abs(x.std().item() - s))
+    assert errors[0] > errors[1] > errors[2]
+
+
+def test_training_loss_zero_for_perfect_model_and_types():
+    d = _diffusion(T=100)
+    x0 = torch.rand(4, 3, 4, 4) * 2 - 1
+    t = torch.tensor([0, 5, 50, 99])
+    noise = torch.randn_like(x0)
+    perfect = lambda x_t, tt: noise  # noqa: E731
+    for lt in ["mse", "l1", "huber"]:
+        assert d.training_loss(perfect, x0, lt, t=t, noise=noise).item() == 0.0
+    zero = lambda x_t, tt: torch.zeros_like(x_t)  # noqa: E731
+    assert d.training_loss(zero, x0, "mse", t=t, noise=noise).item() == pytest.approx((noise**2).mean().item())
+    assert d.training_loss(zero, x0, "l1", t=t, noise=noise).item() == pytest.approx(noise.abs().mean().item())
+
+
+def test_training_loss_draws_t_uniformly():
+    d = _diffusion(T=10)
+    seen = []
+    model = lambda x_t, t: (seen.append(t.clone()), torch.zeros_like(x_t))[1]  # noqa: E731
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        d.training_loss(model, torch.zeros(64, 1, 1, 1), generator=g)
+    counts = torch.bincount(torch.cat(seen), minlength=10)
+    assert counts.numel() == 10 and counts.min() > 200  # 3200 draws, ~320 each, t = 0 and T-1 included
+
+
+def test_sample_restores_train_mode_and_uses_eval():
+    model = UNet(UNetConfig(base_channels=8, channel_mults=(1,), num_res_blocks=1, attention_resolutions=(), num_groups=4, image_size=4))
+    modes = []
+    model.register_forward_pre_hook(lambda m, inp: modes.append(m.training))
+    model.train()
+    d = _diffusion(T=5)
+    d.sample(model, (1, 3, 4, 4))
+    assert modes == [False] * 5 and model.training
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_sample_seeded_and_trajectory(oracle_cls):
+    d = _diffusion(T=20)
+    oracle = oracle_cls(d, 0.0, 0.5)
+    a = d.sample(oracle, (2, 3, 4, 4), generator=torch.Generator().manual_seed(1))
+    b, traj = d.sample(oracle, (2, 3, 4, 4), generator=torch.Generator().manual_seed(1), return_trajectory=True)
+    assert torch.equal(a, b)
+    assert traj["timesteps"].tolist() == list(range(19, -1, -1))
+    assert traj["x_t"].shape == traj["x0_pred"].shape == (20, 2, 3, 4, 4)
+    assert a.min() >= -1 and a.max() <= 1
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda d, m, x: d.sample(m, x.shape, sampler="euler"), "valid choices: ddpm, ddim"),
+        (lambda d, m, x: d.sample(m, x.shape, sampler="ddpm", num_steps=5), "use sampler='ddim'"),
+        (lambda d, m, x: d.sample(m, x.shape, sampler="ddim", num_steps=0), "num_steps"),
+        (lambda d, m, x: d.sample(m, x.shape, sampler="ddim", eta=-1.0), "eta"),
+        (lambda d, m, x: d.training_loss(m, x, "l3"), "valid choices: mse, l1, huber"),
+        (lambda d, m, x: d.q_sample(x, 10), r"t must lie in \[0, 9\]"),
+        (lambda d, m, x: d.q_sample(x, torch.tensor([0.5, 1.0])), "integer"),
+        (lambda d, m, x: d.q_sample(x, torch.tensor([0, 1, 2])), "shape"),
+        (lambda d, m, x: d.p_sample(lambda a, b: a[:, :1], x, 3), "model returned shape"),
+        (lambda d, m, x: GaussianDiffusion(d.betas, variance_type="learned"), "fixed_small, fixed_large"),
+        (lambda d, m, x: GaussianDiffusion(torch.tensor([0.1, 1.0])), r"\(0, 1\)"),
+    ],
+)
+def test_bad_input(call, match):
+    d = _diffusion(T=10)
+    model = lambda x_t, t: torch.zeros_like(x_t)  # noqa: E731
+    with pytest.raises(ValueError, match=match):
+        call(d, model, torch.zeros(2, 3, 4, 4))
