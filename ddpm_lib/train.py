@@ -1,0 +1,92 @@
+"""Train a DDPM from the command line: ``python -m ddpm_lib.train --help``.
+
+Examples::
+
+    python -m ddpm_lib.train --preset cpu --out runs/toy32 --max-minutes 10
+    python -m ddpm_lib.train --out runs/toy32 --resume                  # continue a stopped run
+    torchrun --nproc_per_node=4 -m ddpm_lib.train --dataset cifar10 --out runs/cifar --batch-size 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import get_args
+
+from ddpm_lib.diffusion import LossType
+from ddpm_lib.schedules import SCHEDULES
+from ddpm_lib.training import Precision, TrainConfig, Trainer, device_report
+from ddpm_lib.unet import MODEL_PRESETS
+
+PRESETS = {"paper": TrainConfig, "cpu": TrainConfig.cpu_demo}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ddpm_lib.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, loss.csv, samples/")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (model options must match)")
+    p.add_argument("--preset", choices=list(PRESETS), default="cpu",
+                   help="defaults to start from: 'paper' (Ho et al. 2020, CIFAR-10) or 'cpu' (small U-Net, fast on a CPU)")  # fmt: skip
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", choices=["toy_cars", "stanford_cars", "cifar10", "folder"])
+    g.add_argument("--data-root", help="folder of the data (required for --dataset folder)")
+    g.add_argument("--num-images", type=int, help="toy_cars: number of training images (default 8144)")
+    g.add_argument("--image-size", type=int)
+    g = p.add_argument_group("model and diffusion")
+    g.add_argument("--model", choices=MODEL_PRESETS)
+    g.add_argument("--dropout", type=float)
+    g.add_argument("--schedule", choices=SCHEDULES)
+    g.add_argument("--num-timesteps", type=int, help="T")
+    g.add_argument("--loss-type", choices=get_args(LossType))
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch-size", type=int, help="global batch size")
+    g.add_argument("--lr", type=float)
+    g.add_argument("--warmup-steps", type=int)
+    g.add_argument("--optimizer", choices=["adam", "adamw"])
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--grad-clip", type=float)
+    g.add_argument("--ema-decay", type=float)
+    g.add_argument("--seed", type=int)
+    g = p.add_argument_group("speed")
+    g.add_argument("--precision", choices=get_args(Precision))
+    g.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None)
+    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    g = p.add_argument_group("budget and outputs")
+    g.add_argument("--max-steps", type=int, help="total optimiser steps of the run (a resumed run stops here too)")
+    g.add_argument("--max-minutes", type=float, help="wall-clock budget of this invocation")
+    g.add_argument("--log-every", type=int)
+    g.add_argument("--sample-every", type=int, help="save a sample grid every N steps (0: at the end only)")
+    g.add_argument("--checkpoint-every", type=int)
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The preset's config with every option given on the command line applied on top."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    return PRESETS[args.preset](**given)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+        trainer = Trainer(config, args.out, resume=args.resume, device=args.device, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if trainer.is_main:
+        print(device_report(trainer.device))
+        print(trainer.describe(), flush=True)
+    trainer.fit()
+    if trainer.is_main:
+        last = trainer.history[-1] if trainer.history else {}
+        print(f"stopped at step {trainer.step}; loss {last.get('loss', float('nan')):.4f}; checkpoint {args.out}/checkpoint.pt")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ddpm_lib import sample as sample_cli
+from ddpm_lib import train as train_cli
+from ddpm_lib.training import (
+    TrainConfig,
+    Trainer,
+    export_weights,
+    load_checkpoint,
+    load_ema_model,
+    resolve_precision,
+    save_atomic,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(model="tiny", image_size=16, num_images=64, batch_size=8, lr=2e-3, warmup_steps=5, ema_decay=0.99,
+            num_timesteps=100, num_sample_images=4, sample_steps=5, log_every=2, checkpoint_every=1000)  # fmt: skip
+TINY_ARGS = ["--model", "tiny", "--image-size", "16", "--num-images", "64", "--batch-size", "8", "--num-timesteps", "100",
+             "--log-every", "5", "--no-progress", "--precision", "fp32"]  # fmt: skip
+
+
+def tiny_config(**kw) -> TrainConfig:
+    return TrainConfig.cpu_demo(**{**TINY, **kw})
+
+
+def _params(module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_loss_falls_when_overfitting(tmp_path):
+    trainer = Trainer(tiny_config(num_images=8, batch_size=8, max_steps=80, lr=3e-3), tmp_path, progress=False)
+    history = trainer.fit()
+    first = np.mean([r["loss"] for r in history[:5]])
+    last = np.mean([r["loss"] for r in history[-5:]])
+    assert last < 0.7 * first
+    assert (tmp_path / "loss.csv").exists() and (tmp_path / "samples/step_000080.png").exists()
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 80
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resume_in_process_is_exact(tmp_path, precision):
+    cfg = tiny_config(max_steps=12, precision=precision, checkpoint_every=5)
+    full = Trainer(cfg, tmp_path / "full", progress=False)
+    full.fit()
+    part = Trainer(cfg, tmp_path / "part", progress=False)
+    part.fit(max_steps=7)  # checkpoint at 5 and at the end (7)
+    resumed = Trainer(cfg, tmp_path / "part", resume=True, progress=False)
+    assert resumed.step == 7
+    resumed.fit()
+    for a, b in [(full.model, resumed.model), (full.ema, resumed.ema)]:
+        pa, pb = _params(a), _params(b)
+        assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    """A CLI run killed with SIGKILL and resumed ends with the same weights as an uninterrupted run."""
+    args = [*TINY_ARGS, "--max-steps", "150", "--checkpoint-every", "15", "--seed", "3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "ddpm_lib.train"]
+    subprocess.run([*cmd, *args, "--out", str(tmp_path / "full")], check=True, env=env, capture_output=True)
+
+    victim = subprocess.Popen(
+        [*cmd, *args, "--out", str(tmp_path / "killed")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    ckpt = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and victim.poll() is None:
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    killed_at = load_checkpoint(ckpt)["step"]
+    assert 15 <= killed_at < 150, "the run was not killed mid-way; the test proves nothing"
+    subprocess.run([*cmd, *args, "--out", str(tmp_path / "killed"), "--resume"], check=True, env=env, capture_output=True)
+
+    a, b = load_checkpoint(tmp_path / "full/checkpoint.pt"), load_checkpoint(ckpt)
+    assert a["step"] == b["step"] == 150
+    for part in ("model", "ema"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    steps = [int(float(r["step"])) for r in csv.DictReader(open(tmp_path / "killed/loss.csv"))]
+    assert steps == [int(float(r["step"])) for r in csv.DictReader(open(tmp_path / "full/loss.csv"))]
+
+
+def test_checkpoint_is_weights_only_and_refuses_pickles(tmp_path):
+    trainer = Trainer(tiny_config(max_steps=2), tmp_path, progress=False)
+    trainer.fit()
+    torch.load(tmp_path / "checkpoint.pt", weights_only=True)  # must not raise
+    bad = tmp_path / "evil.pt"
+    torch.save({"ema": {}, "config": {}, "payload": Path("/etc/passwd")}, bad)
+    with pytest.raises(ValueError, match="refusing to load"):
+        load_checkpoint(bad)
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_atomic_save_leaves_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    save_atomic({"step": 1}, path)
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError):
+        save_atomic({"step": 2}, path)
+    assert torch.load(path, weights_only=True)["step"] == 1
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    trainer = Trainer(tiny_config(max_steps=4, checkpoint_every=2), tmp_path, progress=False)
+    trainer.fit(max_steps=2)
+    monkeypatch.setattr(trainer.diffusion, "training_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(FloatingPointError, match="last good checkpoint"):
+        trainer.fit()
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
+
+
+def test_keyboard_interrupt_saves_checkpoint(tmp_path):
+    trainer = Trainer(tiny_config(max_steps=50, log_every=1), tmp_path, progress=False)
+
+    def interrupt(t, row):
+        if t.step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(callback=interrupt)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 3
+
+
+def test_resume_with_other_model_is_refused(tmp_path):
+    Trainer(tiny_config(max_steps=1), tmp_path, progress=False).fit()
+    with pytest.raises(ValueError, match="lr: checkpoint 0.002 vs now 0.1"):
+        Trainer(tiny_config(max_steps=1, lr=0.1), tmp_path, resume=True, progress=False)
+    resumed = Trainer(tiny_config(max_steps=5), tmp_path, resume=True, progress=False)  # max_steps may change
+    assert resumed.config.max_steps == 5
+
+
+def test_ema_warmup_formula(tmp_path):
+    trainer = Trainer(tiny_config(ema_decay=0.999), tmp_path, progress=False)
+    before = _params(trainer.ema.module)
+    trainer.train_step()
+    after_model = _params(trainer.model)
+    # the first update copies the model (n_averaged = 0); the second uses decay min(0.999, 2/11)
+    assert all(torch.equal(trainer.ema.module.state_dict()[k], after_model[k]) for k in after_model if "num_batches" not in k)
+    ema1 = _params(trainer.ema.module)
+    trainer.train_step()
+    m2 = _params(trainer.model)
+    d = 2 / 11
+    k = "conv_in.weight"
+    assert torch.allclose(trainer.ema.module.state_dict()[k], d * ema1[k] + (1 - d) * m2[k], atol=1e-7)
+    assert not torch.equal(before[k], ema1[k])
+
+
+def test_batches_cover_the_dataset_each_epoch(tmp_path):
+    trainer = Trainer(tiny_config(), tmp_path, progress=False)
+    idx = torch.cat([trainer.batch_indices(s) for s in range(trainer.steps_per_epoch)])
+    assert sorted(idx.tolist()) == list(range(64))
+    assert not torch.equal(trainer.batch_indices(0), trainer.batch_indices(trainer.steps_per_epoch))  # reshuffled
+    x = trainer.get_batch(0)
+    assert x.shape == (8, 3, 16, 16) and -1 <= x.min() and x.max() <= 1
+
+
+def test_lr_warmup():
+    trainer = Trainer(tiny_config(warmup_steps=10, lr=1e-3), None, progress=False)
+    assert trainer.lr_at(0) == pytest.approx(1e-4) and trainer.lr_at(9) == pytest.approx(1e-3) and trainer.lr_at(500) == 1e-3
+
+
+def test_precision_choices():
+    assert resolve_precision("auto", torch.device("cpu")) == torch.bfloat16
+    assert resolve_precision("fp32", torch.device("cpu")) == torch.float32
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        resolve_precision("fp16", torch.device("cpu"))
+    with pytest.raises(ValueError, match="valid choices: auto, bf16, fp16, fp32"):
+        TrainConfig(precision="int8")
+    with pytest.raises(ValueError, match="valid choices"):
+        TrainConfig(model="giant")
+
+
+def test_export_weights_and_sample_cli(tmp_path):
+    Trainer(tiny_config(max_steps=3), tmp_path / "run", progress=False).fit()
+    size = export_weights(tmp_path / "run/checkpoint.pt", tmp_path / "w.pt")
+    assert size < (tmp_path / "run/checkpoint.pt").stat().st_size / 3
+    model, diffusion, cfg = load_ema_model(tmp_path / "w.pt")
+    assert cfg.model == "tiny" and diffusion.num_timesteps == 100 and not model.training
+    assert sample_cli.main(["--checkpoint", str(tmp_path / "w.pt"), "--num-samples", "5", "--batch-size", "2", "--steps", "3",
+                            "--out", str(tmp_path / "s.npz")]) == 0  # fmt: skip
+    arr = np.load(tmp_path / "s.npz")["arr_0"]
+    assert arr.shape == (5, 16, 16, 3) and arr.dtype == np.uint8
+    assert sample_cli.main(["--checkpoint", str(tmp_path / "run/checkpoint.pt"), "--num-samples", "4", "--sampler", "ddpm",
+                            "--out", str(tmp_path / "s.png")]) == 0  # fmt: skip
+    assert (tmp_path / "s.png").stat().st_size > 100
+    assert sample_cli.main(["--checkpoint", str(tmp_path / "w.pt"), "--out", str(tmp_path / "s.jpg")]) == 2
+    assert sample_cli.main(["--checkpoint", str(tmp_path / "nothing.pt"), "--out", str(tmp_path / "s.png")]) == 2
+
+
+def test_train_cli_help_and_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        train_cli.main(["--help"])
+    assert info.value.code == 0 and "--max-steps" in capsys.readouterr().out
+    assert train_cli.main(["--out", str(tmp_path), "--dataset", "folder", "--no-progress"]) == 2
+    assert "needs root=" in capsys.readouterr().err
+    assert train_cli.main(["--out", str(tmp_path / "none"), "--resume", "--no-progress"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_torchrun_two_gloo_processes(tmp_path):
+    """The same program under torchrun: DDP with gloo on the CPU, rank 0 writes the checkpoint."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ddpm_lib.train",
+           *TINY_ARGS, "--max-steps", "6", "--checkpoint-every", "3", "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["step"] == 6 and ckpt["world_size"] == 2
+    assert ckpt["rng"]["cpu"].shape[0] == 2 and not torch.equal(ckpt["rng"]["cpu"][0], ckpt["rng"]["cpu"][1])
+    assert "on 2 process(es)" in result.stdout
+    # resume under torchrun continues from step 6 to 8
+    cmd[cmd.index("--max-steps") + 1] = "8"
+    result = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 8
