@@ -71,7 +71,7 @@ def terminal_signal(betas: torch.Tensor) -> float:
     """Signal coefficient left at the last step, ``sqrt(bar-alpha_T)`` (Eq. 4 at t = T).
 
     Near 0 means x_T is (almost) pure noise, as Algorithm 2 assumes when it starts from N(0, I).
-    The linear schedule gives ~0.006 for T=1000 but ~0.26 for T=300: a quarter of the image is
+    The linear schedule gives ~0.006 for T=1000 but ~0.22 for T=300: a fifth of the image is
     still there at the "last" step.
     """
     return alphas_cumprod_from_betas(betas)[-1].sqrt().item()

@@ -247,6 +247,8 @@ class Trainer:
         self.device = select_device(device)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         ckpt = None
+        if not resume and self.out_dir is not None and any((self.out_dir / f).exists() for f in (CHECKPOINT_NAME, "loss.csv")):
+            raise ValueError(f"{self.out_dir} already holds a training run; resume it (resume=True, --resume) or choose another folder")
         if resume:
             if self.out_dir is None:
                 raise ValueError("resume=True needs out_dir, the folder that holds checkpoint.pt")

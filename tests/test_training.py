@@ -144,6 +144,12 @@ def test_resume_with_other_model_is_refused(tmp_path):
     assert resumed.config.max_steps == 5
 
 
+def test_new_run_refuses_to_overwrite_a_run(tmp_path):
+    Trainer(tiny_config(max_steps=1), tmp_path, progress=False).fit()
+    with pytest.raises(ValueError, match="already holds a training run"):
+        Trainer(tiny_config(max_steps=1), tmp_path, progress=False)
+
+
 def test_ema_warmup_formula(tmp_path):
     trainer = Trainer(tiny_config(ema_decay=0.999), tmp_path, progress=False)
     before = _params(trainer.ema.module)
