@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 # The main job: execute the notebook series in order on the embedded toy-cars dataset, storing outputs
 # in place and refreshing assets/.
 demo: $(STAMP)
+	$(BIN)/python -m ddpm_lib.toy_cars --out assets/toy_cars_preview_32.png
 	cd notebooks && for nb in $(notdir $(NOTEBOOKS)); do \
 		echo "== $$nb" && ../$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 			--ExecutePreprocessor.timeout=1800 "$$nb" || exit 1; \

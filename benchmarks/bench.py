@@ -21,7 +21,6 @@ import resource
 import time
 
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from ddpm_lib.data import load_dataset

@@ -54,7 +54,12 @@ def plot_schedules(num_timesteps: int = 1000, names: Sequence[str] = SCHEDULES, 
         (line,) = axes[2].plot(t, ac.sqrt(), **kw)
         axes[2].plot(t, (1 - ac).sqrt(), ls="--", color=line.get_color(), lw=kw["lw"], alpha=kw["alpha"])
         axes[3].plot(t, log_snr(betas), **kw)
-    titles = [r"$\beta_t$", r"$\bar\alpha_t$", r"$\sqrt{\bar\alpha_t}$ (solid) and $\sqrt{1-\bar\alpha_t}$ (dashed)", r"log-SNR $\log\frac{\bar\alpha_t}{1-\bar\alpha_t}$"]
+    titles = [
+        r"$\beta_t$",
+        r"$\bar\alpha_t$",
+        r"$\sqrt{\bar\alpha_t}$ (solid) and $\sqrt{1-\bar\alpha_t}$ (dashed)",
+        r"log-SNR $\log\frac{\bar\alpha_t}{1-\bar\alpha_t}$",
+    ]
     for ax, title in zip(axes, titles):
         ax.set_title(title)
         ax.set_xlabel("t")

@@ -31,10 +31,9 @@ import os
 import matplotlib.pyplot as plt
 import torch
 
-from ddpm_lib import schedules
 from ddpm_lib.plotting import plot_schedules
-from ddpm_lib.schedules import alphas_cumprod_from_betas, log_snr, make_betas, terminal_signal
-from ddpm_lib.widgets import schedule_explorer, schedule_view
+from ddpm_lib.schedules import alphas_cumprod_from_betas, make_betas, terminal_signal
+from ddpm_lib.widgets import schedule_explorer
 
 FAST = os.environ.get("DDPM_FAST") == "1"  # set by `make test`: the same lessons, less compute
 ASSETS = "../assets"

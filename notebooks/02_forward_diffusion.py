@@ -25,7 +25,6 @@
 import os
 
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 
 from ddpm_lib import GaussianDiffusion, make_betas

@@ -28,7 +28,6 @@ import math
 
 import matplotlib.pyplot as plt
 import torch
-import torch.nn.functional as F
 
 from ddpm_lib.unet import (
     UNET_PRESETS,
