@@ -196,6 +196,7 @@ class GaussianDiffusion:
             noise = torch.randn_like(x_t)
         return out["mean"] + nonzero * out["variance"].sqrt() * noise, out["x0_pred"]
 
+    @torch.no_grad()
     def p_sample(
         self, model: Model, x_t: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor | None = None, clip_denoised: bool = True
     ) -> torch.Tensor:
@@ -203,6 +204,7 @@ class GaussianDiffusion:
 
         ``x_{t-1} = mu_theta(x_t, t) + sigma_t z`` with ``z = noise`` when given (else drawn), and
         z = 0 where t = 0. x_t ``(B, C, H, W)``; t an int or ``(B,)``; returns ``(B, C, H, W)``.
+        Runs without gradients, so a loop of T calls keeps no autograd graph.
         """
         return self._p_sample(model, x_t, t, noise, clip_denoised)[0]
 
@@ -215,6 +217,7 @@ class GaussianDiffusion:
         steps = np.unique(np.round(np.linspace(0, self.num_timesteps - 1, num_steps)).astype(np.int64))
         return [int(s) for s in steps[::-1]]
 
+    @torch.no_grad()
     def ddim_step(
         self,
         model: Model,
@@ -229,7 +232,7 @@ class GaussianDiffusion:
 
         ``t_prev = -1`` means the final step to x_0 (bar-alpha = 1, no noise). eta = 0 is
         deterministic; eta = 1 with consecutive steps is DDPM with sigma_t^2 = tilde-beta_t.
-        Returns ``(x_prev, x0_pred)``, both ``(B, C, H, W)``.
+        Returns ``(x_prev, x0_pred)``, both ``(B, C, H, W)``. Runs without gradients.
         """
         tt = self._as_timesteps(t, x_t)
         eps_pred = model(x_t, tt).to(x_t.dtype)

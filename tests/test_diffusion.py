@@ -196,6 +196,16 @@ def test_sample_restores_train_mode_and_uses_eval():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_p_sample_keeps_no_graph():
+    """A loop of p_sample calls must not build an autograd graph (it would grow by a U-Net's activations per step)."""
+    model = UNet(UNetConfig(base_channels=8, channel_mults=(1,), num_res_blocks=1, attention_resolutions=(), num_groups=4, image_size=4))
+    d = _diffusion(T=5)
+    x = d.p_sample(model, torch.randn(1, 3, 4, 4), 3)
+    assert not x.requires_grad and x.grad_fn is None
+    x, _ = d.ddim_step(model, x, 3, 1, eta=1.0)
+    assert x.grad_fn is None
+
+
 def test_sample_seeded_and_trajectory(oracle_cls):
     d = _diffusion(T=20)
     oracle = oracle_cls(d, 0.0, 0.5)
