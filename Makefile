@@ -33,7 +33,7 @@ unit-test: $(STAMP)
 nb-test: $(STAMP)
 	@if [ -n "$(NOTEBOOKS)" ]; then \
 		cd notebooks && DDPM_FAST=1 TQDM_DISABLE=1 ../$(BIN)/python -m pytest -p no:cacheprovider --nbval-current-env \
-			--nbval-lax --nbval-sanitize-with sanitize.cfg --nbval-cell-timeout=900 $(notdir $(NOTEBOOKS)); \
+			--nbval-lax --nbval-sanitize-with sanitize.cfg --nbval-cell-timeout=900 -W "ignore:Overlapping options" $(notdir $(NOTEBOOKS)); \
 	else echo "no notebooks yet"; fi
 
 lab: $(STAMP)
