@@ -23,7 +23,8 @@ LossType = Literal["mse", "l1", "huber"]
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _check_choice(value: str, kind: object, what: str) -> None:
+def check_choice(value: str, kind: object, what: str) -> None:
+    """Raise ``ValueError`` listing the valid choices when ``value`` is not one of the ``Literal`` ``kind``."""
     choices = get_args(kind)
     if value not in choices:
         raise ValueError(f"unknown {what} {value!r}; valid choices: {', '.join(choices)}")
@@ -54,7 +55,7 @@ class GaussianDiffusion:
     """
 
     def __init__(self, betas: torch.Tensor, variance_type: VarianceType = "fixed_small"):
-        _check_choice(variance_type, VarianceType, "variance_type")
+        check_choice(variance_type, VarianceType, "variance_type")
         betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
         if betas.numel() < 1 or not bool(((betas > 0) & (betas < 1)).all()):
             raise ValueError("betas must be a non-empty 1-D tensor with every value in (0, 1)")
@@ -147,7 +148,7 @@ class GaussianDiffusion:
         mean over all elements of ``loss(noise, model(q_sample(x0, t, noise), t))``, computed in
         float32 whatever the model's precision. x0 ``(B, C, H, W)`` in [-1, 1].
         """
-        _check_choice(loss_type, LossType, "loss_type")
+        check_choice(loss_type, LossType, "loss_type")
         B = x0.shape[0]
         rng_device = generator.device if generator is not None else x0.device
         if t is None:
@@ -273,7 +274,7 @@ class GaussianDiffusion:
         ``traj`` is a dict of CPU tensors: ``timesteps`` ``(S,)``, ``x_t`` ``(S, B, C, H, W)`` (the input
         of each step) and ``x0_pred`` ``(S, B, C, H, W)`` (the model's estimate at that step).
         """
-        _check_choice(sampler, Sampler, "sampler")
+        check_choice(sampler, Sampler, "sampler")
         if device is None:
             device = generator.device if generator is not None else _model_device(model)
         if sampler == "ddpm":

@@ -12,12 +12,13 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import torch
 
 from ddpm_lib.data import to_uint8
-from ddpm_lib.training import load_ema_model, resolve_precision, select_device
+from ddpm_lib.training import Precision, load_ema_model, resolve_precision, select_device
 
 PRETRAINED = Path(__file__).resolve().parent.parent / "assets" / "pretrained_toy_cars_32.pt"
 
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default=None)
-    p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto")
+    p.add_argument("--precision", choices=get_args(Precision), default="auto")
     p.add_argument("--out", type=Path, required=True, help="a .png grid or a .npz batch (arr_0, uint8 NHWC)")
     return p
 

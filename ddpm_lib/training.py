@@ -21,9 +21,9 @@ import math
 import os
 import pickle
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -32,7 +32,7 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DistributedSampler
 
 from ddpm_lib.data import ImageTensorDataset, load_dataset
-from ddpm_lib.diffusion import GaussianDiffusion, LossType, Sampler, VarianceType
+from ddpm_lib.diffusion import GaussianDiffusion, LossType, Sampler, VarianceType, check_choice
 from ddpm_lib.schedules import ScheduleName, make_betas
 from ddpm_lib.unet import MODEL_PRESETS, build_model, count_parameters
 
@@ -81,15 +81,14 @@ class TrainConfig:
     sample_steps: int = 50
     sample_eta: float = 1.0
     checkpoint_every: int = 1000
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes stored with the run
 
     def __post_init__(self):
-        _choice(self.precision, Precision, "precision")
-        _choice(self.optimizer, Optimizer, "optimizer")
-        _choice(self.loss_type, LossType, "loss_type")
-        _choice(self.variance_type, VarianceType, "variance_type")
-        _choice(self.sample_sampler, Sampler, "sample_sampler")
-        _choice(self.schedule, ScheduleName, "schedule")
+        check_choice(self.precision, Precision, "precision")
+        check_choice(self.optimizer, Optimizer, "optimizer")
+        check_choice(self.loss_type, LossType, "loss_type")
+        check_choice(self.variance_type, VarianceType, "variance_type")
+        check_choice(self.sample_sampler, Sampler, "sample_sampler")
+        check_choice(self.schedule, ScheduleName, "schedule")
         if self.model not in MODEL_PRESETS:
             raise ValueError(f"unknown model {self.model!r}; valid choices: {', '.join(MODEL_PRESETS)}")
         for name in ("batch_size", "max_steps", "num_timesteps", "checkpoint_every", "log_every"):
@@ -111,11 +110,6 @@ RESUMABLE_OVERRIDES = frozenset({"max_steps", "max_minutes", "checkpoint_every",
                                  "sample_sampler", "sample_steps", "sample_eta", "compile", "data_root"})  # fmt: skip
 
 
-def _choice(value: str, kind: object, what: str) -> None:
-    if value not in get_args(kind):
-        raise ValueError(f"unknown {what} {value!r}; valid choices: {', '.join(get_args(kind))}")
-
-
 # ---------------------------------------------------------------------------------- devices and precision
 def select_device(device: str | torch.device | None = None) -> torch.device:
     """``device`` if given, else the first CUDA GPU when there is one, else the CPU."""
@@ -126,7 +120,7 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     """The autocast dtype for ``precision`` on ``device`` (float32 means no autocast)."""
-    _choice(precision, Precision, "precision")
+    check_choice(precision, Precision, "precision")
     if precision == "fp32":
         return torch.float32
     if precision == "fp16":
