@@ -22,7 +22,7 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ddpm_lib import toy_cars
 
@@ -41,30 +41,42 @@ class DatasetUnavailableError(RuntimeError):
 class ImageTensorDataset(Dataset):
     """Images held as uint8 ``(N, 3, H, W)`` with int labels; items are ``(float (3, H, W) in [-1, 1], int)``."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str] = (), flip: bool = False):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str] = ()):
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        self.images, self.labels, self.classes, self.flip = images, labels.long(), list(classes), flip
+        self.images, self.labels, self.classes = images, labels.long(), list(classes)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        x = self.images[index].float() / 127.5 - 1.0
-        if self.flip and torch.rand(()) < 0.5:
-            x = x.flip(-1)
-        return x, int(self.labels[index])
+        return from_uint8(self.images[index]), int(self.labels[index])
 
-    def with_flips(self) -> ImageTensorDataset:
-        """The same images (shared memory) with random horizontal flips."""
-        return ImageTensorDataset(self.images, self.labels, self.classes, flip=True)
+    def batch(self, indices: torch.Tensor, device: torch.device | str = "cpu", flip: bool = False) -> torch.Tensor:
+        """x_0 for ``indices`` ``(B,)``: float ``(B, 3, H, W)`` in [-1, 1] on ``device``.
+
+        With ``flip``, each image is mirrored left-right with probability 1/2, drawn from the global
+        CPU RNG (so a checkpoint's RNG state fixes the flips of a resumed run).
+        """
+        x = from_uint8(self.images[indices.to(self.images.device)].to(device, non_blocking=True))
+        if flip:
+            mirror = (torch.rand(len(indices)) < 0.5).to(x.device).view(-1, 1, 1, 1)
+            x = torch.where(mirror, x.flip(-1), x)
+        return x
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Map images in [-1, 1] to uint8 [0, 255], keeping the shape."""
+    """Map images in [-1, 1] to uint8 [0, 255], keeping the shape (values outside are clamped)."""
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def from_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Map uint8 images [0, 255] to float32 in [-1, 1], keeping the shape: the inverse of :func:`to_uint8`."""
+    if x.dtype != torch.uint8:
+        raise ValueError(f"from_uint8 expects a uint8 tensor, got {x.dtype}")
+    return x.float().div_(127.5).sub_(1.0)
 
 
 # ---------------------------------------------------------------------------------- decoding
@@ -245,38 +257,3 @@ def load_dataset(
     if split != "train":
         raise ValueError("dataset 'folder' has a single split; use split='train'")
     return _folder(image_size, root)
-
-
-def make_dataloader(
-    dataset: Dataset,
-    batch_size: int,
-    train: bool = True,
-    device: torch.device | str = "cpu",
-    num_workers: int | None = None,
-    sampler: torch.utils.data.Sampler | None = None,
-    generator: torch.Generator | None = None,
-) -> DataLoader:
-    """A DataLoader with sensible defaults: shuffling, random horizontal flips and drop_last when ``train``.
-
-    In-memory datasets use no worker processes (indexing is cheaper than inter-process transfer);
-    others use up to 4. Memory is pinned when training on CUDA.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if train and isinstance(dataset, ImageTensorDataset) and not dataset.flip:
-        dataset = dataset.with_flips()
-    if train and len(dataset) < batch_size:
-        raise ValueError(f"the dataset has {len(dataset)} images, fewer than one batch of {batch_size}; lower batch_size")
-    if num_workers is None:
-        num_workers = 0 if isinstance(dataset, ImageTensorDataset) else min(4, os.cpu_count() or 1)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=train and sampler is None,
-        sampler=sampler,
-        drop_last=train,
-        num_workers=num_workers,
-        pin_memory=torch.device(device).type == "cuda",
-        persistent_workers=num_workers > 0,
-        generator=generator,
-    )

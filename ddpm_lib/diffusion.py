@@ -8,14 +8,17 @@ paper's step ``t+1``. The sampler visits ``T-1, ..., 0`` and adds no noise at ``
 
 from __future__ import annotations
 
+import collections
 import contextlib
-from collections.abc import Callable
-from typing import Literal, get_args
+from collections.abc import Callable, Iterator
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ddpm_lib.checks import check_choice, check_float, check_image_range, check_int
 
 VarianceType = Literal["fixed_small", "fixed_large"]
 Sampler = Literal["ddpm", "ddim"]
@@ -23,11 +26,14 @@ LossType = Literal["mse", "l1", "huber"]
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def check_choice(value: str, kind: object, what: str) -> None:
-    """Raise ``ValueError`` listing the valid choices when ``value`` is not one of the ``Literal`` ``kind``."""
-    choices = get_args(kind)
-    if value not in choices:
-        raise ValueError(f"unknown {what} {value!r}; valid choices: {', '.join(choices)}")
+class SampleStep(NamedTuple):
+    """One step of the reverse process: the step's input ``x_t`` at index ``t``, the model's estimate
+    ``x0_pred`` of the clean image, and the step's output ``x_prev`` (x_{t-1}, or the next DDIM index)."""
+
+    t: int
+    x_t: torch.Tensor
+    x0_pred: torch.Tensor
+    x_prev: torch.Tensor
 
 
 @contextlib.contextmanager
@@ -149,6 +155,7 @@ class GaussianDiffusion:
         float32 whatever the model's precision. x0 ``(B, C, H, W)`` in [-1, 1].
         """
         check_choice(loss_type, LossType, "loss_type")
+        check_image_range(x0)
         B = x0.shape[0]
         rng_device = generator.device if generator is not None else x0.device
         if t is None:
@@ -211,8 +218,7 @@ class GaussianDiffusion:
 
     def ddim_timesteps(self, num_steps: int) -> list[int]:
         """The ``num_steps`` timesteps DDIM visits, evenly spaced from T-1 down to 0 (both included)."""
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= self.num_timesteps:
-            raise ValueError(f"num_steps must be an integer in [1, {self.num_timesteps}], got {num_steps!r}")
+        check_int(num_steps, f"num_steps (DDIM steps, at most T={self.num_timesteps})", 1, self.num_timesteps)
         if num_steps == 1:
             return [self.num_timesteps - 1]
         steps = np.unique(np.round(np.linspace(0, self.num_timesteps - 1, num_steps)).astype(np.int64))
@@ -249,7 +255,20 @@ class GaussianDiffusion:
             x_prev = x_prev + sigma * (torch.randn_like(x_t) if noise is None else noise)
         return x_prev, x0_pred
 
-    def sample(
+    def sampling_timesteps(self, sampler: Sampler = "ddpm", num_steps: int | None = None) -> list[int]:
+        """The indices a sampler visits, from T-1 down to 0.
+
+        ``"ddpm"`` runs all T steps: ``num_steps`` must be None or T. ``"ddim"`` runs ``num_steps``
+        evenly spaced steps (None: min(50, T)), at most T.
+        """
+        check_choice(sampler, Sampler, "sampler")
+        if sampler == "ddpm":
+            if num_steps not in (None, self.num_timesteps):
+                raise ValueError(f"the ddpm sampler runs all T={self.num_timesteps} steps; use sampler='ddim' for num_steps={num_steps}")
+            return list(range(self.num_timesteps - 1, -1, -1))
+        return self.ddim_timesteps(min(50, self.num_timesteps) if num_steps is None else num_steps)
+
+    def sample_progressive(
         self,
         model: Model,
         shape: tuple[int, ...],
@@ -259,65 +278,63 @@ class GaussianDiffusion:
         generator: torch.Generator | None = None,
         clip_denoised: bool = True,
         progress: bool = False,
-        return_trajectory: bool = False,
-        device: torch.device | str | None = None,
         x_T: torch.Tensor | None = None,
-    ):
-        """Generate samples x_0 of ``shape`` ``(B, C, H, W)`` from x_T ~ N(0, I).
+        allow_eta_above_one: bool = False,
+    ) -> Iterator[SampleStep]:
+        """Run the reverse process from x_T ~ N(0, I) of ``shape`` ``(B, C, H, W)``, yielding every step.
 
-        ``sampler="ddpm"``: Algorithm 2 of Ho et al. 2020 over all T steps (``num_steps`` must be
-        None or T). ``sampler="ddim"``: Song et al. 2021, Eq. 12 over ``num_steps`` evenly spaced
-        steps (default 50) with stochasticity ``eta``. The model runs in eval mode under no_grad.
-        All noise is drawn from ``generator`` (on ``device``) when given, so a seed fixes the result.
-
-        Returns x_0 clamped to [-1, 1]; with ``return_trajectory=True`` returns ``(x_0, traj)`` where
-        ``traj`` is a dict of CPU tensors: ``timesteps`` ``(S,)``, ``x_t`` ``(S, B, C, H, W)`` (the input
-        of each step) and ``x0_pred`` ``(S, B, C, H, W)`` (the model's estimate at that step).
+        ``sampler="ddpm"``: Algorithm 2 of Ho et al. 2020 over all T steps. ``sampler="ddim"``: Song et
+        al. 2021, Eq. 12 over ``num_steps`` evenly spaced steps with stochasticity ``eta`` in [0, 1]
+        (Eq. 16; larger only with ``allow_eta_above_one``). Yields a :class:`SampleStep` per step, the last
+        one's ``x_prev`` being x_0 (not yet clamped). The model runs in eval mode under no_grad on its
+        own device; all noise is drawn from ``generator`` (on that device) when given, so a seed fixes
+        the result. The improved-diffusion ``p_sample_loop_progressive`` pattern.
         """
-        check_choice(sampler, Sampler, "sampler")
-        if device is None:
-            device = generator.device if generator is not None else _model_device(model)
-        if sampler == "ddpm":
-            if num_steps not in (None, self.num_timesteps):
-                raise ValueError(f"the ddpm sampler runs all T={self.num_timesteps} steps; use sampler='ddim' for num_steps={num_steps}")
-            timesteps = list(range(self.num_timesteps - 1, -1, -1))
-        else:
-            if eta < 0:
-                raise ValueError(f"eta must be >= 0, got {eta}")
-            timesteps = self.ddim_timesteps(min(50, self.num_timesteps) if num_steps is None else num_steps)
+        timesteps = self.sampling_timesteps(sampler, num_steps)
+        check_float(eta, "eta", 0, None if allow_eta_above_one else 1)
+        device = model_device(model)
+        if generator is not None and generator.device.type != device.type:
+            raise ValueError(f"the generator is on {generator.device} but the model is on {device}; make the generator on {device}")
+        shape = tuple(shape)
+        if x_T is not None and tuple(x_T.shape) != shape:
+            raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {shape}")
 
         def randn():
             return torch.randn(shape, generator=generator, device=device)
 
         x = randn() if x_T is None else x_T.to(device)
-        traj_t, traj_x, traj_x0 = [], [], []
-        iterator = timesteps
         if progress:
             from tqdm.auto import tqdm
 
-            iterator = tqdm(timesteps, desc=f"{sampler} sampling", leave=False)
-        with eval_mode(model):
-            for i, t in enumerate(iterator):
-                x_in = x
+            timesteps_iter = tqdm(timesteps, desc=f"{sampler} sampling", leave=False)
+        else:
+            timesteps_iter = timesteps
+        for i, t in enumerate(timesteps_iter):
+            with eval_mode(model):  # per step: no grad mode or train flag leaks to the caller between yields
                 if sampler == "ddpm":
                     noise = randn() if t > 0 else torch.zeros_like(x)  # Algorithm 2, line 3
-                    x, x0_pred = self._p_sample(model, x, t, noise, clip_denoised)
+                    x_prev, x0_pred = self._p_sample(model, x, t, noise, clip_denoised)
                 else:
                     t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
                     noise = randn() if (eta > 0 and t_prev >= 0) else None
-                    x, x0_pred = self.ddim_step(model, x, t, t_prev, eta, noise, clip_denoised)
-                if return_trajectory:
-                    traj_t.append(t)
-                    traj_x.append(x_in.float().cpu())
-                    traj_x0.append(x0_pred.float().cpu())
-        x = x.clamp(-1.0, 1.0)
-        if return_trajectory:
-            traj = {"timesteps": torch.tensor(traj_t), "x_t": torch.stack(traj_x), "x0_pred": torch.stack(traj_x0)}
-            return x, traj
-        return x
+                    x_prev, x0_pred = self.ddim_step(model, x, t, t_prev, eta, noise, clip_denoised)
+            yield SampleStep(t, x, x0_pred, x_prev)
+            x = x_prev
+
+    def sample(self, model: Model, shape: tuple[int, ...], sampler: Sampler = "ddpm", num_steps: int | None = None, eta: float = 0.0,
+               **options) -> torch.Tensor:  # fmt: skip
+        """x_0 of ``shape`` ``(B, C, H, W)``, clamped to [-1, 1]: the last step of :meth:`sample_progressive`.
+
+        ``options`` are those of :meth:`sample_progressive` (``generator``, ``clip_denoised``,
+        ``progress``, ``x_T``). In full precision; :func:`ddpm_lib.sampling.generate` adds the measured
+        precision, batching and seeding that the command line, the trainer and the notebooks use.
+        """
+        (last,) = collections.deque(self.sample_progressive(model, shape, sampler, num_steps, eta, **options), maxlen=1)
+        return last.x_prev.clamp(-1.0, 1.0)
 
 
-def _model_device(model: Model) -> torch.device:
+def model_device(model: Model) -> torch.device:
+    """The device of the model's parameters (the CPU for a parameter-free callable)."""
     if isinstance(model, nn.Module):
         for p in model.parameters():
             return p.device

@@ -1,7 +1,7 @@
-"""Figures for the notebooks, kept out of the narrative (stage 8 of the series).
+"""Figures for the notebooks, kept out of the narrative.
 
 Every function draws on matplotlib and returns the Figure; none calls ``plt.show()``.
-Images are tensors in [-1, 1], ``(B, 3, H, W)`` or ``(3, H, W)``.
+Images are float tensors in [-1, 1] or uint8 tensors, ``(B, 3, H, W)`` or ``(3, H, W)``.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid
 
-from ddpm_lib.data import to_uint8
+from ddpm_lib.data import from_uint8, to_uint8
 from ddpm_lib.diffusion import GaussianDiffusion
 from ddpm_lib.schedules import SCHEDULES, alphas_cumprod_from_betas, log_snr, make_betas
 
 
 def to_numpy_image(x: torch.Tensor, nrow: int | None = None, padding: int = 1) -> np.ndarray:
-    """A tensor in [-1, 1], ``(3, H, W)`` or ``(B, 3, H, W)``, as a uint8 ``(H, W, 3)`` array (a grid for a batch)."""
-    x = x.detach().float().cpu()
+    """A float tensor in [-1, 1] or a uint8 one, ``(3, H, W)`` or ``(B, 3, H, W)``, as a uint8 ``(H, W, 3)`` array (a grid for a batch)."""
+    x = from_uint8(x.cpu()) if x.dtype == torch.uint8 else x.detach().float().cpu()
     if x.dim() == 4:
         x = make_grid(x, nrow=nrow or int(math.ceil(math.sqrt(len(x)))), padding=padding, pad_value=1.0)
     return to_uint8(x).permute(1, 2, 0).numpy()
@@ -111,14 +111,14 @@ def plot_loss(history: Sequence[dict] | str | Path, smooth: int = 10, ax=None):
 
 def save_denoising_animation(trajectory: dict, path: str | Path, frames: int = 40, nrow: int | None = None, scale: int = 3,
                              duration_ms: int = 80) -> Path:  # fmt: skip
-    """A GIF of the reverse process: x_t (left) and the predicted x_0 (right) from t = T-1 down to 0."""
+    """A GIF of the reverse process from :func:`ddpm_lib.sampling.trajectory`: x_t (left) and the predicted x_0 (right)."""
     from PIL import Image
 
     steps = len(trajectory["timesteps"])
     idx = np.unique(np.round(np.linspace(0, steps - 1, frames)).astype(int))
     images = []
     for i in idx:
-        left = to_numpy_image(trajectory["x_t"][i].clamp(-1, 1), nrow)
+        left = to_numpy_image(trajectory["x_t"][i], nrow)
         right = to_numpy_image(trajectory["x0_pred"][i], nrow)
         gap = np.full((left.shape[0], 4, 3), 255, np.uint8)
         frame = Image.fromarray(np.concatenate([left, gap, right], 1))

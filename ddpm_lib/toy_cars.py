@@ -37,7 +37,17 @@ _SKIES = [  # (top colour, horizon colour) in RGB 0..1
     ((0.10, 0.12, 0.30), (0.45, 0.35, 0.55)),  # dusk
 ]
 
-NUM_PARAMS = 32
+# The entries of one image's parameter vector, in order (sizes in car lengths, positions in image fractions,
+# colours RGB in 0..1): read by name through PARAM_INDEX, never by position.
+PARAM_NAMES: tuple[str, ...] = (
+    "body_type", "length", "cx", "ground", "facing",
+    "body_r", "body_g", "body_b", "sky_top_r", "sky_top_g", "sky_top_b", "sky_bottom_r", "sky_bottom_g", "sky_bottom_b",
+    "road", "verge_r", "verge_g", "verge_b", "horizon",
+    "wheel", "body_height", "cabin_rear_bottom", "cabin_rear_top", "cabin_front_top", "cabin_front_bottom", "cabin_height",
+    "wheel_rear_x", "wheel_front_x", "hub", "tint",
+)  # fmt: skip
+PARAM_INDEX = {name: i for i, name in enumerate(PARAM_NAMES)}
+NUM_PARAMS = len(PARAM_NAMES)
 
 
 def sample_params(seed: int, split: str, index: int) -> np.ndarray:
@@ -103,9 +113,9 @@ def render(params: np.ndarray, image_size: int, supersample: int = 2) -> torch.T
     """Draw a batch of cars from ``params`` ``(N, NUM_PARAMS)``: uint8 ``(N, 3, image_size, image_size)``."""
     S = image_size * supersample
     p = torch.as_tensor(params, dtype=torch.float32)
-    col = lambda i: p[:, i : i + 3, None, None]  # noqa: E731  (N, 3, 1, 1) colour
-    one = lambda i: p[:, i, None, None]  # noqa: E731  (N, 1, 1) scalar
-    (body_type, length, cx, ground, facing) = (one(i) for i in range(5))
+    col = lambda name: p[:, PARAM_INDEX[name] : PARAM_INDEX[name] + 3, None, None]  # noqa: E731  (N, 3, 1, 1) colour from its _r entry
+    one = lambda name: p[:, PARAM_INDEX[name], None, None]  # noqa: E731  (N, 1, 1) scalar
+    body_type, length, cx, ground, facing = (one(n) for n in ("body_type", "length", "cx", "ground", "facing"))
     grid = (torch.arange(S, dtype=torch.float32) + 0.5) / S
     py, px = grid[None, :, None], grid[None, None, :]  # image coordinates, y down
     # car coordinates: u from the rear (0) to the front (1), v up from the ground, both in car lengths
@@ -118,18 +128,20 @@ def render(params: np.ndarray, image_size: int, supersample: int = 2) -> torch.T
         return img * (1 - a) + colour * a
 
     # background: sky gradient to the horizon, verge, road
-    horizon = one(18)
+    horizon = one("horizon")
     k = (py / horizon).clamp(0, 1)[:, None]
-    img = col(8) * (1 - k) + col(11) * k
-    img = torch.where((py > horizon)[:, None], col(15), img).expand(-1, 3, S, S)
+    img = col("sky_top_r") * (1 - k) + col("sky_bottom_r") * k
+    img = torch.where((py > horizon)[:, None], col("verge_r"), img).expand(-1, 3, S, S)
     road_top = (ground - 0.08).clamp(min=horizon + 0.04)
-    img = torch.where((py > road_top)[:, None], p[:, 14, None, None, None].expand(-1, 3, 1, 1), img)
+    img = torch.where((py > road_top)[:, None], one("road")[:, None].expand(-1, 3, 1, 1), img)
 
-    wheel, body_h = one(19), one(20)
-    rb, rt, ft, fb, cabin_h = (one(i) for i in range(21, 26))
-    xr, xf, hub, tint = one(26), one(27), one(28), one(29)
+    wheel, body_h = one("wheel"), one("body_height")
+    rb, rt, ft, fb, cabin_h = (
+        one(n) for n in ("cabin_rear_bottom", "cabin_rear_top", "cabin_front_top", "cabin_front_bottom", "cabin_height")
+    )
+    xr, xf, hub, tint = (one(n) for n in ("wheel_rear_x", "wheel_front_x", "hub", "tint"))
     clearance = wheel * 0.9
-    body = col(5)
+    body = col("body_r")
     dark = body * 0.55
     # shadow under the car
     img = paint(img, ((u - 0.5) ** 2 / 0.36 + (v / 0.035) ** 2).sqrt() * 0.035 - 0.035, torch.zeros(1, 3, 1, 1), 0.45)

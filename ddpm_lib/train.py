@@ -14,9 +14,12 @@ import dataclasses
 import sys
 from typing import get_args
 
-from ddpm_lib.diffusion import LossType
+from ddpm_lib.config import Optimizer, TrainConfig
+from ddpm_lib.data import DatasetName
+from ddpm_lib.devices import Precision, device_report
+from ddpm_lib.diffusion import LossType, Sampler, VarianceType
 from ddpm_lib.schedules import SCHEDULES
-from ddpm_lib.training import Precision, TrainConfig, Trainer, device_report
+from ddpm_lib.training import Trainer, TrainingDiverged
 from ddpm_lib.unet import MODEL_PRESETS
 
 PRESETS = {"paper": TrainConfig, "cpu": TrainConfig.cpu_demo}
@@ -30,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="defaults to start from: 'paper' (Ho et al. 2020, CIFAR-10) or 'cpu' (small U-Net, fast on a CPU)")  # fmt: skip
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", choices=["toy_cars", "stanford_cars", "cifar10", "folder"])
+    g.add_argument("--dataset", choices=get_args(DatasetName))
     g.add_argument("--data-root", help="folder of the data (required for --dataset folder)")
     g.add_argument("--num-images", type=int, help="toy_cars: number of training images (default 8144)")
     g.add_argument("--image-size", type=int)
@@ -40,11 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--schedule", choices=SCHEDULES)
     g.add_argument("--num-timesteps", type=int, help="T")
     g.add_argument("--loss-type", choices=get_args(LossType))
+    g.add_argument("--variance-type", choices=get_args(VarianceType), help="reverse variance of the sample grids")
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, help="global batch size")
     g.add_argument("--lr", type=float)
     g.add_argument("--warmup-steps", type=int)
-    g.add_argument("--optimizer", choices=["adam", "adamw"])
+    g.add_argument("--optimizer", choices=get_args(Optimizer))
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--grad-clip", type=float)
     g.add_argument("--ema-decay", type=float)
@@ -59,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--log-every", type=int)
     g.add_argument("--sample-every", type=int, help="save a sample grid every N steps (0: at the end only)")
     g.add_argument("--checkpoint-every", type=int)
+    g.add_argument("--num-sample-images", type=int, help="images in each sample grid")
+    g.add_argument("--sample-sampler", choices=get_args(Sampler), help="sampler of the grids (default ddim)")
+    g.add_argument("--sample-steps", type=int, help="DDIM steps of the grids (default min(50, T))")
+    g.add_argument("--sample-eta", type=float, help="DDIM eta of the grids (default 1)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -75,13 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         trainer = Trainer(config, args.out, resume=args.resume, device=args.device, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        if trainer.is_main:
+            print(device_report(trainer.device, trainer.precision))
+            print(trainer.describe(), flush=True)
+        trainer.fit()
+    except (ValueError, FileNotFoundError, RuntimeError, TrainingDiverged) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if trainer.is_main:
-        print(device_report(trainer.device))
-        print(trainer.describe(), flush=True)
-    trainer.fit()
     if trainer.is_main:
         last = trainer.history[-1] if trainer.history else {}
         print(f"stopped at step {trainer.step}; loss {last.get('loss', float('nan')):.4f}; checkpoint {args.out}/checkpoint.pt")

@@ -43,10 +43,10 @@ def forward_view(diffusion: GaussianDiffusion, x0: torch.Tensor, t: int, noise: 
 
 
 def trajectory_view(trajectory: dict, index: int, nrow: int | None = None):
-    """Step ``index`` of a reverse trajectory from ``GaussianDiffusion.sample(..., return_trajectory=True)``: x_t and hat-x_0."""
+    """Step ``index`` of a reverse trajectory from :func:`ddpm_lib.sampling.trajectory`: x_t and hat-x_0."""
     t = int(trajectory["timesteps"][index])
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.6))
-    axes[0].imshow(to_numpy_image(trajectory["x_t"][index].clamp(-1, 1), nrow), interpolation="nearest")
+    axes[0].imshow(to_numpy_image(trajectory["x_t"][index], nrow), interpolation="nearest")
     axes[0].set_title(f"$x_t$ at t={t}")
     axes[1].imshow(to_numpy_image(trajectory["x0_pred"][index], nrow), interpolation="nearest")
     axes[1].set_title(rf"predicted $\hat x_0$ at t={t}")

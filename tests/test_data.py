@@ -15,7 +15,7 @@ from ddpm_lib.data import (
     DatasetUnavailableError,
     ImageTensorDataset,
     load_dataset,
-    make_dataloader,
+    from_uint8,
     to_uint8,
 )
 
@@ -241,23 +241,29 @@ def test_bad_arguments():
         load_dataset("toy_cars", num_imgs=3)
 
 
-# ---------------------------------------------------------------------------------- data loader
-def test_dataloader_flips_and_drop_last():
+# ---------------------------------------------------------------------------------- batches
+def test_batch_scales_and_flips():
     images = torch.zeros(10, 3, 4, 4, dtype=torch.uint8)
     images[:, :, :, 0] = 255  # a bright left column
     ds = ImageTensorDataset(images, torch.zeros(10))
-    dl = make_dataloader(ds, batch_size=4, generator=torch.Generator().manual_seed(0))
-    batches = list(dl)
-    assert len(batches) == 2  # drop_last
-    x = torch.cat([b[0] for b in batches])
+    torch.manual_seed(0)
+    x = torch.cat([ds.batch(torch.arange(5 * k, 5 * k + 5), flip=True) for k in range(2)])
     left = (x[:, 0, 0, 0] == 1).sum().item()
     right = (x[:, 0, 0, -1] == 1).sum().item()
-    assert left + right == 8 and left > 0 and right > 0  # some flipped, some not
-    assert dl.num_workers == 0 and not dl.pin_memory
-    eval_dl = make_dataloader(ds, batch_size=4, train=False)
-    assert sum(len(b[0]) for b in eval_dl) == 10 and torch.all(next(iter(eval_dl))[0][:, 0, 0, 0] == 1)
-    with pytest.raises(ValueError, match="fewer than one batch"):
-        make_dataloader(ds, batch_size=64)
+    assert left + right == 10 and left > 0 and right > 0  # some flipped, some not
+    plain = ds.batch(torch.arange(10))
+    assert plain.dtype == torch.float32 and torch.all(plain[:, 0, 0, 0] == 1) and torch.all(plain[:, 0, 0, 1] == -1)
+    torch.manual_seed(0)
+    again = torch.cat([ds.batch(torch.arange(5 * k, 5 * k + 5), flip=True) for k in range(2)])
+    assert torch.equal(x, again)  # the flips come from the global RNG: a seed (or a checkpoint's RNG state) fixes them
+
+
+def test_uint8_round_trip():
+    u = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).expand(1, 3, 16, 16)
+    x = from_uint8(u)
+    assert x.min() == -1 and x.max() == 1 and torch.equal(to_uint8(x), u)
+    with pytest.raises(ValueError, match="expects a uint8"):
+        from_uint8(x)
 
 
 def test_preview_grid_one_row_per_type(tmp_path):

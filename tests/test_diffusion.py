@@ -206,15 +206,23 @@ def test_p_sample_keeps_no_graph():
     assert x.grad_fn is None
 
 
-def test_sample_seeded_and_trajectory(oracle_cls):
+def test_sample_seeded_and_progressive(oracle_cls):
     d = _diffusion(T=20)
     oracle = oracle_cls(d, 0.0, 0.5)
     a = d.sample(oracle, (2, 3, 4, 4), generator=torch.Generator().manual_seed(1))
-    b, traj = d.sample(oracle, (2, 3, 4, 4), generator=torch.Generator().manual_seed(1), return_trajectory=True)
-    assert torch.equal(a, b)
-    assert traj["timesteps"].tolist() == list(range(19, -1, -1))
-    assert traj["x_t"].shape == traj["x0_pred"].shape == (20, 2, 3, 4, 4)
+    steps = list(d.sample_progressive(oracle, (2, 3, 4, 4), generator=torch.Generator().manual_seed(1)))
+    assert torch.equal(a, steps[-1].x_prev.clamp(-1, 1))
+    assert [s.t for s in steps] == list(range(19, -1, -1))
+    assert all(torch.equal(s.x_prev, nxt.x_t) for s, nxt in zip(steps, steps[1:]))  # each step's output is the next one's input
+    assert steps[0].x_t.shape == steps[0].x0_pred.shape == (2, 3, 4, 4)
     assert a.min() >= -1 and a.max() <= 1
+    assert torch.is_grad_enabled()  # no grad mode leaks out of the generator
+
+
+def test_x_T_must_match_shape(oracle_cls):
+    d = _diffusion(T=5)
+    with pytest.raises(ValueError, match=r"x_T has shape \(1, 3, 4, 4\), expected \(2, 3, 4, 4\)"):
+        d.sample(oracle_cls(d, 0.0, 0.5), (2, 3, 4, 4), x_T=torch.zeros(1, 3, 4, 4))
 
 
 @pytest.mark.parametrize(
@@ -224,6 +232,11 @@ def test_sample_seeded_and_trajectory(oracle_cls):
         (lambda d, m, x: d.sample(m, x.shape, sampler="ddpm", num_steps=5), "use sampler='ddim'"),
         (lambda d, m, x: d.sample(m, x.shape, sampler="ddim", num_steps=0), "num_steps"),
         (lambda d, m, x: d.sample(m, x.shape, sampler="ddim", eta=-1.0), "eta"),
+        (lambda d, m, x: d.sample(m, x.shape, sampler="ddim", eta=float("nan")), "eta must be a finite number"),
+        (lambda d, m, x: d.sample(m, x.shape, sampler="ddim", eta=1.5), "eta must be a finite number >= 0 and <= 1"),
+        (lambda d, m, x: d.sample(m, x.shape, sampler="ddim", num_steps=50), r"at most T=10\)? must be in \[1, 10\]"),
+        (lambda d, m, x: d.training_loss(m, (x + 1) * 127.5), r"must lie in \[-1, 1\]"),
+        (lambda d, m, x: d.training_loss(m, x.to(torch.uint8)), "from_uint8"),
         (lambda d, m, x: d.training_loss(m, x, "l3"), "valid choices: mse, l1, huber"),
         (lambda d, m, x: d.q_sample(x, 10), r"t must lie in \[0, 9\]"),
         (lambda d, m, x: d.q_sample(x, torch.tensor([0.5, 1.0])), "integer"),

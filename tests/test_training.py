@@ -12,15 +12,10 @@ import torch
 
 from ddpm_lib import sample as sample_cli
 from ddpm_lib import train as train_cli
-from ddpm_lib.training import (
-    TrainConfig,
-    Trainer,
-    export_weights,
-    load_checkpoint,
-    load_ema_model,
-    resolve_precision,
-    save_atomic,
-)
+from ddpm_lib.checkpoints import export_weights, load_checkpoint, load_ema_model, save_atomic
+from ddpm_lib.config import TrainConfig
+from ddpm_lib.devices import resolve_precision
+from ddpm_lib.training import Trainer, TrainingDiverged
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(model="tiny", image_size=16, num_images=64, batch_size=8, lr=2e-3, warmup_steps=5, ema_decay=0.99,
@@ -113,13 +108,14 @@ def test_atomic_save_leaves_old_file_on_failure(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         save_atomic({"step": 2}, path)
     assert torch.load(path, weights_only=True)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left behind
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     trainer = Trainer(tiny_config(max_steps=4, checkpoint_every=2), tmp_path, progress=False)
     trainer.fit(max_steps=2)
     monkeypatch.setattr(trainer.diffusion, "training_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
-    with pytest.raises(FloatingPointError, match="last good checkpoint"):
+    with pytest.raises(TrainingDiverged, match=r"checkpoint .* \(step 2\) is kept; continue with --resume"):
         trainer.fit()
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
 
@@ -181,9 +177,9 @@ def test_lr_warmup():
 
 
 def test_precision_choices():
-    assert resolve_precision("auto", torch.device("cpu")) == torch.bfloat16
-    assert resolve_precision("fp32", torch.device("cpu")) == torch.float32
-    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+    assert resolve_precision("bf16", torch.device("cpu")).dtype == torch.bfloat16
+    assert resolve_precision("fp32", torch.device("cpu")).dtype == torch.float32
+    with pytest.raises(ValueError, match="is for GPUs"):
         resolve_precision("fp16", torch.device("cpu"))
     with pytest.raises(ValueError, match="valid choices: auto, bf16, fp16, fp32"):
         TrainConfig(precision="int8")
@@ -213,7 +209,7 @@ def test_train_cli_help_and_errors(tmp_path, capsys):
         train_cli.main(["--help"])
     assert info.value.code == 0 and "--max-steps" in capsys.readouterr().out
     assert train_cli.main(["--out", str(tmp_path), "--dataset", "folder", "--no-progress"]) == 2
-    assert "needs root=" in capsys.readouterr().err
+    assert "needs data_root" in capsys.readouterr().err
     assert train_cli.main(["--out", str(tmp_path / "none"), "--resume", "--no-progress"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
 

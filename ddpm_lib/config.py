@@ -1,0 +1,116 @@
+"""The configuration of a training run: a frozen dataclass with the paper's defaults, checked when built.
+
+Ho et al. 2020, Sec. 4 and App. B (CIFAR-10): T = 1000, linear betas 1e-4 .. 0.02, Adam at 2e-4 with
+5,000 warm-up steps, batch 128, gradient clipping at 1, EMA decay 0.9999, dropout 0.1. Every field
+is validated in ``__post_init__``, so a bad value fails before any data loads or step runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+from ddpm_lib.checks import check_choice, check_float, check_int
+from ddpm_lib.data import DatasetName
+from ddpm_lib.devices import Precision
+from ddpm_lib.diffusion import LossType, Sampler, VarianceType
+from ddpm_lib.schedules import ScheduleName
+from ddpm_lib.unet import MODEL_PRESETS
+
+Optimizer = Literal["adam", "adamw"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run. Defaults: Ho et al. 2020, CIFAR-10 (Sec. 4, App. B)."""
+
+    # data
+    dataset: DatasetName = "toy_cars"
+    data_root: str | None = None  # for stanford_cars (optional), cifar10 (optional), folder (required)
+    num_images: int | None = None  # toy_cars only: size of the train split (default 8,144)
+    image_size: int = 32
+    # model and diffusion
+    model: str = "ddpm-cifar10"  # a preset of ddpm_lib.unet.build_model (MODEL_PRESETS)
+    dropout: float | None = None  # None keeps the preset's dropout (0.1 in the paper's presets)
+    schedule: ScheduleName = "linear"  # beta_1 = 1e-4 ... beta_T = 0.02
+    num_timesteps: int = 1000  # T
+    variance_type: VarianceType = "fixed_small"  # sigma_t^2 = tilde-beta_t for the samples the engine draws
+    loss_type: LossType = "mse"  # L_simple, Eq. 14
+    # optimisation
+    batch_size: int = 128  # global batch (split across processes under torchrun)
+    lr: float = 2e-4
+    warmup_steps: int = 5000  # linear learning-rate warm-up
+    optimizer: Optimizer = "adam"
+    weight_decay: float = 0.0  # for adamw
+    grad_clip: float = 1.0  # maximum gradient norm
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True  # decay_k = min(ema_decay, (1 + k) / (10 + k)): a useful EMA in short runs too
+    # speed
+    precision: Precision = "auto"  # auto: measured on CPUs (ddpm_lib.devices), bf16 or fp16 on CUDA
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the model (minutes of compilation; pays off on long runs)
+    # budget, logging, checkpoints
+    max_steps: int = 800_000  # the run's total number of optimiser steps (a resumed run stops here too)
+    max_minutes: float | None = None  # wall-clock budget of this invocation
+    seed: int = 0
+    log_every: int = 10  # loss CSV rows
+    sample_every: int = 0  # sample grids from fixed noise (0: only at the end)
+    num_sample_images: int = 16
+    sample_sampler: Sampler = "ddim"
+    sample_steps: int | None = None  # DDIM steps of the sample grids (None: min(50, T))
+    sample_eta: float = 1.0
+    checkpoint_every: int = 1000
+
+    def __post_init__(self):
+        check_choice(self.dataset, DatasetName, "dataset")
+        check_choice(self.model, MODEL_PRESETS, "model")
+        check_choice(self.schedule, ScheduleName, "schedule")
+        check_choice(self.variance_type, VarianceType, "variance_type")
+        check_choice(self.loss_type, LossType, "loss_type")
+        check_choice(self.optimizer, Optimizer, "optimizer")
+        check_choice(self.precision, Precision, "precision")
+        check_choice(self.sample_sampler, Sampler, "sample_sampler")
+        for name in ("image_size", "num_timesteps", "batch_size", "max_steps", "log_every", "checkpoint_every", "num_sample_images"):
+            check_int(getattr(self, name), name, minimum=8 if name == "image_size" else 1)
+        for name in ("warmup_steps", "sample_every", "seed"):
+            check_int(getattr(self, name), name, minimum=0)
+        if self.num_images is not None:
+            check_int(self.num_images, "num_images", minimum=1)
+        if self.sample_steps is not None:
+            check_int(self.sample_steps, "sample_steps", 1, self.num_timesteps)
+        check_float(self.lr, "lr", 0, 1, min_inclusive=False)
+        check_float(self.weight_decay, "weight_decay", 0)
+        check_float(self.grad_clip, "grad_clip", 0, min_inclusive=False)
+        check_float(self.ema_decay, "ema_decay", 0, 1, max_inclusive=False)
+        check_float(self.sample_eta, "sample_eta", 0, 1)
+        if self.dropout is not None:
+            check_float(self.dropout, "dropout", 0, 1, max_inclusive=False)
+        if self.max_minutes is not None:
+            check_float(self.max_minutes, "max_minutes", 0, min_inclusive=False)
+        if self.dataset == "folder" and not self.data_root:
+            raise ValueError("dataset 'folder' needs data_root (--data-root), the directory that holds the images")
+        if self.num_images is not None and self.dataset != "toy_cars":
+            raise ValueError(f"num_images sets the size of the generated toy_cars dataset; {self.dataset} has a fixed size")
+
+    @classmethod
+    def cpu_demo(cls, **overrides) -> TrainConfig:
+        """The toy-cars configuration for a CPU: the 1.6M-parameter U-Net, a high learning rate."""
+        base = dict(model="small", dropout=0.0, batch_size=64, lr=1e-3, warmup_steps=100, ema_decay=0.999,
+                    checkpoint_every=250, sample_every=0, log_every=10)  # fmt: skip
+        return cls(**{**base, **overrides})
+
+    def to_dict(self) -> dict:
+        """Plain types only, for a checkpoint loaded with ``weights_only=True``."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """The inverse of :meth:`to_dict`; unknown keys (from newer versions) are ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# Fields that may change when a run is resumed; every other field must match the checkpoint.
+RESUMABLE_OVERRIDES = frozenset({"max_steps", "max_minutes", "checkpoint_every", "sample_every", "log_every", "num_sample_images",
+                                 "sample_sampler", "sample_steps", "sample_eta", "compile", "data_root", "precision"})  # fmt: skip
