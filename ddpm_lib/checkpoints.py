@@ -9,6 +9,7 @@ optimizer, scaler and RNG states. :func:`export_weights` keeps only what samplin
 
 from __future__ import annotations
 
+import csv
 import os
 import pickle
 import zipfile
@@ -23,6 +24,7 @@ from ddpm_lib.schedules import make_betas
 from ddpm_lib.unet import build_model
 
 CHECKPOINT_NAME = "checkpoint.pt"
+LOG_NAME = "loss.csv"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"  # shipped with the package
 PRETRAINED = WEIGHTS_DIR / "pretrained_toy_cars_32.pt"  # EMA weights of the toy-cars model (README: how it was trained)
 
@@ -58,6 +60,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     file) for anything that is not a ddpm_lib checkpoint: empty, truncated, text, pickled objects.
     """
     path = Path(path)
+    if path.is_dir():
+        hint = f"; did you mean {path / CHECKPOINT_NAME}?" if (path / CHECKPOINT_NAME).is_file() else ""
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file{hint}")
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     if path.stat().st_size == 0:
@@ -66,6 +71,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(
             f"{path} is not a checkpoint: torch.save files are zip archives, this one is not (text, random bytes, or truncated)"
         )
+    try:  # torch.load does not check the archive's CRC-32 sums: a flipped bit would load as a wrong weight
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise CheckpointError(f"{path} is truncated or corrupt ({type(exc).__name__}); use an earlier copy") from exc
+    if damaged is not None:
+        raise CheckpointError(f"{path} is corrupt: its part {damaged!r} fails its checksum (a damaged copy or disk); use an earlier copy")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -77,7 +89,31 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(ckpt, dict) or not {"config", "ema"} <= set(ckpt):
         what = type(ckpt).__name__ if not isinstance(ckpt, dict) else f"a dict with keys {sorted(ckpt)[:6]}"
         raise CheckpointError(f"{path} is not a ddpm_lib checkpoint: it holds {what}, expected 'config' and 'ema' (weights)")
+    _check_contents(ckpt, path)
     return ckpt
+
+
+def _check_contents(ckpt: dict, path: Path) -> None:
+    """Refuse a checkpoint whose parts have the wrong types, or whose ``model_args`` contradict its config."""
+    problems = []
+    if not isinstance(ckpt["config"], dict):
+        problems.append(f"'config' is a {type(ckpt['config']).__name__}, not a dict")
+    if not isinstance(ckpt["ema"], dict) or not all(isinstance(v, torch.Tensor) for v in ckpt["ema"].values()):
+        problems.append("'ema' is not a dict of tensors")
+    args = ckpt.get("model_args")
+    if args is not None and not isinstance(args, dict):
+        problems.append(f"'model_args' is a {type(args).__name__}, not a dict")
+    if problems:
+        raise CheckpointError(f"{path} is not a usable ddpm_lib checkpoint: {'; '.join(problems)}")
+    cfg = ckpt["config"]
+    if args and cfg:
+        said = {"preset": (args.get("preset"), cfg.get("model")), "image_size": (args.get("image_size"), cfg.get("image_size"))}
+        differ = [f"{k} {a!r} vs config {c!r}" for k, (a, c) in said.items() if a != c]
+        if differ:
+            raise CheckpointError(
+                f"{path} contradicts itself: its model_args say {', '.join(differ)}; the file was edited or mixed from two runs, "
+                "export it again from the training checkpoint"
+            )
 
 
 def model_args(cfg: TrainConfig) -> dict:
@@ -113,18 +149,84 @@ def load_ema_model(
         cfg = TrainConfig.from_dict(ckpt["config"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path} holds a config this version cannot read: {exc}") from exc
-    model = build_model_from_checkpoint(ckpt)
     try:
-        model.load_state_dict(_state(ckpt["ema"], torch.float32))
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[:2]
-        raise CheckpointError(f"{path}: its weights do not fit a {cfg.model!r} network at {cfg.image_size}px ({' '.join(first)})") from exc
+        model = build_model_from_checkpoint(ckpt)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot build its network from model_args {ckpt.get('model_args')!r}: {exc}") from exc
+    state = _state(ckpt["ema"], torch.float32)
+    mismatch = _state_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise CheckpointError(f"{path}: its weights do not fit a {cfg.model!r} network at {cfg.image_size}px ({mismatch})")
+    model.load_state_dict(state)
     return model.to(device).eval(), diffusion_from_config(cfg), cfg
+
+
+def _state_mismatch(expected: dict, given: dict) -> str:
+    """A one-line summary of how ``given`` differs from a network's ``expected`` state dict ('' when it fits)."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [f"{k}: file {tuple(given[k].shape)}, network {tuple(v.shape)}" for k, v in expected.items()
+              if k in given and given[k].shape != v.shape]  # fmt: skip
+    parts = [f"{len(names)} {what} (first: {names[0]})" for names, what in
+             ((missing, "missing tensor(s)"), (unexpected, "unexpected tensor(s)"), (shapes, "shape mismatch(es)")) if names]  # fmt: skip
+    return "; ".join(parts)
 
 
 def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, dtype: torch.dtype = torch.bfloat16) -> int:
     """Write the EMA weights of ``checkpoint`` in ``dtype`` with its config and model args (a few MB); returns the size."""
     ckpt = load_checkpoint(checkpoint)
     args = ckpt.get("model_args") or model_args(TrainConfig.from_dict(ckpt["config"]))
-    save_atomic({"config": ckpt["config"], "model_args": args, "ema": _state(ckpt["ema"], dtype), "step": ckpt["step"]}, out)
+    save_atomic({"config": ckpt["config"], "model_args": args, "ema": _state(ckpt["ema"], dtype), "step": ckpt.get("step", 0)}, out)
     return Path(out).stat().st_size
+
+
+def prepare_run_dir(out_dir: str | os.PathLike | None, resume: bool) -> Path | None:
+    """Check the run folder before any work: writable, not a file, not holding another run."""
+    if out_dir is None:
+        if resume:
+            raise ValueError("resume=True needs out_dir, the folder that holds checkpoint.pt")
+        return None
+    if str(out_dir).strip() == "":
+        raise ValueError("the run folder (--out) is an empty string; name a folder, e.g. runs/toy32")
+    path = Path(out_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"the run folder {path} is a file; choose a folder")
+    if resume:
+        return path
+    if (path / CHECKPOINT_NAME).exists():
+        raise ValueError(f"{path} already holds a training run; resume it (resume=True, --resume) or choose another folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"cannot write to the run folder {path}: {exc.strerror or exc}") from exc
+    (path / LOG_NAME).unlink(missing_ok=True)  # a run that stopped before its first checkpoint: start it again
+    return path
+
+
+def append_log_row(path: Path, row: dict[str, float]) -> None:
+    """Append one row to the run's loss log (CSV with a header)."""
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def truncate_log(path: Path, step: int) -> list[dict[str, float]]:
+    """Drop log rows after ``step`` (a killed run wrote them; the resumed run repeats those steps); returns the rows kept."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(float(r["step"])) <= step]
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        if rows:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    os.replace(tmp, path)
+    return [{k: float(v) for k, v in r.items()} for r in rows]

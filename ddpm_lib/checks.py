@@ -28,6 +28,13 @@ def check_int(value: object, what: str, minimum: int | None = None, maximum: int
     return value
 
 
+def check_bool(value: object, what: str) -> bool:
+    """``value`` when it is a bool; anything else (``"no"``, ``0``, ``None``) is refused rather than read as truthy."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{what} must be True or False, got {value!r}")
+    return value
+
+
 def check_float(
     value: object,
     what: str,
@@ -66,6 +73,8 @@ def check_image_range(x: torch.Tensor, what: str = "x0") -> None:
     """Refuse images that are not float tensors in [-1, 1] (uint8, or floats in 0..255), saying how to convert them."""
     if not x.is_floating_point():
         raise ValueError(f"{what} must be a float tensor in [-1, 1], got {x.dtype}; convert uint8 images with ddpm_lib.data.from_uint8")
-    lo, hi = float(x.min()), float(x.max())
+    lo, hi = float(x.min()), float(x.max())  # min and max propagate NaN
+    if math.isnan(lo) or math.isnan(hi):
+        raise ValueError(f"{what} holds NaN values; check the images (a failed decode or a division by zero upstream)")
     if lo < -1.001 or hi > 1.001:
         raise ValueError(f"{what} must lie in [-1, 1], got values in [{lo:.3g}, {hi:.3g}]; scale images with x / 127.5 - 1 (from_uint8)")

@@ -8,10 +8,11 @@ is validated in ``__post_init__``, so a bad value fails before any data loads or
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Literal
 
-from ddpm_lib.checks import check_choice, check_float, check_int
+from ddpm_lib.checks import check_bool, check_choice, check_float, check_int
 from ddpm_lib.data import DatasetName
 from ddpm_lib.devices import Precision
 from ddpm_lib.diffusion import LossType, Sampler, VarianceType
@@ -88,6 +89,12 @@ class TrainConfig:
             check_float(self.dropout, "dropout", 0, 1, max_inclusive=False)
         if self.max_minutes is not None:
             check_float(self.max_minutes, "max_minutes", 0, min_inclusive=False)
+        for name in ("ema_warmup", "channels_last", "compile"):
+            check_bool(getattr(self, name), name)
+        if self.data_root is not None:
+            if not isinstance(self.data_root, (str, os.PathLike)):
+                raise ValueError(f"data_root must be a path (str or pathlib.Path), got {self.data_root!r}")
+            object.__setattr__(self, "data_root", os.fspath(self.data_root))  # a str: checkpoints hold plain types only
         if self.dataset == "folder" and not self.data_root:
             raise ValueError("dataset 'folder' needs data_root (--data-root), the directory that holds the images")
         if self.num_images is not None and self.dataset != "toy_cars":
@@ -107,10 +114,22 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         """The inverse of :meth:`to_dict`; unknown keys (from newer versions) are ignored."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a training config must be a dict of field values, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
+    def resumed_with(self, given: TrainConfig) -> TrainConfig:
+        """This (a checkpoint's) config with the fields of ``given`` that may change on resume; raises on any other difference."""
+        changed = {f.name for f in dataclasses.fields(TrainConfig) if getattr(self, f.name) != getattr(given, f.name)}
+        conflicting = sorted(changed - RESUMABLE_OVERRIDES)
+        if conflicting:
+            detail = ", ".join(f"{k}: checkpoint {getattr(self, k)!r} vs now {getattr(given, k)!r}" for k in conflicting)
+            raise ValueError(f"cannot resume with a different configuration ({detail}); start a new run folder instead")
+        return dataclasses.replace(self, **{k: getattr(given, k) for k in changed})
 
-# Fields that may change when a run is resumed; every other field must match the checkpoint.
+
+# Fields that may change when a run is resumed; every other field must match the checkpoint. lr may change so that
+# a diverged run continues from its last checkpoint with a lower learning rate (the exact resume would diverge again).
 RESUMABLE_OVERRIDES = frozenset({"max_steps", "max_minutes", "checkpoint_every", "sample_every", "log_every", "num_sample_images",
-                                 "sample_sampler", "sample_steps", "sample_eta", "compile", "data_root", "precision"})  # fmt: skip
+                                 "sample_sampler", "sample_steps", "sample_eta", "compile", "data_root", "precision", "lr"})  # fmt: skip

@@ -12,12 +12,15 @@ int label. Images are decoded, resized and centre-cropped once, then held in mem
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
+import threading
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal, TypeVar, get_args
 
 import numpy as np
 import torch
@@ -25,13 +28,15 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from ddpm_lib import toy_cars
+from ddpm_lib.checks import check_int
 
 DatasetName = Literal["toy_cars", "stanford_cars", "cifar10", "folder"]
 Split = Literal["train", "test"]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 STANFORD_CARS_HANDLE = "jutrera/stanford-car-dataset-by-classes-folder/versions/2"
 STANFORD_CARS_TRAIN_SIZE = 8144
-NETWORK_TIMEOUT_S = 10.0
+NETWORK_TIMEOUT_S = 10.0  # seconds without an answer (or without download progress) before giving up
+_R = TypeVar("_R")
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -80,16 +85,48 @@ def from_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------- decoding
+class UnsupportedPixelsError(ValueError):
+    """An image whose pixel values cannot be mapped to 8 bits without guessing (the message says why)."""
+
+
 def _load_rgb(path: Path, size: int) -> np.ndarray:
     """Decode an image file, convert it to RGB, resize its shorter side to ``size`` and centre-crop: ``(3, size, size)``."""
     with Image.open(path) as img:
         img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when the file is much larger
-        if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        if img.mode == "F" or img.mode == "I" or img.mode.startswith("I;16"):
+            img = _high_bit_to_8bit(img)
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             img = img.convert("RGBA")
             background = Image.new("RGBA", img.size, (255, 255, 255, 255))
             img = Image.alpha_composite(background, img)
         img = img.convert("RGB")
         return _resize_crop(img, size)
+
+
+def _high_bit_to_8bit(img: Image.Image) -> Image.Image:
+    """A one-channel 16-bit (``I;16``, ``I``) or float (``F``) image as 8-bit ``L``, scaled to keep its brightness.
+
+    Pillow's own conversion clips these values to 0..255: a 16-bit photograph turns almost white and
+    a float image in [0, 1] black. 16-bit values (0..65535) are divided by 257, floats in [0, 1]
+    multiplied by 255; anything else raises :class:`UnsupportedPixelsError`.
+    """
+    a = np.asarray(img)  # (H, W) uint16, int32 or float32
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if img.mode == "F":
+        if not (np.isfinite(a).all() and 0.0 <= lo and hi <= 1.0):
+            raise UnsupportedPixelsError(
+                f"mode F (32-bit float) with values in [{lo:.4g}, {hi:.4g}]: only floats in [0, 1] can be scaled to 8 bits; "
+                "save it as an 8- or 16-bit image, or as floats in [0, 1]"
+            )
+        scaled = a.astype(np.float64) * 255.0
+    else:
+        if lo < 0 or hi > 65535:
+            raise UnsupportedPixelsError(
+                f"mode {img.mode} (integer) with values in [{lo:.0f}, {hi:.0f}], outside 16-bit 0..65535: no way to tell its brightness; "
+                "save it as an 8- or 16-bit image"
+            )
+        scaled = a.astype(np.float64) / 257.0  # 65535 / 257 = 255
+    return Image.fromarray(np.round(scaled).astype(np.uint8))
 
 
 def _resize_crop(img: Image.Image, size: int) -> np.ndarray:
@@ -107,13 +144,15 @@ def _decode_files(files: Sequence[Path], labels: Sequence[int], size: int, class
         try:
             images.append(_load_rgb(path, size))
             kept.append(label)
+        except UnsupportedPixelsError as exc:
+            bad.append(f"{path} ({exc})")
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
-            bad.append(str(path))
+            bad.append(f"{path} (unreadable or truncated)")
     if bad:
         shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
-        warnings.warn(f"skipped {len(bad)} unreadable or truncated image(s) in {source}: {shown}", stacklevel=3)
+        warnings.warn(f"skipped {len(bad)} image(s) in {source}: {shown}", stacklevel=3)
     if not images:
-        raise DatasetUnavailableError(f"no readable images in {source} ({len(bad)} file(s) failed to decode)")
+        raise DatasetUnavailableError(f"no readable images in {source} ({len(bad)} file(s) failed to decode; the first: {bad[0]})")
     return ImageTensorDataset(torch.from_numpy(np.stack(images)), torch.tensor(kept), classes)
 
 
@@ -123,9 +162,8 @@ def _image_files(directory: Path) -> list[Path]:
 
 # ---------------------------------------------------------------------------------- sources
 def _toy_cars(image_size: int, split: Split, num_images: int | None = None, seed: int = 0) -> ImageTensorDataset:
-    n = STANFORD_CARS_TRAIN_SIZE if num_images is None else num_images
-    if n < 1:
-        raise ValueError(f"num_images must be >= 1, got {n}")
+    n = STANFORD_CARS_TRAIN_SIZE if num_images is None else check_int(num_images, "num_images", minimum=1)
+    check_int(seed, "seed", minimum=0)
     images, labels = toy_cars.generate(n, image_size, seed=seed, split=split)
     return ImageTensorDataset(images, labels, toy_cars.BODY_TYPES)
 
@@ -162,6 +200,55 @@ def _network_timeout(seconds: float):
         socket.setdefaulttimeout(previous)
 
 
+class _NoAnswer(TimeoutError):
+    """A call that made no progress within its deadline."""
+
+
+def _call_with_deadline(fn: Callable[[], _R], seconds: float, progress: Callable[[], object] | None = None) -> _R:
+    """``fn()`` run in a daemon thread; raise :class:`_NoAnswer` when it runs ``seconds`` without progress.
+
+    A client that passes no timeout to ``requests`` ignores the socket default and can wait forever.
+    ``progress()`` returns something that changes while work is done (bytes on disk): each change
+    restarts the clock, so a long download that keeps receiving data is never cut short. A call that
+    hangs is left in its daemon thread (Python cannot stop a thread), which ends with the process.
+    """
+    outcome = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:  # handed to the caller's thread below
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=target, name="ddpm-lib-download", daemon=True)
+    worker.start()
+    last, deadline = (progress() if progress else None), time.monotonic() + seconds
+    while worker.is_alive():
+        worker.join(max(0.0, min(1.0, deadline - time.monotonic())))
+        if not worker.is_alive():
+            break
+        now = progress() if progress else None
+        if now != last:
+            last, deadline = now, time.monotonic() + seconds
+        elif time.monotonic() >= deadline:
+            raise _NoAnswer(f"no answer within {seconds:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def _kagglehub_dataset_bytes() -> int:
+    """Bytes under kagglehub's cache folder of Stanford Cars: they grow while a download makes progress."""
+    cache = Path(os.environ.get("KAGGLEHUB_CACHE") or Path.home() / ".cache" / "kagglehub")
+    folder = cache / "datasets" / Path(STANFORD_CARS_HANDLE).parent.parent
+    total = 0
+    for dirpath, _, names in os.walk(folder):
+        for name in names:
+            with contextlib.suppress(OSError):
+                total += os.stat(os.path.join(dirpath, name)).st_size
+    return total
+
+
 def _find_stanford_root(base: Path) -> Path | None:
     for candidate in (base / "car_data" / "car_data", base / "car_data", base):
         if (candidate / "train").is_dir() and (candidate / "test").is_dir():
@@ -175,7 +262,17 @@ def _stanford_cars(image_size: int, split: Split, root: str | os.PathLike | None
             import kagglehub
 
             with _network_timeout(NETWORK_TIMEOUT_S):
-                base = Path(kagglehub.dataset_download(STANFORD_CARS_HANDLE))
+                download = functools.partial(kagglehub.dataset_download, STANFORD_CARS_HANDLE)
+                base = Path(_call_with_deadline(download, NETWORK_TIMEOUT_S, progress=_kagglehub_dataset_bytes))
+        except _NoAnswer:
+            raise _unavailable(
+                "Stanford Cars",
+                f"the Kaggle download of {STANFORD_CARS_HANDLE!r} did not answer within {NETWORK_TIMEOUT_S:g} s "
+                "(no network, or a proxy or firewall that swallows requests)",
+                "connect to the internet and try again, or download "
+                "https://www.kaggle.com/datasets/jutrera/stanford-car-dataset-by-classes-folder yourself and pass "
+                "root='path/to/it' (--data-root with python -m ddpm_lib.train)",
+            ) from None
         except Exception as exc:  # kagglehub raises many types offline: connection, auth, HTTP errors
             raise _unavailable(
                 "Stanford Cars",

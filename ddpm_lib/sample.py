@@ -19,7 +19,7 @@ import numpy as np
 from ddpm_lib.checkpoints import PRETRAINED, load_ema_model
 from ddpm_lib.devices import Precision, device_report, resolve_precision, select_device
 from ddpm_lib.diffusion import Sampler
-from ddpm_lib.sampling import generate
+from ddpm_lib.sampling import Samples, generate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,17 +41,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_writable(path: Path) -> None:
     """Refuse an output path that cannot be written, before any sampling work."""
+    if str(path).strip() in ("", "."):
+        raise ValueError("--out is empty; give a file name ending in .png or .npz, e.g. samples.png")
     if path.suffix not in (".png", ".npz"):
         raise ValueError(f"--out must end in .png or .npz, got {path}")
     if path.is_dir():
         raise ValueError(f"--out {path} is a folder; give a file name ending in .png or .npz")
     folder = path.parent if str(path.parent) else Path(".")
+    blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"cannot write --out {path}: {blocking} is a file, not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ValueError(f"cannot create the folder of --out {path}: {exc.strerror or exc}") from exc
     if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise ValueError(f"cannot write --out {path}: permission denied")
+
+
+def _write_samples(samples: Samples, out: Path) -> None:
+    """A ``.npz`` batch (``arr_0``, uint8 NHWC) or a ``.png`` grid of ``samples``."""
+    if out.suffix == ".npz":
+        np.savez(out, arr_0=samples.to_uint8_nhwc())
+    else:
+        from torchvision.utils import save_image
+
+        save_image((samples.images + 1) / 2, out, nrow=int(math.ceil(math.sqrt(len(samples.images)))))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,15 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         print(device_report(device, precision), file=sys.stderr)
         samples = generate(model, diffusion, args.num_samples, cfg.image_size, sampler=args.sampler, num_steps=args.steps,
                            eta=args.eta, seed=args.seed, batch_size=args.batch_size, precision=precision, progress=True)  # fmt: skip
-    except (FileNotFoundError, ValueError, FloatingPointError) as exc:
+        _write_samples(samples, args.out)
+    except (OSError, ValueError, RuntimeError, FloatingPointError) as exc:  # OSError: FileNotFoundError, a full disk
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.out.suffix == ".npz":
-        np.savez(args.out, arr_0=samples.to_uint8_nhwc())
-    else:
-        from torchvision.utils import save_image
-
-        save_image((samples.images + 1) / 2, args.out, nrow=int(math.ceil(math.sqrt(args.num_samples))))
     print(f"wrote {args.num_samples} samples to {args.out} ({args.sampler}, {samples.num_steps} steps, {samples.precision.name}, "
           f"{samples.seconds:.1f} s, {samples.images_per_second:.1f} img/s) from {checkpoint}")  # fmt: skip
     return 0

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             print(device_report(trainer.device, trainer.precision))
             print(trainer.describe(), flush=True)
         trainer.fit()
-    except (ValueError, FileNotFoundError, RuntimeError, TrainingDiverged) as exc:
+    except (ValueError, OSError, RuntimeError, TrainingDiverged) as exc:  # OSError: FileNotFoundError, a full disk
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if trainer.is_main:

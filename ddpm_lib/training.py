@@ -15,8 +15,6 @@ One engine serves the training notebook (step by step, live progress) and the co
 
 from __future__ import annotations
 
-import csv
-import dataclasses
 import math
 import os
 import time
@@ -28,8 +26,19 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DistributedSampler
 
-from ddpm_lib.checkpoints import CHECKPOINT_NAME, CheckpointError, diffusion_from_config, load_checkpoint, model_args, save_atomic
-from ddpm_lib.config import RESUMABLE_OVERRIDES, TrainConfig
+from ddpm_lib.checkpoints import (
+    CHECKPOINT_NAME,
+    LOG_NAME,
+    CheckpointError,
+    append_log_row,
+    diffusion_from_config,
+    load_checkpoint,
+    model_args,
+    prepare_run_dir,
+    save_atomic,
+    truncate_log,
+)
+from ddpm_lib.config import TrainConfig
 from ddpm_lib.data import ImageTensorDataset, load_dataset
 from ddpm_lib.devices import dist_info, init_distributed, resolve_precision, select_device
 from ddpm_lib.sampling import generate
@@ -58,7 +67,7 @@ class Trainer:
         if device is None and self.distributed and torch.cuda.is_available():
             device = f"cuda:{local_rank}"
         self.device = select_device(device)
-        self.out_dir = self._check_out_dir(out_dir, resume) if self.is_main or out_dir is None else Path(out_dir)
+        self.out_dir = prepare_run_dir(out_dir, resume) if self.is_main or out_dir is None else Path(out_dir)
         ckpt = None
         if resume:
             ckpt = load_checkpoint(self.out_dir / CHECKPOINT_NAME)
@@ -66,7 +75,7 @@ class Trainer:
                 raise CheckpointError(
                     f"{self.out_dir / CHECKPOINT_NAME} holds exported weights (for sampling), not a training state to resume"
                 )
-            config = self._merge_resumed_config(TrainConfig.from_dict(ckpt["config"]), config)
+            config = TrainConfig.from_dict(ckpt["config"]).resumed_with(config)
         self.config = cfg = config
         if cfg.batch_size % self.world_size:
             raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {self.world_size} processes")
@@ -120,32 +129,6 @@ class Trainer:
             self._restore(ckpt)
 
     # -------------------------------------------------------------- construction helpers
-    @staticmethod
-    def _check_out_dir(out_dir: str | os.PathLike | None, resume: bool) -> Path | None:
-        """Check the run folder before any work: writable, not a file, not holding another run."""
-        if out_dir is None:
-            if resume:
-                raise ValueError("resume=True needs out_dir, the folder that holds checkpoint.pt")
-            return None
-        if str(out_dir).strip() == "":
-            raise ValueError("the run folder (--out) is an empty string; name a folder, e.g. runs/toy32")
-        path = Path(out_dir).expanduser()
-        if path.exists() and not path.is_dir():
-            raise ValueError(f"the run folder {path} is a file; choose a folder")
-        if resume:
-            return path
-        if (path / CHECKPOINT_NAME).exists():
-            raise ValueError(f"{path} already holds a training run; resume it (resume=True, --resume) or choose another folder")
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            probe = path / f".write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as exc:
-            raise ValueError(f"cannot write to the run folder {path}: {exc.strerror or exc}") from exc
-        (path / "loss.csv").unlink(missing_ok=True)  # a run that stopped before its first checkpoint: start it again
-        return path
-
     def _load_data(self) -> ImageTensorDataset:
         cfg = self.config
         options = {"num_images": cfg.num_images, "seed": cfg.seed} if cfg.dataset == "toy_cars" else {}
@@ -158,15 +141,6 @@ class Trainer:
         if self.distributed and cfg.dataset == "cifar10" and self.is_main:
             dist.barrier()
         return ds
-
-    @staticmethod
-    def _merge_resumed_config(saved: TrainConfig, given: TrainConfig) -> TrainConfig:
-        changed = {f.name for f in dataclasses.fields(TrainConfig) if getattr(saved, f.name) != getattr(given, f.name)}
-        conflicting = sorted(changed - RESUMABLE_OVERRIDES)
-        if conflicting:
-            detail = ", ".join(f"{k}: checkpoint {getattr(saved, k)!r} vs now {getattr(given, k)!r}" for k in conflicting)
-            raise ValueError(f"cannot resume with a different configuration ({detail}); start a new run folder instead")
-        return dataclasses.replace(saved, **{k: getattr(given, k) for k in changed})
 
     def _ema_update(self, ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged) -> None:
         """EMA with warm-up: decay_k = min(decay, (1 + k) / (10 + k)) after k updates."""
@@ -265,7 +239,8 @@ class Trainer:
                     row = {"step": self.step, "loss": window_loss / window_steps, "lr": self.lr_at(self.step - 1),
                            "img_per_s": window_steps * cfg.batch_size / (now - window_start), "elapsed_s": now - start}  # fmt: skip
                     self.history.append(row)
-                    self._append_csv(row)
+                    if self.is_main and self.out_dir:
+                        append_log_row(self.out_dir / LOG_NAME, row)
                     bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.0f}")
                     window_start, window_steps, window_loss = now, 0, 0.0
                     if callback is not None:
@@ -287,18 +262,6 @@ class Trainer:
         self.save_checkpoint()
         self.save_sample_grid()
         return self.history
-
-    def _append_csv(self, row: dict[str, float]) -> None:
-        if not (self.is_main and self.out_dir):
-            return
-        path = self.out_dir / "loss.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
 
     # -------------------------------------------------------------- sampling
     def sample(self, num_images: int | None = None, sampler: str | None = None, num_steps: int | None = None,
@@ -378,23 +341,7 @@ class Trainer:
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(pick(rng["cuda"]), self.device)
         if self.out_dir is not None and self.is_main:
-            self._truncate_csv()
-
-    def _truncate_csv(self) -> None:
-        """Drop loss rows logged after the checkpoint (a killed run wrote them; the resumed run repeats those steps)."""
-        path = self.out_dir / "loss.csv"
-        if not path.exists():
-            return
-        with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(float(r["step"])) <= self.step]
-        tmp = path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            if rows:
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
-        os.replace(tmp, path)
-        self.history = [{k: float(v) for k, v in r.items()} for r in rows]
+            self.history = truncate_log(self.out_dir / LOG_NAME, self.step)
 
     def describe(self) -> str:
         cfg = self.config

@@ -183,18 +183,25 @@ for t, x0_value, xt_value in [(10, 0.6, 0.2), (500, -0.4, 1.1)]:
     print(f"t={t:3d}: Bayes mean {bayes_mean:.5f} var {bayes_var:.6f} | Eq. 7 mean {mean.item():.5f} var {var.item():.6f}")
 
 # %% [markdown]
-# The posterior variance $\tilde\beta_t$ is always a little below $\beta_t$ (knowing $x_0$ removes uncertainty),
-# and equal to 0 at the first step. These are the two choices of $\sigma_t^2$ for sampling that the paper
-# compares (notebook 05).
+# The posterior variance $\tilde\beta_t = \frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}\beta_t$ is below $\beta_t$ (knowing
+# $x_0$ removes uncertainty), but not by "a little" everywhere: it is 0 at the first step, about half of $\beta_t$ at
+# index 1, and approaches $\beta_t$ only after a few dozen steps. The ratio on the right shows it. These are the two
+# choices of $\sigma_t^2$ for sampling that the paper compares (notebook 06).
 
 # %%
-fig, ax = plt.subplots(figsize=(7, 3))
-ax.plot(diffusion.betas, label=r"$\beta_t$")
-ax.plot(diffusion.posterior_variance, "--", label=r"$\tilde\beta_t$ (posterior variance)")
-ax.set_xlabel("t")
-ax.set_yscale("log")
-ax.grid(alpha=0.3)
-ax.legend();
+ratio = diffusion.posterior_variance / diffusion.betas
+fig, axes = plt.subplots(1, 2, figsize=(12, 3))
+axes[0].plot(diffusion.betas, label=r"$\beta_t$")
+axes[0].plot(diffusion.posterior_variance, "--", label=r"$\tilde\beta_t$ (posterior variance)")
+axes[0].set_yscale("log")
+axes[0].legend()
+axes[1].plot(range(1, diffusion.num_timesteps), ratio[1:])
+axes[1].set_xscale("log")
+axes[1].set_title(r"$\tilde\beta_t / \beta_t$ (log t axis)")
+for ax in axes:
+    ax.set_xlabel("t")
+    ax.grid(alpha=0.3)
+print(f"ratio at t = 1: {ratio[1]:.2f}, t = 10: {ratio[10]:.2f}, t = 100: {ratio[100]:.3f}");
 
 # %% [markdown]
 # ## Summary

@@ -9,8 +9,14 @@ import pytest
 NOTEBOOKS = sorted((pathlib.Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
-def test_there_are_five_lessons():
-    assert [p.stem[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05"]
+SERIES = ["01_noise_schedules", "02_forward_diffusion", "03_objective", "04_unet", "05_training", "06_sampling", "07_evaluation",
+          "08_guidance"]  # fmt: skip
+
+
+def test_the_series_is_in_order():
+    """The notebooks are the series' first lessons, numbered in order, with no gap and no stray name."""
+    names = [p.stem for p in NOTEBOOKS]
+    assert len(names) >= 6 and names == SERIES[: len(names)]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

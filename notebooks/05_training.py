@@ -12,14 +12,16 @@
 # ---
 
 # %% [markdown]
-# # 04 · Training: Algorithm 1, then the engine
+# # 05 · Training: Algorithm 1, then the engine
 #
 # **Goal.** Train $\epsilon_\theta$ to predict the noise in $x_t$. First the bare loop of Algorithm 1, written out by
 # hand and checked against the library; then `ddpm_lib.training.Trainer`, which adds what a real run needs:
 # mixed precision, an EMA of the weights, logging, sample grids and checkpoints that resume exactly.
 #
 # **Where it runs.** On a CUDA GPU this notebook trains the 64x64 configuration; on a CPU it trains the small
-# 1.6M-parameter U-Net on 32x32 toy cars for a few minutes in bfloat16. For long runs use the command line:
+# 1.6M-parameter U-Net on 32x32 toy cars for a fixed number of steps, in the precision measured fastest on this
+# machine (bfloat16 where the CPU has bf16 instructions, float32 where bf16 is emulated). A slower machine trains the
+# same model for longer; the expected time is printed before training starts. For long runs use the command line:
 # `python -m ddpm_lib.train --help` (and `torchrun` for several GPUs).
 #
 # **Deviations from the paper for a CPU:** a 1.6M-parameter U-Net instead of 35.7M, learning rate $10^{-3}$ with 100
@@ -37,13 +39,17 @@ import torch
 import torch.nn.functional as F
 
 from ddpm_lib import GaussianDiffusion, build_model, make_betas
+from ddpm_lib.checkpoints import load_checkpoint
+from ddpm_lib.config import TrainConfig
 from ddpm_lib.data import load_dataset
+from ddpm_lib.devices import device_report, select_device
 from ddpm_lib.plotting import plot_loss, show_images
-from ddpm_lib.training import TrainConfig, Trainer, device_report, load_checkpoint, select_device
+from ddpm_lib.training import Trainer
+from ddpm_lib.unet import UNET_PRESETS
 
 FAST = os.environ.get("DDPM_FAST") == "1"
 ASSETS = "../assets"
-RUN = Path("../runs/notebook_04_fast" if FAST else "../runs/notebook_04")
+RUN = Path("../runs/notebook_05_fast" if FAST else "../runs/notebook_05")
 device = select_device()
 print(device_report(device))
 
@@ -113,10 +119,10 @@ ax.grid(alpha=0.3);
 #
 # | feature | why |
 # | --- | --- |
-# | bfloat16 autocast (CPU, and CUDA GPUs that have it), fp16 + GradScaler otherwise | 2-5x faster matrix maths; the loss stays in float32 |
+# | precision chosen by measurement (`ddpm_lib.devices`): bf16 autocast where it is measured faster, fp32 where bf16 is emulated; fp16 + GradScaler on GPUs without bf16 | the measured ratio is printed below; the loss stays in float32 |
 # | channels-last memory format | faster convolutions on CPU and tensor cores |
 # | Adam with linear warm-up, gradient clipping at 1.0 | the paper's recipe |
-# | EMA of the weights, with warm-up | the paper samples from EMA weights; its FID is far worse without |
+# | EMA of the weights, with warm-up | the paper samples from EMA weights (decay 0.9999); notebook 07 measures the difference |
 # | atomic checkpoints with every RNG state | a killed run resumes **exactly** |
 # | `torchrun` support | the same code trains on several GPUs or nodes with DDP |
 #
@@ -126,29 +132,43 @@ ax.grid(alpha=0.3);
 # %% tags=["nbval-check-output"]
 # NBVAL_CHECK_OUTPUT
 paper, cpu = TrainConfig(), TrainConfig.cpu_demo()
+def effective(cfg, field):  # dropout None means "the preset's own", e.g. the paper's 0.1
+    value = getattr(cfg, field)
+    return UNET_PRESETS[cfg.model].dropout if field == "dropout" and value is None else value
+
+
 for field in ["model", "schedule", "num_timesteps", "batch_size", "lr", "warmup_steps", "grad_clip", "ema_decay", "dropout"]:
-    print(f"{field:14s} paper: {getattr(paper, field)!s:14s} cpu_demo: {getattr(cpu, field)}")
+    print(f"{field:14s} paper: {effective(paper, field)!s:14s} cpu_demo: {effective(cpu, field)}")
 
 # %%
 if FAST:
     config = TrainConfig.cpu_demo(model="tiny", num_images=256, batch_size=32, max_steps=30, log_every=5, sample_every=15,
-                                  sample_steps=10, num_sample_images=4, checkpoint_every=15, precision="fp32")
-elif device.type == "cuda":  # the 64x64 configuration
-    config = TrainConfig(model="ddpm-64", image_size=64, batch_size=64, warmup_steps=1000, max_minutes=30,
+                                  sample_steps=10, num_sample_images=4, checkpoint_every=15)
+elif device.type == "cuda":  # the 64x64 configuration; a step budget that fits a 30-minute cell on one GPU
+    config = TrainConfig(model="ddpm-64", image_size=64, batch_size=64, warmup_steps=1000, max_steps=6000, max_minutes=25,
                          sample_every=1000, checkpoint_every=1000, ema_decay=0.999)
-else:
-    config = TrainConfig.cpu_demo(max_minutes=7, sample_every=100, checkpoint_every=100)
-shutil.rmtree(RUN, ignore_errors=True)  # a fresh run each time the notebook runs
+else:  # a step budget: the same model on every CPU, in more or less time
+    config = TrainConfig.cpu_demo(max_steps=400, sample_every=100, checkpoint_every=100)
+shutil.rmtree(RUN, ignore_errors=True)  # running this cell starts a fresh run (section 3 shows how to continue one)
 trainer = Trainer(config, RUN, device=device)
+print(device_report(device, trainer.precision))
 print(trainer.describe())
 
 # %% [markdown]
 # Training shows a progress bar with the loss and images per second; the loss history goes to `loss.csv` and a sample
 # grid from fixed noise to `samples/` every `sample_every` steps, so you can watch a run from another window too.
+# First ten steps to measure this machine's speed, and the time the whole budget will take:
 
 # %% tags=["nbval-ignore-output"]
 # NBVAL_IGNORE_OUTPUT
 start = time.perf_counter()
+trainer.fit(max_steps=10)
+per_step = (time.perf_counter() - start) / 10
+print(f"{per_step:.2f} s per step of {config.batch_size} images in {trainer.precision.name}: "
+      f"the {config.max_steps} steps will take about {per_step * config.max_steps / 60:.1f} min")
+
+# %% tags=["nbval-ignore-output"]
+# NBVAL_IGNORE_OUTPUT
 history = trainer.fit()
 minutes = (time.perf_counter() - start) / 60
 print(f"{trainer.step} steps in {minutes:.1f} min, {trainer.step * config.batch_size / (60 * minutes):.0f} images/s")
@@ -162,7 +182,7 @@ plt.show()
 # %% [markdown]
 # ### Samples as training goes
 #
-# Each grid was drawn from the same fixed noise with the EMA weights (DDIM, 50 steps, $\eta = 1$; notebook 05
+# Each grid was drawn from the same fixed noise with the EMA weights (DDIM, 50 steps, $\eta = 1$; notebook 06
 # explains the sampler). Shapes come first, then colours, then details.
 
 # %%
@@ -213,15 +233,16 @@ print("resumed at step", resumed.step, "with", sum(torch.equal(a, b) for a, b in
       trainer.model.state_dict().values())), "of", len(trainer.model.state_dict()), "tensors identical")
 
 # %% [markdown]
-# From a shell, the same run continues with `python -m ddpm_lib.train --out runs/notebook_04 --resume --max-steps N`.
+# From a shell, the same run continues with `python -m ddpm_lib.train --out runs/notebook_05 --resume --max-steps N`
+# (running the configuration cell above again would start a fresh run instead).
 #
 # ## Summary
 #
 # - Algorithm 1 is five lines: draw $x_0$, $t$, $\epsilon$; noise with Eq. 4; regress $\epsilon$.
-# - The engine adds speed (bf16, channels-last), stability (warm-up, clipping), the EMA the samples come from, and
-#   checkpoints that resume exactly.
-# - The checkpoint in `runs/notebook_04/` is what notebook 05 samples from, when it has trained longer than the
-#   pretrained model shipped in `assets/`.
+# - The engine adds speed (the measured precision, channels-last), stability (warm-up, clipping), the EMA the samples
+#   come from, and checkpoints that resume exactly.
+# - The checkpoint in `runs/notebook_05/` is what notebook 06 samples from, when it has trained longer than the
+#   pretrained model shipped with the package.
 #
 # ## Exercises
 #
@@ -229,7 +250,8 @@ print("resumed at step", resumed.step, "with", sum(torch.equal(a, b) for a, b in
 #    mean better samples? *Hint:* the two losses are on different scales.
 # 2. Set `ema_decay=0.9999` for a short run and look at the samples. Why are they worse? *Hint:* with warm-up the
 #    decay after $k$ updates is $\min(0.9999, (1+k)/(10+k))$; how many steps does the EMA average over?
-# 3. Measure images per second with `precision="fp32"` and with the default. *Hint:* `history[-1]["img_per_s"]`.
+# 3. Measure images per second with `precision="fp32"` and `precision="bf16"`, and compare with what `"auto"` chose
+#    (`trainer.precision`). *Hint:* `history[-1]["img_per_s"]`.
 #
 # A check of exercise 2's hint: the effective averaging window after $k$ updates.
 

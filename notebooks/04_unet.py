@@ -12,7 +12,7 @@
 # ---
 
 # %% [markdown]
-# # 03 · The U-Net that predicts the noise
+# # 04 · The U-Net that predicts the noise
 #
 # **Goal.** Build the network $\epsilon_\theta(x_t, t)$ of Ho et al. (2020, Appendix B) piece by piece: the sinusoidal
 # time embedding, the residual block that receives it, self-attention, and the whole U-Net with its skip
