@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: install demo test unit-test nb-test lab lint format bench clean
+.PHONY: install demo test unit-test nb-test gpu-check lab lint format bench clean
 
 install: $(STAMP)
 
@@ -35,6 +35,16 @@ nb-test: $(STAMP)
 		cd notebooks && DDPM_FAST=1 TQDM_DISABLE=1 ../$(BIN)/python -m pytest -p no:cacheprovider --nbval-current-env \
 			--nbval-lax --nbval-sanitize-with sanitize.cfg --nbval-cell-timeout=900 -W "ignore:Overlapping options" $(notdir $(NOTEBOOKS)); \
 	else echo "no notebooks yet"; fi
+
+# On a machine with a CUDA GPU (under 10 minutes): the tests that need CUDA (fp16 + GradScaler, bf16, channels-last,
+# torch.compile, a 1-process NCCL torchrun, exact resume on CUDA), then the training and sampling notebooks in fast
+# mode on the GPU. Prints the time of each.
+gpu-check: $(STAMP)
+	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu-check needs a CUDA GPU')"
+	nvidia-smi --query-gpu=name,memory.total --format=csv || true
+	$(BIN)/python -m pytest -v -rs -s --durations=0 tests/test_cuda.py
+	cd notebooks && DDPM_FAST=1 TQDM_DISABLE=1 ../$(BIN)/python -m pytest -p no:cacheprovider --nbval-current-env --nbval-lax \
+		--nbval-sanitize-with sanitize.cfg -W "ignore:Overlapping options" --durations=0 05_training.ipynb 06_sampling.ipynb
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/

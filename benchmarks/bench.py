@@ -2,7 +2,8 @@
 
     python benchmarks/bench.py --json benchmarks/results.json [--compile] [--steps 15] [--emulate-avx2]
 
-Measures, on the default toy-cars model and batch (``TrainConfig.cpu_demo()``):
+Measures the time to draw the default 8,144 toy cars, then, on the default toy-cars model and batch
+(``TrainConfig.cpu_demo()``):
 - the matrix-multiply peak in fp32 and bf16 (512x512, the size MEASUREMENTS.md quotes, and 4096x4096);
 - a forward pass of the shipped pretrained U-Net, batch 16, 32 px, in fp32 and bf16 autocast;
 - training images/s: the plain fp32 eager loop of Algorithm 1, the engine's step (``Trainer.train_step``)
@@ -34,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ddpm_lib.checkpoints import load_ema_model, model_args
 from ddpm_lib.config import TrainConfig
 from ddpm_lib.data import from_uint8, load_dataset
-from ddpm_lib.devices import PrecisionChoice, cpu_signature, resolve_precision
+from ddpm_lib.devices import PrecisionChoice, cpu_signature
 from ddpm_lib.diffusion import GaussianDiffusion
 from ddpm_lib.sampling import generate
 from ddpm_lib.schedules import make_betas
@@ -104,6 +105,10 @@ def main(argv=None) -> dict:
     batch = from_uint8(dataset.images[: cfg.batch_size])
     r: dict[str, float | str] = {"machine": f"{cpu_signature()}, torch {torch.__version__}, {platform.machine()}",
                                  "model": cfg.model, "batch_size": cfg.batch_size, "image_size": cfg.image_size}  # fmt: skip
+
+    t0 = time.perf_counter()
+    load_dataset("toy_cars", image_size=32)  # the default 8,144 training images
+    r["toy_cars_8144_seconds"] = time.perf_counter() - t0
 
     # 1. matmul peaks
     for n in (512, 4096):

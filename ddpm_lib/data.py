@@ -2,6 +2,8 @@
 
 Every dataset yields ``(image, label)`` with image a float32 tensor ``(3, H, W)`` in [-1, 1] and an
 int label. Images are decoded, resized and centre-cropped once, then held in memory as uint8.
+16-bit images are scaled to 8 bits (divided by 257), float images only when they lie in [0, 1];
+a download that receives nothing for ``NETWORK_TIMEOUT_S`` seconds is given up on.
 
 - ``"toy_cars"``: procedural side-view cars, embedded, no download (the default; label = body type).
 - ``"stanford_cars"``: Stanford Cars (Krause et al. 2013) from Kaggle via kagglehub (label = class).

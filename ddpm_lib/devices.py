@@ -262,7 +262,7 @@ def dist_info() -> tuple[int, int, int]:
 
 def init_distributed() -> bool:
     """Join the process group when launched by torchrun (NCCL on CUDA, gloo on CPU); True if distributed."""
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) < 2:
+    if not {"RANK", "WORLD_SIZE", "LOCAL_RANK"} <= set(os.environ):  # not launched by torchrun
         return False
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"

@@ -62,7 +62,9 @@ class GaussianDiffusion:
 
     def __init__(self, betas: torch.Tensor, variance_type: VarianceType = "fixed_small"):
         check_choice(variance_type, VarianceType, "variance_type")
-        betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
+        betas = torch.as_tensor(betas, dtype=torch.float64)
+        if betas.dim() != 1:
+            raise ValueError(f"betas must be a 1-D tensor of shape (T,), got shape {tuple(betas.shape)}")
         if betas.numel() < 1 or not bool(((betas > 0) & (betas < 1)).all()):
             raise ValueError("betas must be a non-empty 1-D tensor with every value in (0, 1)")
         self.variance_type = variance_type

@@ -95,7 +95,7 @@ def generate(
     if not torch.isfinite(images).all():
         raise FloatingPointError(
             f"sampling produced non-finite values ({sampler}, {choice.name}): the model has diverged or its weights are corrupt; "
-            "check the checkpoint, or try precision='fp32'"
+            "check the checkpoint" + ("" if choice.name == "fp32" else ", or try precision='fp32'")
         )
     return Samples(images, sampler, len(timesteps), float(eta), choice, seconds)
 

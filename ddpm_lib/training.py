@@ -90,6 +90,9 @@ class Trainer:
         self.dataset = dataset if dataset is not None else self._load_data()
         if self.device.type != "cpu" and self.dataset.images.numel() < 2**31:  # small enough: keep the uint8 images on the GPU
             self.dataset = ImageTensorDataset(self.dataset.images.to(self.device), self.dataset.labels, self.dataset.classes)
+        if tuple(self.dataset.images.shape[-2:]) != (cfg.image_size, cfg.image_size):
+            raise ValueError(f"the dataset's images are {tuple(self.dataset.images.shape[-2:])} but image_size is {cfg.image_size}; "
+                             f"load it with image_size={cfg.image_size}")  # fmt: skip
         self.sampler = DistributedSampler(
             self.dataset, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=cfg.seed, drop_last=True
         )
@@ -204,7 +207,7 @@ class Trainer:
         else:
             kept = "no checkpoint was written; start again with a lower --lr" + (" in the same folder" if ckpt else "")
         raise TrainingDiverged(f"training diverged at step {self.step}: {what}. Nothing was saved after it: {kept} "
-                               f"(lr now {self.config.lr:g}; precision {self.precision.name}, try fp32 if it is not).")  # fmt: skip
+                               f"(lr now {self.config.lr:g}{'' if self.precision.name == 'fp32' else f'; precision {self.precision.name}, or try fp32'}).")  # fmt: skip
 
     def weights_finite(self) -> bool:
         """True when every weight of the model and of its EMA is finite (checked before each checkpoint)."""
@@ -345,6 +348,7 @@ class Trainer:
 
     def describe(self) -> str:
         cfg = self.config
+        ddp = f" (DDP, {dist.get_backend()})" if self.distributed else ""
         return (f"{cfg.model} U-Net ({count_parameters(self.model) / 1e6:.2f}M parameters) on {cfg.dataset} {cfg.image_size}px "
-                f"({len(self.dataset)} images), batch {cfg.batch_size} on {self.world_size} process(es), {self.device}, "
+                f"({len(self.dataset)} images), batch {cfg.batch_size} on {self.world_size} process(es){ddp}, {self.device}, "
                 f"{self.precision}, step {self.step}/{cfg.max_steps}")  # fmt: skip

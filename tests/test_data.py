@@ -1,6 +1,8 @@
 import io
 import os
 import pickle
+import sys
+import threading
 import time
 import warnings
 
@@ -9,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm_lib import toy_cars
+from ddpm_lib import data, toy_cars
 from ddpm_lib.data import (
     STANFORD_CARS_HANDLE,
     DatasetUnavailableError,
     ImageTensorDataset,
-    load_dataset,
     from_uint8,
+    load_dataset,
     to_uint8,
 )
 
@@ -98,12 +100,6 @@ def test_toy_cars_looks_like_a_car():
     assert img[:, 2, :].mean() > 0.15  # the top row is sky, not black
 
 
-def test_toy_cars_speed_reasonable():
-    t0 = time.perf_counter()
-    toy_cars.generate(1000, 32)
-    assert time.perf_counter() - t0 < 10  # ~0.4 s here; a generous bound that only catches pathologies
-
-
 # ---------------------------------------------------------------------------------- stanford cars via kagglehub
 @pytest.fixture
 def fake_kaggle_cache(tmp_path, monkeypatch):
@@ -149,6 +145,55 @@ def test_stanford_cars_offline_not_cached(tmp_path, monkeypatch, offline):
     msg = str(info.value)
     assert isinstance(info.value, RuntimeError)
     assert "kaggle" in msg.lower() and "root=" in msg and "toy_cars" in msg
+
+
+class _FakeKagglehub:
+    """Stands in for the kagglehub module: ``dataset_download`` runs ``behaviour(handle)``."""
+
+    def __init__(self, behaviour):
+        self.dataset_download = behaviour
+
+
+def test_stanford_cars_download_that_never_answers_times_out(tmp_path, monkeypatch):
+    """A client that waits forever (requests without a timeout) is given up on after NETWORK_TIMEOUT_S."""
+    release = threading.Event()
+    monkeypatch.setitem(sys.modules, "kagglehub", _FakeKagglehub(lambda handle: release.wait(30)))
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub"))
+    monkeypatch.setattr(data, "NETWORK_TIMEOUT_S", 0.3)
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(DatasetUnavailableError, match=r"did not answer within 0.3 s") as info:
+            load_dataset("stanford_cars", image_size=16)
+    finally:
+        release.set()  # let the abandoned worker thread end
+    assert time.perf_counter() - t0 < 3
+    assert "root=" in str(info.value) and "--data-root" in str(info.value) and "connect" in str(info.value)
+
+
+def test_stanford_cars_slow_download_that_progresses_is_not_cut(fake_kaggle_cache, tmp_path, monkeypatch):
+    """Each byte that reaches kagglehub's cache restarts the clock: a long download is not a hang."""
+    partial = tmp_path / "kagglehub/datasets/jutrera/stanford-car-dataset-by-classes-folder/2.archive"
+
+    def slow_download(handle):
+        for _ in range(8):  # 0.8 s in all, longer than the 0.3 s deadline, with data arriving every 0.1 s
+            with open(partial, "ab") as f:
+                f.write(b"x" * 100)
+            time.sleep(0.1)
+        partial.unlink()
+        return str(fake_kaggle_cache)
+
+    monkeypatch.setitem(sys.modules, "kagglehub", _FakeKagglehub(slow_download))
+    monkeypatch.setattr(data, "NETWORK_TIMEOUT_S", 0.3)
+    assert len(load_dataset("stanford_cars", image_size=16)) == 6
+
+
+def test_stanford_cars_download_errors_are_reported(tmp_path, monkeypatch):
+    def refuse(handle):
+        raise ConnectionError("connection refused")
+
+    monkeypatch.setitem(sys.modules, "kagglehub", _FakeKagglehub(refuse))
+    with pytest.raises(DatasetUnavailableError, match="ConnectionError: connection refused"):
+        load_dataset("stanford_cars", image_size=16)
 
 
 # ---------------------------------------------------------------------------------- cifar-10
@@ -208,6 +253,31 @@ def test_folder_converts_modes_and_skips_corrupt(tmp_path):
     assert gray.shape == (3, 16, 16) and torch.all(gray == 128)
     red = to_uint8(ds[2][0])
     assert torch.all(red[0] == 255) and torch.all(red[1:] == 0)
+
+
+def test_folder_scales_16bit_and_float_images(tmp_path):
+    """16-bit and float images keep their brightness (Pillow alone would clip them to white or black)."""
+    ramp = np.linspace(0, 1, 16 * 16).reshape(16, 16)
+    Image.fromarray((ramp * 65535).round().astype(np.uint16)).save(tmp_path / "a_16bit.png")  # mode I;16
+    Image.fromarray((ramp * 65535).round().astype(np.int32)).save(tmp_path / "b_int32.tif")  # mode I
+    Image.fromarray(ramp.astype(np.float32)).save(tmp_path / "c_float.tif")  # mode F
+    Image.fromarray((ramp * 255).round().astype(np.uint8)).save(tmp_path / "d_8bit.png")  # the reference
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = load_dataset("folder", image_size=16, root=tmp_path)
+    assert [Image.open(p).mode for p in sorted(tmp_path.iterdir())] == ["I;16", "I", "F", "L"]
+    reference = ds.images[3].int()
+    for i in range(3):
+        assert (ds.images[i].int() - reference).abs().max() <= 1, i
+
+
+def test_folder_refuses_float_and_integer_images_it_cannot_scale(tmp_path):
+    Image.fromarray(np.full((8, 8), 3.5, np.float32)).save(tmp_path / "hdr.tif")
+    Image.fromarray(np.full((8, 8), -7, np.int32)).save(tmp_path / "signed.tif")
+    with pytest.warns(UserWarning, match=r"hdr.tif \(mode F .*values in \[3.5, 3.5\]: only floats in \[0, 1\]") as caught:
+        with pytest.raises(DatasetUnavailableError, match=r"no readable images .*the first: .*hdr.tif \(mode F"):
+            load_dataset("folder", image_size=8, root=tmp_path)
+    assert "signed.tif (mode I (integer) with values in [-7, -7], outside 16-bit" in str(caught[0].message)
 
 
 def test_folder_imagefolder_layout_labels(tmp_path):

@@ -134,8 +134,8 @@ def test_keyboard_interrupt_saves_checkpoint(tmp_path):
 
 def test_resume_with_other_model_is_refused(tmp_path):
     Trainer(tiny_config(max_steps=1), tmp_path, progress=False).fit()
-    with pytest.raises(ValueError, match="lr: checkpoint 0.002 vs now 0.1"):
-        Trainer(tiny_config(max_steps=1, lr=0.1), tmp_path, resume=True, progress=False)
+    with pytest.raises(ValueError, match="ema_decay: checkpoint 0.99 vs now 0.5"):
+        Trainer(tiny_config(max_steps=1, ema_decay=0.5), tmp_path, resume=True, progress=False)
     resumed = Trainer(tiny_config(max_steps=5), tmp_path, resume=True, progress=False)  # max_steps may change
     assert resumed.config.max_steps == 5
 
@@ -225,7 +225,7 @@ def test_torchrun_two_gloo_processes(tmp_path):
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert ckpt["step"] == 6 and ckpt["world_size"] == 2
     assert ckpt["rng"]["cpu"].shape[0] == 2 and not torch.equal(ckpt["rng"]["cpu"][0], ckpt["rng"]["cpu"][1])
-    assert "on 2 process(es)" in result.stdout
+    assert "on 2 process(es) (DDP, gloo)" in result.stdout
     # resume under torchrun continues from step 6 to 8
     cmd[cmd.index("--max-steps") + 1] = "8"
     result = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
