@@ -104,20 +104,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _sample(args, device: torch.device) -> tuple[np.ndarray, dict, tuple]:
-    """Draw samples through the project's sampling path; returns uint8 NHWC, their description and (model, diffusion, cfg)."""
+def _load_model(args, device: torch.device) -> tuple:
+    """``(model, diffusion, cfg, path)`` of ``--checkpoint`` (the shipped pretrained model when no path is given)."""
     from ddpm_lib.checkpoints import PRETRAINED, load_ema_model
-    from ddpm_lib.sampling import generate
 
     path = PRETRAINED if str(args.checkpoint) == "pretrained" else args.checkpoint
-    model, diffusion, cfg = load_ema_model(path, device)
+    return (*load_ema_model(path, device), path)
+
+
+def _sample(args, model, diffusion, cfg, path) -> tuple[np.ndarray, dict]:
+    """Draw ``--num-samples`` through the project's one sampling path: uint8 NHWC and how they were made."""
+    from ddpm_lib.sampling import generate
+
     samples = generate(model, diffusion, args.num_samples, cfg.image_size, sampler=args.sampler,
                        num_steps=None if args.sampler == "ddpm" else args.steps, eta=args.eta, seed=args.seed,
                        batch_size=args.batch_size, precision=args.precision, progress=True)  # fmt: skip
-    images = samples.to_uint8_nhwc()
     info = {"checkpoint": str(path), "sampler": samples.sampler, "num_steps": samples.num_steps, "eta": samples.eta,
             "sampling_precision": samples.precision.name, "seed": args.seed, "sampling_seconds": round(samples.seconds, 1)}  # fmt: skip
-    return images, info, (model, diffusion, cfg)
+    return samples.to_uint8_nhwc(), info
 
 
 def estimate_bits_per_dim(model, diffusion, dataset: str, image_size: int, root, num_images: int, num_timesteps: int, seed: int) -> dict:
@@ -180,19 +184,22 @@ def run(args) -> dict:
     info, trained = {}, None
     if args.samples is not None:
         images = load_samples_npz(args.samples)
-        dataset, root = args.dataset or "toy_cars", args.data_root
+        size, dataset, root = images.shape[1], args.dataset or "toy_cars", args.data_root
     else:
-        images, info, trained = _sample(args, device)
-        dataset, root = args.dataset or trained[2].dataset, args.data_root or trained[2].data_root
-        if args.save_samples is not None:
-            args.save_samples.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(args.save_samples, arr_0=images)
+        trained = _load_model(args, device)  # (model, diffusion, cfg, path)
+        cfg = trained[2]
+        size, dataset, root = cfg.image_size, args.dataset or cfg.dataset, args.data_root or cfg.data_root
+    # every check before the slow part (sampling, the reference)
     if dataset not in get_args(DatasetName):
         raise EvaluationInputError(f"unknown dataset {dataset!r}; valid choices: {', '.join(get_args(DatasetName))}")
-    size = images.shape[1]
     if args.image_size is not None and args.image_size != size:
         raise EvaluationInputError(f"the samples are {size}x{size} but the reference is {args.image_size}x{args.image_size}")
     extractor, features_name = _feature_extractor(dataset, args, device)
+    if trained is not None:
+        images, info = _sample(args, *trained)
+        if args.save_samples is not None:
+            args.save_samples.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(args.save_samples, arr_0=images)
     t1 = time.perf_counter()
     reference = reference_features(dataset, size, args.num_reference, extractor, "train", root)
     baseline = None
@@ -201,9 +208,10 @@ def run(args) -> dict:
     samples = compute_features(as_uint8_images(images), extractor)
     result = evaluate_samples(samples, reference, extractor, baseline=baseline, bootstrap=args.bootstrap, kid_subsets=args.kid_subsets,
                               kid_subset_size=args.kid_subset_size, seed=args.seed)  # fmt: skip
-    result.update(dataset=dataset, image_size=size, features=features_name, scoring_seconds=round(time.perf_counter() - t1, 1), **info)
+    seconds = round(time.perf_counter() - t1, 1)
+    result.update(dataset=dataset, image_size=size, features=features_name, bootstrap=args.bootstrap, scoring_seconds=seconds, **info)
     if trained is not None and args.bpd_images > 0:
-        model, diffusion, cfg = trained
+        model, diffusion = trained[:2]
         result.update(estimate_bits_per_dim(model, diffusion, dataset, size, root, args.bpd_images, args.bpd_timesteps, args.seed))
     result["seconds"] = round(time.perf_counter() - t0, 1)
     return result
