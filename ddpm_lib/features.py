@@ -17,7 +17,7 @@ Input convention, one for the whole evaluation stage: images ``(B, 3, H, W)`` ei
 default ``normalize=False``); float images in [0, 1] are *not* accepted. Images of another size are
 resized to the network's 32x32 with antialiasing.
 
-Train the shipped weights with ``python -m ddpm_lib.features --out assets/toy_cars_classifier.pt``.
+Train the shipped weights with ``python -m ddpm_lib.features --out ddpm_lib/weights/toy_cars_classifier.pt``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from ddpm_lib import toy_cars
 WEIGHTS_NAME = "toy_cars_classifier.pt"
 PACKAGE_WEIGHTS = Path(__file__).resolve().parent / "weights" / WEIGHTS_NAME  # shipped inside the package, when installed so
 REPO_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / WEIGHTS_NAME  # the repository's assets/ folder beside the package
-TRAIN_COMMAND = "python -m ddpm_lib.features --out assets/toy_cars_classifier.pt"
+TRAIN_COMMAND = "python -m ddpm_lib.features --out ddpm_lib/weights/toy_cars_classifier.pt"
 NUM_DRAWING_PARAMS = toy_cars.NUM_PARAMS - 1  # every parameter but the body type (column 0)
 # auxiliary targets (parameter columns 1..) that a horizontal flip changes: facing is negated, the centre x mirrored
 FLIP_NEGATE, FLIP_MIRROR = toy_cars.PARAM_INDEX["facing"] - 1, toy_cars.PARAM_INDEX["cx"] - 1
