@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m ddpm_lib.toy_cars --out assets/toy_cars_preview_32.png
 	cd notebooks && for nb in $(notdir $(NOTEBOOKS)); do \
-		echo "== $$nb" && ../$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
-			--ExecutePreprocessor.timeout=1800 "$$nb" || exit 1; \
+		start=$$(date +%s); echo "== $$nb"; \
+		../$(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 "$$nb" || exit 1; \
+		echo "== $$nb: $$(( $$(date +%s) - start )) s"; \
 	done
 
 # Every test: unit tests, then the notebooks as nbval regression tests in fast mode.

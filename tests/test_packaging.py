@@ -44,3 +44,13 @@ def test_ci_runs_make_test():
         assert target in makefile
     readme = (ROOT / "README.md").read_text()
     assert "make demo" in readme and "make test" in readme
+
+
+def test_shipped_weights_are_package_data():
+    """A non-editable install must find the pretrained model and the feature network inside the package."""
+    from ddpm_lib.checkpoints import PRETRAINED, WEIGHTS_DIR
+
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["ddpm_lib"]
+    assert "weights/*.pt" in package_data
+    assert PRETRAINED.parent == WEIGHTS_DIR == ROOT / "ddpm_lib" / "weights"
+    assert PRETRAINED.is_file() and (WEIGHTS_DIR / "toy_cars_classifier.pt").is_file()
