@@ -1,0 +1,659 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 07 · Evaluation: measuring a generative model
+#
+# **Goal.** Notebook 06 ended with a question the eye cannot settle: which sampler draws the best cars for its cost?
+# This notebook answers it, and the questions the series left open before it (EMA or raw weights, linear or cosine
+# schedule, bf16 or fp32), with measurements. First the tools: what FID, KID, precision/recall, class coverage and
+# bits/dim each measure, and how each one fails. Then the answers, each with its noise.
+#
+# **You will:** compute FID, KID and precision/recall by hand and check them against `ddpm_lib.metrics`; spoil real
+# images in known ways and see which metric notices what; watch FID's bias shrink as the sample count grows; then read
+# the evaluation study and choose the sampler the command line should use by default.
+#
+# **Deviations from the literature.** The features come from the toy-cars feature network of `ddpm_lib.features`
+# (128 numbers per image), not from InceptionV3 (2048), so our FIDs compare with each other and with the real-vs-real
+# baseline, never with published ones. The sample sets hold tens to hundreds of images, not 50,000: every figure carries
+# its spread, and FIDs are compared only at equal sample counts.
+#
+# **Where the numbers come from.** Sections 1-4 compute everything live, in a minute or two. Section 5 needs thousands
+# of sampled images and two training runs, half an hour of one CPU core, so it reads `benchmarks/eval_study.json`,
+# written by `OMP_NUM_THREADS=1 python benchmarks/eval_study.py` (the next cell prints where and when it ran).
+
+# %%
+import json
+import math
+import os
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+
+from ddpm_lib.checkpoints import load_ema_model
+from ddpm_lib.data import from_uint8, load_dataset, to_uint8
+from ddpm_lib.features import load_feature_extractor
+from ddpm_lib.metrics import (FeatureSet, class_tv, compute_features, evaluate_samples, frechet_distance, kernel_distance, knn_radii,
+                              precision_recall, reference_features)
+from ddpm_lib.plotting import show_images
+from ddpm_lib.sampling import generate
+
+FAST = os.environ.get("DDPM_FAST") == "1"
+ASSETS = Path("../assets")
+STUDY = json.loads(Path("../benchmarks/eval_study.json").read_text())
+N_REF = 1000 if FAST else 5000  # reference: the first N_REF train images (the study used 5,000)
+N_LIVE = 100 if FAST else 500  # images per live set
+meta = STUDY["meta"]
+print(f"study: {meta['date'][:10]}, {meta['seconds'] / 60:.0f} min on {meta['machine']}, torch {meta['torch']}")
+print(f"       {meta['command']}")
+
+# %% [markdown]
+# ## 1. The feature space
+#
+# Every metric below compares two *sets* of images, a reference of real ones and a candidate set, through the eyes of a
+# network: each image $x$ becomes a feature vector $\phi(x) \in \mathbb R^{128}$, the globally pooled last convolution of
+# a small CNN trained to recognise the six body types and to regress the other drawing parameters of each car (colours,
+# position, proportions), so that its features see the sky and the paint as well as the shape. The reference is the
+# first 5,000 training images; the held-out *test* images play the perfect generator.
+
+# %%
+net = load_feature_extractor()
+reference = reference_features("toy_cars", 32, N_REF, net, "train")  # FeatureSet: features (N, 128) float64, labels (N,)
+test = load_dataset("toy_cars", 32, "test", num_images=3 * N_LIVE)
+held_out = compute_features(test.images[:N_LIVE], net)
+print(f"feature network: held-out body-type accuracy {net.test_accuracy:.3f}; reference {tuple(reference.features.shape)}, "
+      f"held-out {tuple(held_out.features.shape)}")
+
+# %% [markdown]
+# ## 2. The metrics, by hand
+#
+# ### FID: two Gaussians, one distance
+#
+# Fit a Gaussian to each feature set (mean $\mu$, covariance $\Sigma$) and take the Fréchet (2-Wasserstein) distance
+# between the two (Heusel et al. 2017, Eq. 6):
+#
+# $$\mathrm{FID} = \lVert\mu_r-\mu_g\rVert_2^2 + \operatorname{Tr}\!\Big(\Sigma_r+\Sigma_g-2\big(\Sigma_r\Sigma_g\big)^{1/2}\Big).$$
+#
+# The trace of the matrix square root needs no square root of a matrix: the eigenvalues of $\Sigma_r\Sigma_g$ are those of
+# the symmetric $\Sigma_r^{1/2}\Sigma_g\Sigma_r^{1/2}$, real and non-negative, and $\operatorname{Tr}(\Sigma_r\Sigma_g)^{1/2}$ is the sum of
+# their square roots. **How it fails:** it sees only two moments, so distributions that differ beyond them can score 0;
+# one number mixes fidelity and diversity; and it is biased upward at a finite sample count (section 4).
+
+# %%
+def fid_by_hand(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """FID of feature sets (N, F) and (M, F), float64."""
+    mu_r, mu_g = real.mean(0), fake.mean(0)
+    cov_r, cov_g = torch.cov(real.T), torch.cov(fake.T)  # unbiased (N - 1), as torchmetrics
+    eigenvalues = torch.linalg.eigvals(cov_r @ cov_g).real.clamp(min=0)
+    return ((mu_r - mu_g).square().sum() + cov_r.trace() + cov_g.trace() - 2 * eigenvalues.sqrt().sum()).item()
+
+
+fid_hand = fid_by_hand(reference.features, held_out.features)
+fid_lib = frechet_distance(reference.features, held_out.features)
+print(f"FID(reference, held-out): by hand {fid_hand:.6f}, ddpm_lib.metrics (torchmetrics) {fid_lib:.6f}")
+
+# %% tags=["nbval-check-output"]
+# NBVAL_CHECK_OUTPUT
+print("FID by hand == library (relative 1e-6):", abs(fid_hand - fid_lib) <= 1e-6 * max(1.0, abs(fid_lib)))
+
+# %% [markdown]
+# ### KID: an unbiased kernel distance
+#
+# KID (Bińkowski et al. 2018) is the squared maximum mean discrepancy with the cubic polynomial kernel
+# $k(x, y) = (x^\top y / d + 1)^3$, estimated without bias from $m$ real and $n$ generated features:
+#
+# $$\mathrm{KID} = \frac{1}{m(m-1)}\sum_{i\neq j} k(x_i, x_j) + \frac{1}{n(n-1)}\sum_{i\neq j} k(y_i, y_j) - \frac{2}{mn}\sum_{i,j} k(x_i, y_j).$$
+#
+# Its expectation is the population MMD$^2$, exactly 0 for two sets from one distribution *at any sample count*, so it
+# has no small-$N$ bias (and can come out negative). torchmetrics averages it over random subsets of both sets; on two
+# sets of equal size $m$ with subsets of size $m$, every subset is the whole set and the average is the formula above.
+
+# %%
+def kid_by_hand(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Unbiased MMD^2 with the cubic kernel of feature sets (m, d) and (n, d)."""
+    d, m, n = x.shape[1], len(x), len(y)
+    k_xx, k_yy, k_xy = ((a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+    return ((k_xx.sum() - k_xx.diag().sum()) / (m * (m - 1)) + (k_yy.sum() - k_yy.diag().sum()) / (n * (n - 1))
+            - 2 * k_xy.mean()).item()
+
+
+real_m = reference.features[:N_LIVE]
+kid_hand = kid_by_hand(real_m, held_out.features)
+kid_lib, _ = kernel_distance(real_m, held_out.features, subsets=1, subset_size=N_LIVE)
+print(f"KID(reference[:{N_LIVE}], held-out): by hand {kid_hand:.6f}, library {kid_lib:.6f}")
+
+# %% tags=["nbval-check-output"]
+# NBVAL_CHECK_OUTPUT
+print("KID by hand == library (1e-9):", abs(kid_hand - kid_lib) < 1e-9)
+
+# %% [markdown]
+# ### Precision and recall: two manifolds of k-NN balls
+#
+# Kynkäänniemi et al. (2019) approximate the support of each set by the union of balls around its points, each ball
+# reaching the point's $k$-th nearest neighbour in its own set ($k = 3$). A feature $\phi$ is *inside* a set $\Phi$ when
+# some ball covers it (Eqs. 1-2):
+#
+# $$f(\phi, \Phi) = \mathbb 1\Big[\exists\,\phi' \in \Phi:\ \lVert\phi - \phi'\rVert_2 \le \lVert\phi' - \mathrm{NN}_k(\phi', \Phi)\rVert_2\Big],$$
+#
+# $$\text{precision} = \frac{1}{|\Phi_g|}\sum_{\phi_g \in \Phi_g} f(\phi_g, \Phi_r), \qquad \text{recall} = \frac{1}{|\Phi_r|}\sum_{\phi_r \in \Phi_r} f(\phi_r, \Phi_g).$$
+#
+# Precision is the share of samples that look real (fidelity), recall the share of real images that some sample
+# resembles (diversity). **How they fail:** one outlier grows a huge ball that can swallow many points; the radii
+# shrink as the sets grow, so both depend on $N$ and $k$ and are compared at equal set sizes.
+
+# %%
+def inside(points: torch.Tensor, support: torch.Tensor, k: int = 3) -> torch.Tensor:
+    """f(phi, Phi) for each of points (M, F) against support (N, F): bool (M,)."""
+    d_support = torch.cdist(support, support)
+    d_support.fill_diagonal_(math.inf)  # a point is not its own neighbour
+    radii = d_support.kthvalue(k, dim=1).values  # (N,)
+    return (torch.cdist(points, support) <= radii).any(dim=1)
+
+
+fake_m = held_out.features
+pr_hand = (inside(fake_m, real_m).double().mean().item(), inside(real_m, fake_m).double().mean().item())
+pr_lib = precision_recall(real_m, fake_m, k=3)
+print(f"precision, recall: by hand {pr_hand[0]:.4f}, {pr_hand[1]:.4f}; library {pr_lib[0]:.4f}, {pr_lib[1]:.4f}")
+
+# %% tags=["nbval-check-output"]
+# NBVAL_CHECK_OUTPUT
+print("precision and recall by hand == library:", pr_hand == pr_lib)
+
+# %% [markdown]
+# ### Class coverage, and the likelihood
+#
+# The feature network also classifies, so each set has a histogram of body types. `class_tv` is the total-variation
+# distance between the histograms of the samples, $p_g$, and of the reference, $p_r$:
+# $\mathrm{TV} = \tfrac12\sum_c |p_g(c) - p_r(c)|$, between 0 and 1. It catches a model that drops or over-draws a body type and is
+# blind to everything else. Both sides are classified by the same network, so its rare mistakes count on both.
+#
+# **Bits/dim** is the other kind of measure: the variational bound of notebook 03 on $-\log p_\theta(x_0)$ of held-out
+# images. It needs no samples and no feature network, and it answers a different question, how much probability the
+# model puts on real images, not how real its samples look; the two can disagree (Theis et al. 2016). Section 5.6 shows
+# where the bound's mass sits.
+#
+# ## 3. Which metric notices what
+#
+# Spoil held-out images in known ways and score each set against the reference with `evaluate_samples`, which adds the
+# spread (std over bootstrap resamples). One more measure joins them, for a defect the series has met: the **grain** left
+# in DDIM samples at $\eta = 0$ (notebook 06). The mask $M$ below (Immerkær 1996) sums second differences: it returns 0 on
+# flat regions and linear ramps, and on i.i.d. noise of std $s$ its response has std $\lVert M\rVert_F\,s = 6s$. The toy
+# cars are flat-shaded, so the median response, rescaled, estimates the noise left in an image, ignoring the few pixels
+# on edges:
+#
+# $$M = \begin{pmatrix}1 & -2 & 1\\ -2 & 4 & -2\\ 1 & -2 & 1\end{pmatrix}, \qquad \hat s = \frac{\operatorname{median}\,\lvert M * x\rvert}{6 \cdot 0.6745}.$$
+
+# %%
+NOISE_MASK = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
+
+
+def noise_level(images: torch.Tensor) -> torch.Tensor:
+    """Estimated std of the pixel noise of each image (N, 3, H, W) in [-1, 1]: (N,)."""
+    x = images.float()
+    response = F.conv2d(x, NOISE_MASK.view(1, 1, 3, 3).repeat(3, 1, 1, 1), groups=3)
+    return response.abs().flatten(1).median(dim=1).values / (6 * 0.6745)
+
+
+flat = torch.zeros(64, 3, 32, 32)
+s_hat = noise_level(flat + 0.1 * torch.randn(flat.shape, generator=torch.Generator().manual_seed(0)))
+print(f"noise of std 0.1 on a flat image: estimated {s_hat.mean():.4f} ± {s_hat.std():.4f}; clean test images: "
+      f"{noise_level(from_uint8(test.images[:N_LIVE])).mean():.4f}")
+
+# %% tags=["nbval-check-output"]
+# NBVAL_CHECK_OUTPUT
+print("the estimate recovers a known noise std within 3%:", abs(s_hat.mean().item() - 0.1) < 0.003)
+
+# %% [markdown]
+# Five sets of `N_LIVE` images: the held-out images as they are; blurred (Gaussian, $\sigma$ = 1 px); colour-shifted (red
+# up and blue down by 0.2 of the $[-1, 1]$ range); with Gaussian noise of std 0.1; and with three of the six body types
+# dropped (held-out sedans, hatchbacks and SUVs only).
+
+# %%
+x_test = from_uint8(test.images)  # (3 N_LIVE, 3, 32, 32) in [-1, 1]
+x_real = x_test[:N_LIVE]
+g = torch.Generator().manual_seed(1)
+sets = {
+    "real": x_real,
+    "blurred": TF.gaussian_blur(x_real, kernel_size=5, sigma=1.0),
+    "colour-shifted": (x_real + torch.tensor([0.2, 0.0, -0.2]).view(1, 3, 1, 1)).clamp(-1, 1),
+    "noisy": (x_real + 0.1 * torch.randn(x_real.shape, generator=g)).clamp(-1, 1),
+    "3 types dropped": x_test[test.labels < 3][:N_LIVE],
+}
+show_images(torch.cat([x[:10] for x in sets.values()]), nrow=10, title=" | ".join(sets), scale=1.2);
+
+# %%
+live = {}
+for name, x in sets.items():
+    scores = evaluate_samples(x, reference, net, bootstrap=10)
+    scores["grain"] = noise_level(from_uint8(to_uint8(x))).mean().item()  # as saved: rounded to uint8
+    live[name] = scores
+print(f"{'set':16s} {'FID':>13s} {'KID':>7s} {'precision':>13s} {'recall':>13s} {'class_tv':>13s} {'grain':>7s}")
+for name, s in live.items():
+    sd = s["spread"]
+    print(f"{name:16s} {s['fid']:6.2f} ± {sd['fid']:4.2f} {s['kid_mean']:7.3f} {s['precision']:6.3f} ± {sd['precision']:.3f} "
+          f"{s['recall']:6.3f} ± {sd['recall']:.3f} {s['class_tv']:6.3f} ± {sd['class_tv']:.3f} {s['grain']:7.4f}")
+
+
+# %%
+def bar_panel(ax, names, values, errors, title, reference_value=None):
+    ax.bar(range(len(names)), values, yerr=errors, capsize=3, color=[f"C{i}" for i in range(len(names))])
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_title(title)
+    if reference_value is not None:
+        ax.axhline(reference_value, color="k", lw=0.8, ls="--")
+
+
+names = list(live)
+fig, axes = plt.subplots(1, 5, figsize=(18, 3.6))
+for ax, key in zip(axes, ["fid", "precision", "recall", "class_tv"]):
+    bar_panel(ax, names, [live[n][key] for n in names], [live[n]["spread"][key] for n in names], key, live["real"][key])
+bar_panel(axes[4], names, [live[n]["grain"] for n in names], None, "grain (noise std)")
+fig.suptitle(f"{N_LIVE} images per set against {N_REF} reference images; error bars: bootstrap std; dashed: the real set")
+fig.tight_layout();
+
+# %% [markdown]
+# Read the bars column by column. FID rises for every defect, so it tells *that* something is wrong, not *what*. The
+# noisy and the blurred images leave the real manifold (precision falls) and the noise is exactly what the grain
+# measure sees. Dropping body types leaves precision alone (every image is a real car) but halves recall and makes
+# `class_tv` jump: a mode-dropping generator in one line. The colour shift moves the feature mean, which FID and KID
+# punish, while each shifted car still lies near some real one.
+
+# %% tags=["nbval-check-output"]
+# NBVAL_CHECK_OUTPUT
+spoiled = [n for n in live if n != "real"]
+print("the real set has the lowest FID:", all(live["real"]["fid"] < live[n]["fid"] for n in spoiled))
+print("dropping types costs recall and class_tv, not precision:",
+      live["3 types dropped"]["recall"] < live["real"]["recall"] - 0.2 and live["3 types dropped"]["class_tv"] > 0.3
+      and live["3 types dropped"]["precision"] > live["real"]["precision"] - 0.1)
+print("the grain measure flags the noisy set only:", max(spoiled, key=lambda n: live[n]["grain"]) == "noisy")
+
+# %% [markdown]
+# ## 4. How noisy is one number
+#
+# ### FID's bias falls like $1/N$
+#
+# Score real held-out images against the reference at several sample counts $N$. A perfect generator would get FID 0,
+# but the covariance of $N$ samples is noisy, and that noise adds to the trace term on average: FID is biased upward,
+# roughly in proportion to $1/N$ (Chong & Forsyth 2020). Below 128 images the sample covariance is even singular. KID is
+# unbiased and stays at 0 within its noise.
+
+# %%
+pool = compute_features(test.images, net).features  # 3 N_LIVE held-out features
+counts = [25, 50, 100, 200] if FAST else [50, 100, 200, 500, 1000]
+repeats = 3
+sweep = {}
+for n in counts:
+    fids, kids = [], []
+    for r in range(repeats):
+        pick = torch.randperm(len(pool), generator=torch.Generator().manual_seed(100 * n + r))[:n]
+        fids.append(frechet_distance(reference.features, pool[pick]))
+        kids.append(kernel_distance(reference.features, pool[pick], subsets=20, seed=r)[0])
+    sweep[n] = (np.mean(fids), np.std(fids), np.mean(kids), np.std(kids))
+    print(f"N = {n:5d}: FID {sweep[n][0]:6.2f} ± {sweep[n][1]:.2f}   KID {sweep[n][2]:+.4f} ± {sweep[n][3]:.4f}")
+
+# %%
+inv_n = np.array([1 / n for n in counts])
+fid_mean = np.array([sweep[n][0] for n in counts])
+slope, intercept = np.polyfit(inv_n, fid_mean, 1)
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+axes[0].errorbar(inv_n, fid_mean, yerr=[sweep[n][1] for n in counts], fmt="o", capsize=3, label="real vs real")
+grid_inv = np.linspace(0, inv_n.max(), 50)
+axes[0].plot(grid_inv, intercept + slope * grid_inv, "k--", lw=1, label=f"fit: {intercept:.2f} + {slope:.0f}/N")
+axes[0].set_xlabel("1 / N")
+axes[0].set_ylabel("FID")
+axes[0].legend()
+axes[0].set_title("FID of real held-out images: biased at small N")
+axes[1].errorbar(counts, [sweep[n][2] for n in counts], yerr=[sweep[n][3] for n in counts], fmt="o", capsize=3, color="C1")
+axes[1].axhline(0, color="k", lw=0.8)
+axes[1].set_xscale("log")
+axes[1].set_xlabel("N")
+axes[1].set_title("KID of the same sets: unbiased")
+fig.tight_layout();
+
+# %% [markdown]
+# So a FID is only meaningful beside another at the same $N$, ideally beside the real-vs-real baseline at that $N$. The
+# study scores every sample set so, and rows of different sizes are never compared by their FID.
+
+# %% tags=["nbval-check-output"]
+# NBVAL_CHECK_OUTPUT
+print("real-vs-real FID falls as N grows:", bool(np.all(np.diff(fid_mean) < 0)))
+
+# %% [markdown]
+# ### The bootstrap spread against independent sample sets
+#
+# Every study figure carries the std over bootstrap resamples of its samples. Is that the real spread of a score? The
+# study drew DDIM-10 sets of the same size with other seeds; their std across seeds should match the bootstrap std.
+
+# %%
+rows = STUDY["rows"]
+for eta in (0.0, 1.0):
+    same = [r for r in rows if r["sampler"] == "ddim" and r["steps"] == 10 and r["eta"] == eta and r["study"] in ("samplers", "seeds")]
+    fids = np.array([r["fid"] for r in same])
+    boot = np.mean([r["spread"]["fid"] for r in same])
+    print(f"DDIM-10, eta = {eta:g}, N = {same[0]['num_samples']}: FID over seeds {np.round(fids, 2).tolist()}: "
+          f"std {fids.std(ddof=1):.2f}; mean bootstrap std {boot:.2f}")
+
+# %% [markdown]
+# (SEED_CHECK_PROSE)
+#
+# ## 5. The measured answers
+#
+# Every row of the study, its sampler, its sample count and its spreads, is in `benchmarks/eval_study.json`; a helper
+# picks rows out of it. The reference and the baselines are those of section 1, at 5,000 reference images.
+
+# %%
+def pick(study=None, **match):
+    """The study's rows whose fields equal `match` (and whose study is `study`, if given)."""
+    return [r for r in rows if (study is None or r["study"] == study) and all(r.get(k) == v for k, v in match.items())]
+
+
+baselines = {b["num_samples"]: b for b in STUDY["baselines"]}
+sizes = meta["sizes"]
+N_GRID, N_LONG = sizes["num_samples"], sizes["num_samples_long"]
+print(f"{len(rows)} rows; sample counts: DDIM 10-100 {N_GRID}, DDIM-250 and DDPM-1000 {N_LONG}, training runs {sizes['num_samples_train']}; "
+      f"reference {sizes['num_reference']}; {sizes['bootstrap']} bootstrap resamples")
+for n, b in sorted(baselines.items()):
+    print(f"real-vs-real baseline at N = {n:4d}: FID {b['fid']:.2f} ± {b['spread']['fid']:.2f}, precision {b['precision']:.3f}, "
+          f"recall {b['recall']:.3f}, class_tv {b['class_tv']:.3f}")
+
+# %% tags=["nbval-check-output"]
+# NBVAL_CHECK_OUTPUT
+print("study complete:", meta["complete"], "| rows:", len(rows), "| every row has a bootstrap spread:",
+      all(r["spread"] is not None for r in rows))
+
+# %% [markdown]
+# ### 5.1 Samplers: quality against network evaluations
+#
+# The shipped pretrained model, every sampler of notebook 06: DDIM at 10, 20, 50, 100 and 250 steps with $\eta \in
+# \{0, 0.5, 1\}$, and DDPM's 1000 steps with both reverse variances. All runs start from the same noise $x_T$, batch by
+# batch, so the comparisons are paired. The cost of a sample is its number of network evaluations (NFE). DDIM-250 and
+# DDPM-1000 are 2.5-10 times dearer, so they were drawn with fewer samples ($N$ = 32) and appear in the right-hand panel,
+# beside the first 32 samples of every other run.
+
+# %%
+ETA_COLOURS = {0.0: "C0", 0.5: "C2", 1.0: "C3"}
+GRID_STEPS = [10, 20, 50, 100]
+# DDIM Table 1 (Song et al. 2021), CIFAR-10, FID of 50,000 samples (Inception features) at 10, 20, 50, 100 steps
+DDIM_TABLE1 = {0.0: [13.36, 6.84, 4.67, 4.16], 0.5: [16.66, 8.35, 5.25, 4.46], 1.0: [41.07, 18.36, 8.01, 5.78]}
+
+
+def series(eta, key, steps=GRID_STEPS, small=False):
+    """(nfe, value, spread) of the DDIM rows at `eta`, at the full N or at the first N_LONG samples."""
+    out = []
+    for s in steps:
+        (r,) = pick("samplers", sampler="ddim", steps=s, eta=eta)
+        r = r["at_small_n"] if small and "at_small_n" in r else r
+        out.append((s, r[key], r["spread"][key] if key in r["spread"] else r[f"{key}_sem"]))
+    return np.array(out).T
+
+
+fig, axes = plt.subplots(1, 4, figsize=(21, 4.3))
+for eta, c in ETA_COLOURS.items():
+    nfe, fid, sd = series(eta, "fid")
+    axes[0].errorbar(nfe, fid, yerr=sd, color=c, marker="o", capsize=3, label=rf"DDIM $\eta$ = {eta:g}")
+    for key, ls, ax_label in (("precision", "-", "precision"), ("recall", "--", "recall")):
+        nfe, v, sd = series(eta, key)
+        axes[1].errorbar(nfe, v, yerr=sd, color=c, ls=ls, marker="o", capsize=3, label=rf"{ax_label}, $\eta$ = {eta:g}")
+    nfe, fid, sd = series(eta, "fid", GRID_STEPS + [250], small=True)
+    axes[2].errorbar(nfe, fid, yerr=sd, color=c, marker="o", capsize=3, label=rf"DDIM $\eta$ = {eta:g}")
+    axes[3].plot(GRID_STEPS, DDIM_TABLE1[eta], color=c, marker="o", label=rf"$\eta$ = {eta:g}")
+for variance, marker in (("fixed_small", "s"), ("fixed_large", "D")):
+    (r,) = pick("samplers", sampler="ddpm", variance=variance)
+    axes[2].errorbar([1000], [r["fid"]], yerr=[r["spread"]["fid"]], color="k", marker=marker, capsize=3, ls="none",
+                     label=f"DDPM-1000, {variance}")
+for ax, n in ((axes[0], N_GRID), (axes[2], N_LONG)):
+    b = baselines[n]
+    ax.axhspan(b["fid"] - b["spread"]["fid"], b["fid"] + b["spread"]["fid"], color="grey", alpha=0.3, label=f"real vs real, N = {n}")
+axes[1].axhline(baselines[N_GRID]["precision"], color="grey", lw=1)
+axes[0].set_title(f"FID, N = {N_GRID} (lower is better)")
+axes[1].set_title(f"precision (solid), recall (dashed), N = {N_GRID}")
+axes[2].set_title(f"FID, N = {N_LONG}: the long samplers")
+axes[3].set_title("DDIM Table 1: CIFAR-10, N = 50,000")
+axes[3].set_yscale("log")
+for ax in axes:
+    ax.set_xscale("log")
+    ax.set_xlabel("network evaluations per image")
+    ax.legend(fontsize=7)
+fig.tight_layout()
+if not FAST:
+    fig.savefig(ASSETS / "eval_samplers.png", dpi=100, bbox_inches="tight")
+
+# %% [markdown]
+# (SAMPLERS_PROSE)
+
+# %%
+print(f"{'sampler':26s} {'NFE':>5s} {'N':>4s} {'FID':>14s} {'KID':>7s} {'precision':>7s} {'recall':>7s} {'class_tv':>8s} {'grain':>7s} {'s':>6s}")
+for r in pick("samplers"):
+    label = f"DDPM-1000 {r['variance']}" if r["sampler"] == "ddpm" else f"DDIM-{r['steps']} eta={r['eta']:g}"
+    print(f"{label:26s} {r['nfe']:5d} {r['num_samples']:4d} {r['fid']:7.2f} ± {r['spread']['fid']:4.2f} {r['kid_mean']:7.3f} "
+          f"{r['precision']:7.3f} {r['recall']:7.3f} {r['class_tv']:8.3f} {r['grain']:7.4f} {r['seconds']:6.0f}")
+
+# %% [markdown]
+# ### 5.2 Grain: what $\eta$ does
+#
+# (GRAIN_PROSE)
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 3.6))
+for eta, c in ETA_COLOURS.items():
+    nfe, v, sem = series(eta, "grain")
+    ax.errorbar(nfe, v, yerr=sem, color=c, marker="o", capsize=3, label=rf"DDIM $\eta$ = {eta:g}")
+ax.axhline(baselines[N_GRID]["grain"], color="grey", label="real images")
+ax.set_xscale("log")
+ax.set_xlabel("network evaluations per image")
+ax.set_ylabel("noise std left (grain)")
+ax.set_title(f"grain of the samples (N = {N_GRID}; error bars: standard error)")
+ax.legend(fontsize=8);
+
+# %% [markdown]
+# The same noise through DDIM-10 and DDIM-50 at $\eta = 0$ and $\eta = 1$, live (the grain is visible in the skies of the
+# $\eta = 0$ rows):
+
+# %%
+model, diffusion, config = load_ema_model()
+k = 4 if FAST else 8
+x_T = torch.randn(k, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+settings = [(10, 0.0), (10, 1.0)] if FAST else [(10, 0.0), (10, 1.0), (50, 0.0), (50, 1.0)]
+fig, axes = plt.subplots(len(settings), 1, figsize=(k * 1.1, 1.3 * len(settings)))
+for ax, (steps, eta) in zip(axes, settings):
+    out = generate(model, diffusion, k, 32, num_steps=steps, eta=eta, x_T=x_T, seed=0)
+    grain = noise_level(from_uint8(to_uint8(out.images))).mean().item()
+    show_images(out.images, nrow=k, ax=ax)
+    ax.set_title(rf"DDIM-{steps}, $\eta$ = {eta:g}: grain {grain:.3f}", fontsize=9, loc="left")
+fig.tight_layout();
+
+# %% [markdown]
+# ### 5.3 Is it the precision? bf16 against fp32
+#
+# The network runs in bf16 on this machine (measured faster). Could the reduced precision be what leaves the grain? The
+# study sampled DDIM-50 at $\eta = 0$ and $\eta = 1$ in both precisions from the same noise, and compared the pairs
+# image by image.
+
+# %%
+for p in STUDY["precision_pairs"]:
+    (a,) = pick("samplers", sampler="ddim", steps=50, eta=p["eta"])
+    (b,) = pick("precision", sampler="ddim", steps=50, eta=p["eta"])
+    print(f"DDIM-50, eta = {p['eta']:g}: {a['sampling_precision']} FID {a['fid']:.2f} ± {a['spread']['fid']:.2f}, grain {a['grain']:.4f} | "
+          f"{b['sampling_precision']} FID {b['fid']:.2f} ± {b['spread']['fid']:.2f}, grain {b['grain']:.4f} | "
+          f"mean |pixel difference| {p['mean_abs_pixel_difference']:.4f} (one uint8 level: {2 / 255:.4f}), "
+          f"{100 * p['share_of_pixels_differing']:.1f}% of pixels differ; {b['sampling_precision']} {p['speedup']:.2f}x the time")
+
+# %% [markdown]
+# (PRECISION_PROSE)
+#
+# ### 5.4 EMA against raw weights, linear against cosine
+#
+# (TRAINING_INTRO)
+
+# %%
+train_rows = pick("training")
+labels = [f"{r['schedule']}, {r['weights']}" for r in train_rows]
+fig, axes = plt.subplots(1, 4, figsize=(18, 3.6))
+for ax, key in zip(axes[:3], ["fid", "precision", "recall"]):
+    bar_panel(ax, labels, [r[key] for r in train_rows], [r["spread"][key] for r in train_rows], key,
+              baselines[sizes["num_samples_train"]][key])
+bar_panel(axes[3], labels, [r["bits_per_dim"]["total"] for r in train_rows],
+          [r["bits_per_dim"]["total_sem"] for r in train_rows], "bits/dim (held-out)")
+fig.suptitle(f"{train_rows[0]['train_steps']} training steps each ({train_rows[0]['train_seconds'] / 60:.1f} and "
+             f"{train_rows[-1]['train_seconds'] / 60:.1f} min); DDIM-50, eta = 1, N = {sizes['num_samples_train']}; dashed: real vs real")
+fig.tight_layout()
+for r in train_rows:
+    print(f"{r['schedule']:6s} {r['weights']:3s}: loss {r['final_loss']:.4f}  FID {r['fid']:6.1f} ± {r['spread']['fid']:4.1f}  "
+          f"precision {r['precision']:.3f}  recall {r['recall']:.3f}  grain {r['grain']:.3f}  "
+          f"{r['bits_per_dim']['total']:.2f} ± {r['bits_per_dim']['total_sem']:.2f} bits/dim")
+
+# %% [markdown]
+# (TRAINING_PROSE)
+#
+# ### 5.5 Where the bound's mass sits
+#
+# The bits/dim of the pretrained model on held-out test images, term by term (Ho et al. 2020, Eq. 5), from a
+# log-spaced subset of timesteps (notebook 03). Each term $L_t$ is drawn at its index; the right panel accumulates the
+# bound from $t = 0$ upwards, each evaluated term standing for the indices around it.
+
+# %%
+bpd = STUDY["bits_per_dim"]
+t = np.array(bpd["timesteps"])
+terms, sem, w = np.array(bpd["terms_mean"]), np.array(bpd["terms_sem"]), np.array(bpd["weights"])
+cumulative = np.cumsum(terms * w) / bpd["total"]
+fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+axes[0].errorbar(t + 1, terms, yerr=sem, fmt="o-", ms=3, capsize=2)
+axes[0].set_xscale("log")
+axes[0].set_yscale("log")
+axes[0].set_xlabel("t + 1 (the paper's step)")
+axes[0].set_ylabel("bits/dim")
+axes[0].set_title(r"$L_0$ (at 1) and $L_{t}$: one term each")
+axes[1].plot(t + 1, cumulative, "o-", ms=3)
+axes[1].set_xscale("log")
+axes[1].set_xlabel("t + 1")
+axes[1].set_ylabel("share of the bound")
+axes[1].set_title(f"cumulative: total {bpd['total']:.3f} ± {bpd['total_sem']:.3f} bits/dim ({bpd['num_images']} images)")
+fig.tight_layout()
+share = lambda upto: float(np.sum((terms * w)[t < upto]) / bpd["total"])  # noqa: E731
+print(f"L_0 (decoder): {bpd['decoder']:.3f} bits/dim ({100 * bpd['decoder'] / bpd['total']:.0f}% of the bound); "
+      f"indices below 10: {100 * share(10):.0f}%; below 100: {100 * share(100):.0f}%; prior L_T: {bpd['prior']:.1e}")
+
+# %% [markdown]
+# (BPD_PROSE)
+#
+# ## 6. Conclusion: the sampler to use
+#
+# For each budget of network evaluations, the best setting the study measured, at equal $N$:
+
+# %%
+grid = pick("samplers", sampler="ddim")
+best = {}
+for s in GRID_STEPS:
+    candidates = [r for r in grid if r["steps"] == s]
+    best[s] = min(candidates, key=lambda r: r["fid"])
+    b = best[s]
+    others = ", ".join(f"eta={r['eta']:g}: {r['fid']:.2f}" for r in candidates if r is not b)
+    print(f"{s:4d} evaluations: best eta = {b['eta']:g}, FID {b['fid']:.2f} ± {b['spread']['fid']:.2f}, precision {b['precision']:.3f}, "
+          f"recall {b['recall']:.3f}   (others: {others})")
+
+# %% tags=["nbval-check-output"]
+# NBVAL_CHECK_OUTPUT
+print("best eta per budget:", {s: best[s]["eta"] for s in GRID_STEPS})
+
+# %% [markdown]
+# (CONCLUSION_PROSE)
+#
+# ## Summary
+#
+# - FID fits a Gaussian to each feature set and measures the distance between them; it rises for every defect, is biased
+#   upward at small $N$ (about $1/N$), and is compared only at equal $N$, beside the real-vs-real baseline.
+# - KID is an unbiased kernel estimate of the same kind of gap: 0 for real images at any $N$.
+# - Precision (fidelity) and recall (diversity) come from k-NN balls; `class_tv` flags dropped modes; the grain measure
+#   estimates the noise left in an image; bits/dim measures likelihood, not samples.
+# - Every score is an estimate: the bootstrap spread matches the spread over independent sample sets.
+# - (SUMMARY_FINDINGS)
+#
+# ## Exercises
+#
+# Each exercise has a cell for your answer and a cell that checks it.
+#
+# **Exercise 1.** Write `fid_gaussians(mu1, cov1, mu2, cov2)`, the Fréchet distance between two Gaussians given by
+# their means `(F,)` and covariances `(F, F)` (float64). *Hint:* section 2.
+
+# %% nbgrader={"grade": false, "grade_id": "ex1-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+### BEGIN SOLUTION
+def fid_gaussians(mu1, cov1, mu2, cov2):
+    eigenvalues = torch.linalg.eigvals(cov1 @ cov2).real.clamp(min=0)
+    return float((mu1 - mu2).square().sum() + cov1.trace() + cov2.trace() - 2 * eigenvalues.sqrt().sum())
+
+
+### END SOLUTION
+
+# %% nbgrader={"grade": true, "grade_id": "ex1-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+a, b = reference.features[:300], held_out.features
+expected = frechet_distance(a, b)
+got = fid_gaussians(a.mean(0), torch.cov(a.T), b.mean(0), torch.cov(b.T))
+assert abs(got - expected) < 1e-6 * max(1.0, expected), f"fid_gaussians gives {got}, the library {expected}"
+one_d = fid_gaussians(torch.tensor([0.5], dtype=torch.float64), torch.tensor([[4.0]], dtype=torch.float64),
+                      torch.tensor([-0.5], dtype=torch.float64), torch.tensor([[1.0]], dtype=torch.float64))
+assert abs(one_d - (1.0**2 + (2.0 - 1.0) ** 2)) < 1e-9, "in one dimension the distance is (m1 - m2)^2 + (s1 - s2)^2"
+
+# %% [markdown]
+# **Exercise 2.** A generator that draws nothing but sedans (class 0), however perfect each sedan. Compute
+# `tv_sedans_only`, its `class_tv` against the reference, in closed form from the reference's class histogram alone
+# (`reference.labels`), without calling `class_tv`. Then say what its recall would be, roughly.
+
+# %% nbgrader={"grade": false, "grade_id": "ex2-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+### BEGIN SOLUTION
+p_reference = torch.bincount(reference.labels, minlength=6).double() / len(reference.labels)
+tv_sedans_only = 1.0 - p_reference[0].item()  # (1/2)(|1 - p_0| + sum_{c > 0} p_c) = 1 - p_0
+### END SOLUTION
+print(f"class_tv of a sedans-only generator: {tv_sedans_only:.3f}")
+
+# %% nbgrader={"grade": true, "grade_id": "ex2-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+sedans = torch.zeros(1000, dtype=torch.long)
+assert abs(tv_sedans_only - class_tv(sedans, reference.labels, 6)) < 1e-12, "tv_sedans_only differs from class_tv"
+
+# %% [markdown]
+# **Exercise 3.** Write `recall_by_hand(real, fake, k)` with `knn_radii` from `ddpm_lib.metrics` (the distance from each
+# point to its k-th nearest neighbour in its own set) and `torch.cdist`, without `precision_recall` or `in_manifold`.
+
+# %% nbgrader={"grade": false, "grade_id": "ex3-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+### BEGIN SOLUTION
+def recall_by_hand(real, fake, k=3):
+    radii = knn_radii(fake, k)  # (M,): the balls of the generated manifold
+    return (torch.cdist(real, fake) <= radii).any(dim=1).double().mean().item()
+
+
+### END SOLUTION
+
+# %% nbgrader={"grade": true, "grade_id": "ex3-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+dropped = compute_features(sets["3 types dropped"], net).features
+for k_ in (1, 3, 5):
+    expected = precision_recall(real_m, dropped, k=k_)[1]
+    assert abs(recall_by_hand(real_m, dropped, k_) - expected) < 1e-12, f"recall_by_hand differs from the library at k={k_}"
+
+# %% [markdown]
+# **Exercise 4.** Section 4 fitted FID $\approx a + b/N$ to real-vs-real scores. Part of the bias is in the mean term
+# alone: for two independent sets of $n$ and $m$ samples from one distribution with covariance $\Sigma$,
+# $\mathbb E\lVert\hat\mu_1-\hat\mu_2\rVert^2 = \operatorname{Tr}\Sigma\,(1/n + 1/m)$. Compute `mean_term_bias`, this expectation for
+# `n = 100` held-out samples against the `N_REF` reference features, with $\Sigma$ estimated from the reference.
+
+# %% nbgrader={"grade": false, "grade_id": "ex4-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+### BEGIN SOLUTION
+mean_term_bias = torch.cov(reference.features.T).trace().item() * (1 / 100 + 1 / N_REF)
+### END SOLUTION
+print(f"expected mean term at n = 100: {mean_term_bias:.3f} (the whole real-vs-real FID there: {sweep.get(100, (float('nan'),))[0]:.2f})")
+
+# %% nbgrader={"grade": true, "grade_id": "ex4-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+trace = torch.cov(reference.features.T).trace().item()
+assert abs(mean_term_bias - trace * (1 / 100 + 1 / N_REF)) < 1e-9 * trace, "use Tr(Sigma) (1/n + 1/m) with n = 100 and m = N_REF"
