@@ -47,7 +47,7 @@ import torchvision.transforms.functional as TF
 from ddpm_lib.checkpoints import load_ema_model
 from ddpm_lib.data import from_uint8, load_dataset, to_uint8
 from ddpm_lib.features import load_feature_extractor
-from ddpm_lib.metrics import (FeatureSet, class_tv, compute_features, evaluate_samples, frechet_distance, kernel_distance, knn_radii,
+from ddpm_lib.metrics import (class_tv, compute_features, evaluate_samples, frechet_distance, kernel_distance, knn_radii,
                               precision_recall, reference_features)
 from ddpm_lib.plotting import show_images
 from ddpm_lib.sampling import generate
@@ -378,11 +378,12 @@ print("study complete:", meta["complete"], "| rows:", len(rows), "| every row ha
 # %% [markdown]
 # ### 5.1 Samplers: quality against network evaluations
 #
-# The shipped pretrained model, every sampler of notebook 06: DDIM at 10, 20, 50, 100 and 250 steps with $\eta \in
-# \{0, 0.5, 1\}$, and DDPM's 1000 steps with both reverse variances. All runs start from the same noise $x_T$, batch by
-# batch, so the comparisons are paired. The cost of a sample is its number of network evaluations (NFE). DDIM-250 and
-# DDPM-1000 are 2.5-10 times dearer, so they were drawn with fewer samples ($N$ = 32) and appear in the right-hand panel,
-# beside the first 32 samples of every other run.
+# The shipped pretrained model through every sampler of notebook 06: DDIM at 10, 20, 50, 100 and 250 steps with
+# $\eta \in \{0, 0.5, 1\}$, and DDPM's 1000 steps with both reverse variances. Every run starts from the same noise $x_T$,
+# batch by batch, so the comparisons are paired. The cost of a sample is its number of network evaluations (NFE).
+# DDIM-250 and DDPM-1000 cost 2.5-10 times more, so they were drawn with fewer samples ($N$ = 32) and appear in the
+# third panel beside the first 32 samples of every other run. The fourth panel is the same experiment in the DDIM paper
+# (Song et al. 2021, Table 1): a CIFAR-10 model trained for 800,000 steps, 50,000 samples, Inception features.
 
 # %%
 ETA_COLOURS = {0.0: "C0", 0.5: "C2", 1.0: "C3"}
@@ -391,12 +392,17 @@ GRID_STEPS = [10, 20, 50, 100]
 DDIM_TABLE1 = {0.0: [13.36, 6.84, 4.67, 4.16], 0.5: [16.66, 8.35, 5.25, 4.46], 1.0: [41.07, 18.36, 8.01, 5.78]}
 
 
-def series(eta, key, steps=GRID_STEPS, small=False):
-    """(nfe, value, spread) of the DDIM rows at `eta`, at the full N or at the first N_LONG samples."""
+def at_n(row, n):
+    """The scores of the row's first n samples (the row itself when it has n)."""
+    return row if row["num_samples"] == n else row["at_n"][str(n)]
+
+
+def series(eta, key, steps=GRID_STEPS, n=None, study="samplers", **match):
+    """Arrays (nfe, value, spread) of the DDIM rows at `eta`, scored on their first n samples (all when n is None)."""
     out = []
     for s in steps:
-        (r,) = pick("samplers", sampler="ddim", steps=s, eta=eta)
-        r = r["at_small_n"] if small and "at_small_n" in r else r
+        (r,) = pick(study, sampler="ddim", steps=s, eta=eta, **match)
+        r = r if n is None else at_n(r, n)
         out.append((s, r[key], r["spread"][key] if key in r["spread"] else r[f"{key}_sem"]))
     return np.array(out).T
 
@@ -405,10 +411,10 @@ fig, axes = plt.subplots(1, 4, figsize=(21, 4.3))
 for eta, c in ETA_COLOURS.items():
     nfe, fid, sd = series(eta, "fid")
     axes[0].errorbar(nfe, fid, yerr=sd, color=c, marker="o", capsize=3, label=rf"DDIM $\eta$ = {eta:g}")
-    for key, ls, ax_label in (("precision", "-", "precision"), ("recall", "--", "recall")):
+    for key, ls in (("precision", "-"), ("recall", "--")):
         nfe, v, sd = series(eta, key)
-        axes[1].errorbar(nfe, v, yerr=sd, color=c, ls=ls, marker="o", capsize=3, label=rf"{ax_label}, $\eta$ = {eta:g}")
-    nfe, fid, sd = series(eta, "fid", GRID_STEPS + [250], small=True)
+        axes[1].errorbar(nfe, v, yerr=sd, color=c, ls=ls, marker="o", capsize=3, label=rf"{key}, $\eta$ = {eta:g}")
+    nfe, fid, sd = series(eta, "fid", GRID_STEPS + [250], n=N_LONG)
     axes[2].errorbar(nfe, fid, yerr=sd, color=c, marker="o", capsize=3, label=rf"DDIM $\eta$ = {eta:g}")
     axes[3].plot(GRID_STEPS, DDIM_TABLE1[eta], color=c, marker="o", label=rf"$\eta$ = {eta:g}")
 for variance, marker in (("fixed_small", "s"), ("fixed_large", "D")):
@@ -418,32 +424,36 @@ for variance, marker in (("fixed_small", "s"), ("fixed_large", "D")):
 for ax, n in ((axes[0], N_GRID), (axes[2], N_LONG)):
     b = baselines[n]
     ax.axhspan(b["fid"] - b["spread"]["fid"], b["fid"] + b["spread"]["fid"], color="grey", alpha=0.3, label=f"real vs real, N = {n}")
-axes[1].axhline(baselines[N_GRID]["precision"], color="grey", lw=1)
+axes[1].axhspan(baselines[N_GRID]["recall"] - 0.005, baselines[N_GRID]["precision"] + 0.005, color="grey", alpha=0.3,
+                label="real vs real")
 axes[0].set_title(f"FID, N = {N_GRID} (lower is better)")
 axes[1].set_title(f"precision (solid), recall (dashed), N = {N_GRID}")
-axes[2].set_title(f"FID, N = {N_LONG}: the long samplers")
+axes[2].set_title(f"FID, N = {N_LONG}: with the long samplers")
 axes[3].set_title("DDIM Table 1: CIFAR-10, N = 50,000")
+axes[3].set_ylabel("FID")
 axes[3].set_yscale("log")
 for ax in axes:
     ax.set_xscale("log")
     ax.set_xlabel("network evaluations per image")
     ax.legend(fontsize=7)
+fig.suptitle(f"The pretrained toy-cars model ({meta['checkpoint_steps']:,} training steps) against the literature; "
+             "error bars: bootstrap std")
 fig.tight_layout()
 if not FAST:
     fig.savefig(ASSETS / "eval_samplers.png", dpi=100, bbox_inches="tight")
 
-# %% [markdown]
-# (SAMPLERS_PROSE)
-
 # %%
-print(f"{'sampler':26s} {'NFE':>5s} {'N':>4s} {'FID':>14s} {'KID':>7s} {'precision':>7s} {'recall':>7s} {'class_tv':>8s} {'grain':>7s} {'s':>6s}")
+print(f"{'sampler':24s} {'NFE':>5s} {'N':>4s} {'FID':>14s} {'KID':>7s} {'precision':>9s} {'recall':>7s} {'class_tv':>8s} {'grain':>7s} "
+      f"{'ms/NFE':>7s}")
 for r in pick("samplers"):
     label = f"DDPM-1000 {r['variance']}" if r["sampler"] == "ddpm" else f"DDIM-{r['steps']} eta={r['eta']:g}"
-    print(f"{label:26s} {r['nfe']:5d} {r['num_samples']:4d} {r['fid']:7.2f} ± {r['spread']['fid']:4.2f} {r['kid_mean']:7.3f} "
-          f"{r['precision']:7.3f} {r['recall']:7.3f} {r['class_tv']:8.3f} {r['grain']:7.4f} {r['seconds']:6.0f}")
+    print(f"{label:24s} {r['nfe']:5d} {r['num_samples']:4d} {r['fid']:7.2f} ± {r['spread']['fid']:4.2f} {r['kid_mean']:7.3f} "
+          f"{r['precision']:9.3f} {r['recall']:7.3f} {r['class_tv']:8.3f} {r['grain']:7.4f} {r['ms_per_evaluation']:7.2f}")
 
 # %% [markdown]
-# ### 5.2 Grain: what $\eta$ does
+# (SAMPLERS_PROSE)
+#
+# ### 5.2 Grain: what $\eta$ does to the samples
 #
 # (GRAIN_PROSE)
 
@@ -460,8 +470,8 @@ ax.set_title(f"grain of the samples (N = {N_GRID}; error bars: standard error)")
 ax.legend(fontsize=8);
 
 # %% [markdown]
-# The same noise through DDIM-10 and DDIM-50 at $\eta = 0$ and $\eta = 1$, live (the grain is visible in the skies of the
-# $\eta = 0$ rows):
+# The same noise through DDIM-10 and DDIM-50 at $\eta = 0$ and $\eta = 1$, live: the grain shows in the skies of the
+# $\eta = 0$ rows.
 
 # %%
 model, diffusion, config = load_ema_model()
@@ -477,44 +487,78 @@ for ax, (steps, eta) in zip(axes, settings):
 fig.tight_layout();
 
 # %% [markdown]
-# ### 5.3 Is it the precision? bf16 against fp32
+# ### 5.3 Why our ranking of $\eta$ is the reverse of the paper's
 #
-# The network runs in bf16 on this machine (measured faster). Could the reduced precision be what leaves the grain? The
-# study sampled DDIM-50 at $\eta = 0$ and $\eta = 1$ in both precisions from the same noise, and compared the pairs
-# image by image.
+# Three differences from Song et al.'s setting could turn the ranking around, and the study measured each one.
+#
+# **Precision.** The network runs in bf16 on this machine (measured faster). The study sampled DDIM-50 at $\eta = 0$ and
+# $\eta = 1$ in bf16 and in fp32 from the same noise and compared the pairs image by image.
 
 # %%
 for p in STUDY["precision_pairs"]:
     (a,) = pick("samplers", sampler="ddim", steps=50, eta=p["eta"])
     (b,) = pick("precision", sampler="ddim", steps=50, eta=p["eta"])
     print(f"DDIM-50, eta = {p['eta']:g}: {a['sampling_precision']} FID {a['fid']:.2f} ± {a['spread']['fid']:.2f}, grain {a['grain']:.4f} | "
-          f"{b['sampling_precision']} FID {b['fid']:.2f} ± {b['spread']['fid']:.2f}, grain {b['grain']:.4f} | "
-          f"mean |pixel difference| {p['mean_abs_pixel_difference']:.4f} (one uint8 level: {2 / 255:.4f}), "
-          f"{100 * p['share_of_pixels_differing']:.1f}% of pixels differ; {b['sampling_precision']} {p['speedup']:.2f}x the time")
+          f"{b['sampling_precision']} FID {b['fid']:.2f} ± {b['spread']['fid']:.2f}, grain {b['grain']:.4f}")
+    print(f"    mean |pixel difference| {p['mean_abs_pixel_difference']:.4f} (one uint8 level: {2 / 255:.4f}); "
+          f"{100 * p['share_of_pixels_differing']:.1f}% of pixels differ; {b['sampling_precision']} takes {p['speedup']:.2f}x the time")
 
 # %% [markdown]
 # (PRECISION_PROSE)
+#
+# **Clipping $\hat x_0$.** The library clips the predicted $\hat x_0$ to $[-1, 1]$ at every step (`clip_denoised=True`),
+# as Ho et al.'s code does; Song et al.'s DDIM update (Eq. 12) does not. The study repeated DDIM-10 and DDIM-50 without it.
+
+# %%
+for steps in (10, 50):
+    for eta in (0.0, 1.0):
+        (c,) = pick("samplers", sampler="ddim", steps=steps, eta=eta)
+        (u,) = pick("clipping", sampler="ddim", steps=steps, eta=eta)
+        print(f"DDIM-{steps:<3d} eta = {eta:g}: clipped FID {c['fid']:6.2f} ± {c['spread']['fid']:.2f}, grain {c['grain']:.4f}  |  "
+              f"not clipped FID {u['fid']:6.2f} ± {u['spread']['fid']:.2f}, grain {u['grain']:.4f}")
+
+# %% [markdown]
+# (CLIPPING_PROSE)
+#
+# **Training length.** Song et al.'s network trained for 800,000 steps; ours for 1,600. The study also trained two
+# models for only a tenth of that (section 5.4) and sampled their EMA weights at both $\eta$. If the gap between
+# $\eta = 0$ and $\eta = 1$ comes from the network's errors, it should grow as training shortens.
+
+# %%
+n_train = sizes["num_samples_train"]
+gaps = []
+for schedule in ("linear", "cosine"):
+    (e0,) = pick("training", schedule=schedule, weights="ema", eta=0.0)
+    (e1,) = pick("training", schedule=schedule, weights="ema", eta=1.0)
+    gaps.append((f"{schedule}, {e1['train_steps']} steps", e0, e1))
+(p0,), (p1,) = pick("samplers", sampler="ddim", steps=50, eta=0.0), pick("samplers", sampler="ddim", steps=50, eta=1.0)
+gaps.append((f"linear, {meta['checkpoint_steps']:,} steps (pretrained)", at_n(p0, n_train), at_n(p1, n_train)))
+for label, e0, e1 in gaps:
+    print(f"{label:34s} DDIM-50: FID eta=0 {e0['fid']:7.2f} ± {e0['spread']['fid']:5.2f}, eta=1 {e1['fid']:7.2f} ± {e1['spread']['fid']:5.2f}; "
+          f"ratio {e0['fid'] / e1['fid']:.2f}; grain {e0['grain']:.3f} vs {e1['grain']:.3f}")
+
+# %% [markdown]
+# (TRAINING_LENGTH_PROSE)
 #
 # ### 5.4 EMA against raw weights, linear against cosine
 #
 # (TRAINING_INTRO)
 
 # %%
-train_rows = pick("training")
+train_rows = [r for r in pick("training") if r["eta"] == 1.0]
 labels = [f"{r['schedule']}, {r['weights']}" for r in train_rows]
 fig, axes = plt.subplots(1, 4, figsize=(18, 3.6))
 for ax, key in zip(axes[:3], ["fid", "precision", "recall"]):
-    bar_panel(ax, labels, [r[key] for r in train_rows], [r["spread"][key] for r in train_rows], key,
-              baselines[sizes["num_samples_train"]][key])
-bar_panel(axes[3], labels, [r["bits_per_dim"]["total"] for r in train_rows],
-          [r["bits_per_dim"]["total_sem"] for r in train_rows], "bits/dim (held-out)")
-fig.suptitle(f"{train_rows[0]['train_steps']} training steps each ({train_rows[0]['train_seconds'] / 60:.1f} and "
-             f"{train_rows[-1]['train_seconds'] / 60:.1f} min); DDIM-50, eta = 1, N = {sizes['num_samples_train']}; dashed: real vs real")
+    bar_panel(ax, labels, [r[key] for r in train_rows], [r["spread"][key] for r in train_rows], key, baselines[n_train][key])
+bar_panel(axes[3], labels, [r["bits_per_dim"]["total"] for r in train_rows], [r["bits_per_dim"]["total_sem"] for r in train_rows],
+          "bits/dim (held-out, log scale)")
+axes[3].set_yscale("log")
+fig.suptitle(f"{train_rows[0]['train_steps']} training steps each; DDIM-50, eta = 1, N = {n_train}; dashed: real vs real")
 fig.tight_layout()
 for r in train_rows:
-    print(f"{r['schedule']:6s} {r['weights']:3s}: loss {r['final_loss']:.4f}  FID {r['fid']:6.1f} ± {r['spread']['fid']:4.1f}  "
-          f"precision {r['precision']:.3f}  recall {r['recall']:.3f}  grain {r['grain']:.3f}  "
-          f"{r['bits_per_dim']['total']:.2f} ± {r['bits_per_dim']['total_sem']:.2f} bits/dim")
+    print(f"{r['schedule']:6s} {r['weights']:3s} ({r['train_seconds'] / 60:.1f} min): loss {r['final_loss']:.4f}  "
+          f"FID {r['fid']:6.1f} ± {r['spread']['fid']:4.1f}  precision {r['precision']:.3f}  recall {r['recall']:.3f}  "
+          f"grain {r['grain']:.3f}  {r['bits_per_dim']['total']:.2f} ± {r['bits_per_dim']['total_sem']:.2f} bits/dim")
 
 # %% [markdown]
 # (TRAINING_PROSE)
@@ -522,8 +566,8 @@ for r in train_rows:
 # ### 5.5 Where the bound's mass sits
 #
 # The bits/dim of the pretrained model on held-out test images, term by term (Ho et al. 2020, Eq. 5), from a
-# log-spaced subset of timesteps (notebook 03). Each term $L_t$ is drawn at its index; the right panel accumulates the
-# bound from $t = 0$ upwards, each evaluated term standing for the indices around it.
+# log-spaced subset of timesteps (notebook 03). Left, each term at its index; right, the bound accumulated from $t = 0$
+# upwards, each evaluated term standing for the indices around it.
 
 # %%
 bpd = STUDY["bits_per_dim"]
@@ -536,7 +580,7 @@ axes[0].set_xscale("log")
 axes[0].set_yscale("log")
 axes[0].set_xlabel("t + 1 (the paper's step)")
 axes[0].set_ylabel("bits/dim")
-axes[0].set_title(r"$L_0$ (at 1) and $L_{t}$: one term each")
+axes[0].set_title(r"$L_0$ (at 1) and each $L_{t}$")
 axes[1].plot(t + 1, cumulative, "o-", ms=3)
 axes[1].set_xscale("log")
 axes[1].set_xlabel("t + 1")
@@ -552,18 +596,17 @@ print(f"L_0 (decoder): {bpd['decoder']:.3f} bits/dim ({100 * bpd['decoder'] / bp
 #
 # ## 6. Conclusion: the sampler to use
 #
-# For each budget of network evaluations, the best setting the study measured, at equal $N$:
+# For each budget of network evaluations, the best setting the study measured (at $N$ = 128) and the gap to the others:
 
 # %%
-grid = pick("samplers", sampler="ddim")
 best = {}
 for s in GRID_STEPS:
-    candidates = [r for r in grid if r["steps"] == s]
+    candidates = pick("samplers", sampler="ddim", steps=s)
     best[s] = min(candidates, key=lambda r: r["fid"])
     b = best[s]
     others = ", ".join(f"eta={r['eta']:g}: {r['fid']:.2f}" for r in candidates if r is not b)
     print(f"{s:4d} evaluations: best eta = {b['eta']:g}, FID {b['fid']:.2f} ± {b['spread']['fid']:.2f}, precision {b['precision']:.3f}, "
-          f"recall {b['recall']:.3f}   (others: {others})")
+          f"recall {b['recall']:.3f}, {b['ms_per_evaluation'] * s / 1000:.2f} s per image here   (others: {others})")
 
 # %% tags=["nbval-check-output"]
 # NBVAL_CHECK_OUTPUT
