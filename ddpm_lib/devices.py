@@ -202,13 +202,15 @@ def resolve_precision(
     kind: StepKind = "sample",
     example_shape: tuple[int, ...] = (3, 32, 32),
     *,
+    batch: int = 16,
     timer: Callable[[torch.dtype], float] | None = None,
     use_cache: bool = True,
 ) -> PrecisionChoice:
     """The precision every caller uses: an explicit choice, ``$DDPM_PRECISION``, or a measurement.
 
     ``precision="auto"`` on a CPU or MPS device needs ``model`` (the network whose step is timed for
-    ``kind``, with inputs of ``example_shape`` ``(C, H, W)``); ``timer`` replaces the real timing (tests).
+    ``kind``, with ``batch`` inputs of ``example_shape`` ``(C, H, W)``: pass the batch the caller will run,
+    capped at 32, since small batches undervalue bf16); ``timer`` replaces the real timing (tests).
     Raises ``ValueError`` for an unknown name or a dtype the device cannot run.
     """
     check_choice(precision, Precision, "precision")
@@ -229,12 +231,12 @@ def resolve_precision(
     if model is None and timer is None:
         raise ValueError("precision 'auto' on a CPU or MPS is measured on the model: pass model= (or choose fp32/bf16)")
     key = f"{device.type}|{cpu_signature()}|torch {torch.__version__}|{NAMES[reduced]}"
-    key += "|" + (_model_key(model, example_shape, kind) if model is not None else f"timer-{kind}")
+    key += "|" + (_model_key(model, (batch, *example_shape), kind) if model is not None else f"timer-{kind}")
     cached = _read_cache().get(key) if use_cache else None
     if cached is not None:
         speedup, source = float(cached["speedup"]), "cached"
     else:
-        speedup = measure_speedup(timer or time_step(model, example_shape, kind, device), reduced)
+        speedup = measure_speedup(timer or time_step(model, example_shape, kind, device, batch=batch), reduced)
         source = "measured"
         if use_cache:
             _write_cache(key, {"speedup": speedup, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")})

@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         check_writable(args.out)
         device = select_device(args.device)
         model, diffusion, cfg = load_ema_model(checkpoint, device)
-        precision = resolve_precision(args.precision, device, model, "sample", (3, cfg.image_size, cfg.image_size))
+        batch = min(args.batch_size, max(args.num_samples, 1), 32)
+        precision = resolve_precision(args.precision, device, model, "sample", (3, cfg.image_size, cfg.image_size), batch=batch)
         print(device_report(device, precision), file=sys.stderr)
         samples = generate(model, diffusion, args.num_samples, cfg.image_size, sampler=args.sampler, num_steps=args.steps,
                            eta=args.eta, seed=args.seed, batch_size=args.batch_size, precision=precision, progress=True)  # fmt: skip

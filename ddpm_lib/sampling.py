@@ -40,10 +40,11 @@ class Samples:
         return len(self.images) / max(self.seconds, 1e-9)
 
 
-def _precision(precision: str | PrecisionChoice, model: Model, shape: tuple[int, ...]) -> PrecisionChoice:
+def _precision(precision: str | PrecisionChoice, model: Model, shape: tuple[int, ...], batch_size: int) -> PrecisionChoice:
     if isinstance(precision, PrecisionChoice):
         return precision
-    return resolve_precision(precision, model_device(model), model, "sample", tuple(shape[1:]))
+    batch = min(batch_size, shape[0], 32)
+    return resolve_precision(precision, model_device(model), model, "sample", tuple(shape[1:]), batch=batch)
 
 
 def generate(
@@ -79,7 +80,7 @@ def generate(
     if x_T is not None and tuple(x_T.shape) != shape:
         raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {shape}")
     timesteps = diffusion.sampling_timesteps(sampler, num_steps)  # checks the steps against T up front
-    choice = _precision(precision, model, shape)
+    choice = _precision(precision, model, shape, batch_size)
     device = model_device(model)
     images = torch.empty(shape)
     start_time = time.perf_counter()
@@ -127,7 +128,7 @@ def trajectory(
     keep = (
         set(range(total)) if max_frames is None or max_frames >= total else set(np.linspace(0, total - 1, max_frames).round().astype(int))
     )
-    choice = _precision(precision, model, shape)
+    choice = _precision(precision, model, shape, num_samples)
     g = torch.Generator(model_device(model)).manual_seed(seed)
     ts, xs, x0s, start = [], [], [], time.perf_counter()
     with choice.autocast():

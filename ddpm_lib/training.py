@@ -106,12 +106,13 @@ class Trainer:
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.precision = resolve_precision(cfg.precision, self.device, model, "train", (3, cfg.image_size, cfg.image_size))
+        shape, batch = (3, cfg.image_size, cfg.image_size), min(self.local_batch, 32)
+        self.precision = resolve_precision(cfg.precision, self.device, model, "train", shape, batch=batch)
         if self.distributed:  # every rank uses rank 0's choice
             choice = [self.precision]
             dist.broadcast_object_list(choice, src=0)
             self.precision = choice[0]
-        self.sample_precision = resolve_precision(cfg.precision, self.device, model, "sample", (3, cfg.image_size, cfg.image_size))
+        self.sample_precision = resolve_precision(cfg.precision, self.device, model, "sample", shape, batch=min(cfg.num_sample_images, 32))
         self.autocast_dtype = self.precision.dtype
         self.ema = AveragedModel(model, multi_avg_fn=self._ema_update, use_buffers=True)
         self.ema.requires_grad_(False)
