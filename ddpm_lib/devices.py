@@ -170,11 +170,7 @@ def time_step(model: nn.Module, example_shape: tuple[int, ...], kind: StepKind, 
         grads = [p.grad for p in model.parameters()]
         try:
             with torch.random.fork_rng(devices=[]):
-                start = time.perf_counter()
                 call(dtype)  # warm-up: kernel selection, allocation
-                warmup = time.perf_counter() - start
-                if device.type == "cpu" and dtype != torch.float32 and warmup > 1.0:
-                    return warmup  # an emulated dtype (seconds per call): no need to time it again to know
                 best = float("inf")
                 for _ in range(reps):
                     start = time.perf_counter()
@@ -236,7 +232,12 @@ def resolve_precision(
     if cached is not None:
         speedup, source = float(cached["speedup"]), "cached"
     else:
-        speedup = measure_speedup(timer or time_step(model, example_shape, kind, device, batch=batch), reduced)
+        if timer is not None:
+            speedup = measure_speedup(timer, reduced)
+        else:  # a quick look on 4 images first: an emulated dtype (10x slower and more) is refused without the full timing
+            speedup = measure_speedup(time_step(model, example_shape, kind, device, batch=min(4, batch), reps=1), reduced)
+            if speedup > 1 / 3:
+                speedup = measure_speedup(time_step(model, example_shape, kind, device, batch=batch), reduced)
         source = "measured"
         if use_cache:
             _write_cache(key, {"speedup": speedup, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")})
