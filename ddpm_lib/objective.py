@@ -149,10 +149,15 @@ def sum_weights(timesteps: torch.Tensor, num_timesteps: int) -> torch.Tensor:
     """Weights w (float64, ``(S,)``) with sum_s w_s L_s ~ the sum of L over all indices 1..T-1 (index 0 gets 1).
 
     The KL terms are interpolated linearly between the evaluated indices (held constant beyond the first and
-    last), and the interpolant is summed over every integer index: exact when every index is evaluated.
+    last), and the interpolant is summed over every integer index: exact when every index is evaluated. The last
+    index T-1, when evaluated, counts once on its own.
     ``timesteps`` ascending and starting at 0, as :func:`bits_per_dim` returns them.
     """
     k = timesteps.double()
+    if len(k) > 2 and int(k[-1]) == num_timesteps - 1 and k[-2] < k[-1] - 1:
+        # the last index stands alone: a clipped schedule (cosine's beta_T = 0.999) makes its term far larger than
+        # its neighbours', and interpolating it across the last gap would count it hundreds of times
+        return torch.cat([sum_weights(timesteps[:-1], num_timesteps - 1), torch.ones(1, dtype=torch.float64)])
     w = torch.zeros_like(k)
     w[0] = 1.0  # the decoder L_0
     if len(k) > 1:

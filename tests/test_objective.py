@@ -175,8 +175,9 @@ def test_seeded_regression_value(oracle_cls):
     assert total.tolist() == pytest.approx([10.525134, 12.765685], abs=1e-6)
 
 
-def test_log_spaced_subset_estimates_the_full_sum(oracle_cls):
-    d = _diffusion(T=1000)
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])  # cosine: a clipped last beta makes the last term huge
+def test_log_spaced_subset_estimates_the_full_sum(oracle_cls, schedule):
+    d = GaussianDiffusion(make_betas(schedule, 1000), variance_type="fixed_large")
     oracle = oracle_cls(d, 0.0, S)
     x0 = _gaussian_images()
     full = bits_per_dim(d, oracle, x0, generator=torch.Generator().manual_seed(0))
@@ -266,3 +267,10 @@ def test_inputs_are_validated(oracle_cls):
         vlb_terms(d, oracle, x0, torch.tensor([1, 2, 3]))
     with pytest.raises(ValueError, match="noise"):
         vlb_terms(d, oracle, x0, torch.tensor([1, 2]), noise=torch.zeros(1, 1, 4, 4))
+
+
+def test_the_last_index_counts_once():
+    """Cosine's clipped last beta makes L_{T-1} far larger than its neighbours: it must not be spread over the last gap."""
+    w = sum_weights(torch.tensor([0, 1, 500, 999]), 1000)
+    assert w[-1].item() == 1.0 and w.sum().item() == pytest.approx(1000)
+    assert w[2].item() == pytest.approx(249 + 499)  # interpolated on 2..499, then held over 500..998
