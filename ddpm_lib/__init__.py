@@ -1,8 +1,11 @@
 """ddpm_lib: the library behind the ddpm-from-scratch notebook series.
 
 Modules in the order the notebooks teach them: ``schedules`` (beta_t), ``diffusion`` (forward
-process, posterior, loss, DDPM/DDIM samplers), ``unet`` (eps_theta), ``data`` (datasets),
-``training`` (the engine), ``plotting`` and ``widgets``. Notation: NOTATION.md.
+process, posterior, loss, the progressive DDPM/DDIM sampler), ``objective`` (the variational bound,
+bits/dim), ``unet`` (eps_theta), ``toy_cars`` and ``data`` (datasets), ``devices`` (device and measured
+precision), ``config`` and ``checkpoints``, ``sampling`` (the one sampling path), ``training`` (the
+engine), ``features`` and ``metrics`` (evaluation), the CLIs ``train``, ``sample`` and ``evaluate``, and
+``plotting`` and ``widgets``; ``checks`` holds the shared argument checks. Notation: NOTATION.md.
 """
 
 from ddpm_lib.diffusion import GaussianDiffusion
