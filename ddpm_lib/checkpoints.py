@@ -122,10 +122,14 @@ def model_args(cfg: TrainConfig) -> dict:
     return {"preset": cfg.model, "image_size": cfg.image_size, **overrides}
 
 
+def checkpoint_model_args(ckpt: dict) -> dict:
+    """The checkpoint's stored ``model_args``, or, for files written before they were stored, those of its config."""
+    return ckpt.get("model_args") or model_args(TrainConfig.from_dict(ckpt["config"]))
+
+
 def build_model_from_checkpoint(ckpt: dict) -> nn.Module:
-    """An untrained network of the checkpoint's architecture (from ``model_args``, else from its config)."""
-    args = ckpt.get("model_args") or model_args(TrainConfig.from_dict(ckpt["config"]))
-    return build_model(**args)
+    """An untrained network of the checkpoint's architecture."""
+    return build_model(**checkpoint_model_args(ckpt))
 
 
 def diffusion_from_config(cfg: TrainConfig) -> GaussianDiffusion:
@@ -175,7 +179,7 @@ def _state_mismatch(expected: dict, given: dict) -> str:
 def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, dtype: torch.dtype = torch.bfloat16) -> int:
     """Write the EMA weights of ``checkpoint`` in ``dtype`` with its config and model args (a few MB); returns the size."""
     ckpt = load_checkpoint(checkpoint)
-    args = ckpt.get("model_args") or model_args(TrainConfig.from_dict(ckpt["config"]))
+    args = checkpoint_model_args(ckpt)
     save_atomic({"config": ckpt["config"], "model_args": args, "ema": _state(ckpt["ema"], dtype), "step": ckpt.get("step", 0)}, out)
     return Path(out).stat().st_size
 

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddpm_lib import toy_cars
+from ddpm_lib.data import from_uint8
 
 WEIGHTS_NAME = "toy_cars_classifier.pt"
 PACKAGE_WEIGHTS = Path(__file__).resolve().parent / "weights" / WEIGHTS_NAME  # shipped inside the package, when installed so
@@ -82,7 +83,7 @@ class ToyCarsFeatureNet(nn.Module):
             raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
         w = self.head.weight
         x = images.to(w.device)
-        x = x.to(w.dtype) / 127.5 - 1.0 if x.dtype == torch.uint8 else x.to(w.dtype)
+        x = (from_uint8(x) if x.dtype == torch.uint8 else x).to(w.dtype)
         if x.shape[-2:] != (self.cfg.image_size,) * 2:
             x = F.interpolate(x, size=(self.cfg.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False)
         return x

@@ -14,6 +14,8 @@ import dataclasses
 import sys
 from typing import get_args
 
+import torch.distributed
+
 from ddpm_lib.config import Optimizer, TrainConfig
 from ddpm_lib.data import DatasetName
 from ddpm_lib.devices import Precision, device_report
@@ -93,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     if trainer.is_main:
         last = trainer.history[-1] if trainer.history else {}
         print(f"stopped at step {trainer.step}; loss {last.get('loss', float('nan')):.4f}; checkpoint {args.out}/checkpoint.pt")
+    if trainer.distributed:  # leave the process group before exit: gloo aborts a process that exits inside one
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return 0
 
 

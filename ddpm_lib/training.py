@@ -113,12 +113,11 @@ class Trainer:
             dist.broadcast_object_list(choice, src=0)
             self.precision = choice[0]
         self.sample_precision = resolve_precision(cfg.precision, self.device, model, "sample", shape, batch=min(cfg.num_sample_images, 32))
-        self.autocast_dtype = self.precision.dtype
         self.ema = AveragedModel(model, multi_avg_fn=self._ema_update, use_buffers=True)
         self.ema.requires_grad_(False)
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.name == "fp16")
         self.step = 0
         self.train_model: nn.Module = model
         if self.distributed:
@@ -184,7 +183,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
         self.train_model.train()
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype != torch.float32):
+        with self.precision.autocast():
             loss = self.diffusion.training_loss(self.train_model, x0, self.config.loss_type)
         value = loss.item()
         if not math.isfinite(value):
