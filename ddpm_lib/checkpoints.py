@@ -119,6 +119,8 @@ def _check_contents(ckpt: dict, path: Path) -> None:
 def model_args(cfg: TrainConfig) -> dict:
     """The constructor arguments of the config's network: ``build_model(**model_args(cfg))`` rebuilds it."""
     overrides = {} if cfg.dropout is None or cfg.model in ("simple", "resnet18") else {"dropout": cfg.dropout}
+    if cfg.num_classes:
+        overrides["num_classes"] = cfg.num_classes
     return {"preset": cfg.model, "image_size": cfg.image_size, **overrides}
 
 

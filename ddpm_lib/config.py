@@ -38,6 +38,11 @@ class TrainConfig:
     num_timesteps: int = 1000  # T
     variance_type: VarianceType = "fixed_small"  # sigma_t^2 = tilde-beta_t for the samples the engine draws
     loss_type: LossType = "mse"  # L_simple, Eq. 14
+    # class conditioning with classifier-free guidance (Ho & Salimans 2022)
+    class_cond: bool = False  # learn eps_theta(x_t, t, y) from the dataset's labels
+    p_uncond: float = 0.1  # probability of replacing a label by the null label (the paper's 0.1 and 0.2 tie; 0.5 is worse)
+    num_classes: int = 0  # set from the dataset when class_cond (6 body types for toy_cars)
+    class_names: tuple[str, ...] = ()  # the dataset's class names, kept so a checkpoint samples by name
     # optimisation
     batch_size: int = 128  # global batch (split across processes under torchrun)
     lr: float = 2e-4
@@ -89,7 +94,14 @@ class TrainConfig:
             check_float(self.dropout, "dropout", 0, 1, max_inclusive=False)
         if self.max_minutes is not None:
             check_float(self.max_minutes, "max_minutes", 0, min_inclusive=False)
-        for name in ("ema_warmup", "channels_last", "compile"):
+        check_float(self.p_uncond, "p_uncond", 0, 1, max_inclusive=False)
+        check_int(self.num_classes, "num_classes", minimum=0)
+        object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))  # a list after a checkpoint round trip
+        if self.class_cond and self.model in ("simple", "resnet18"):
+            raise ValueError(f"class_cond needs one of the DDPM U-Net presets; {self.model!r} takes no labels")
+        if not self.class_cond and self.num_classes:
+            raise ValueError("num_classes is set only for a class-conditional run (class_cond=True)")
+        for name in ("ema_warmup", "channels_last", "compile", "class_cond"):
             check_bool(getattr(self, name), name)
         if self.data_root is not None:
             if not isinstance(self.data_root, (str, os.PathLike)):
@@ -122,6 +134,8 @@ class TrainConfig:
     def resumed_with(self, given: TrainConfig) -> TrainConfig:
         """This (a checkpoint's) config with the fields of ``given`` that may change on resume; raises on any other difference."""
         changed = {f.name for f in dataclasses.fields(TrainConfig) if getattr(self, f.name) != getattr(given, f.name)}
+        if not given.num_classes:  # not given: the run keeps the classes it found in its data
+            changed -= {"num_classes", "class_names"}
         conflicting = sorted(changed - RESUMABLE_OVERRIDES)
         if conflicting:
             detail = ", ".join(f"{k}: checkpoint {getattr(self, k)!r} vs now {getattr(given, k)!r}" for k in conflicting)

@@ -4,6 +4,9 @@ The network is kept apart from the process: every method that needs it takes ``m
 argument, a callable ``model(x_t, t) -> eps_pred`` with ``x_t`` of shape ``(B, C, H, W)`` and ``t`` a
 LongTensor of shape ``(B,)``. Timestep convention: integer ``t`` in ``[0, T-1]``; index ``t`` is the
 paper's step ``t+1``. The sampler visits ``T-1, ..., 0`` and adds no noise at ``t = 0``.
+
+A class-conditional network is called ``model(x_t, t, y)`` with labels ``y`` ``(B,)``; every sampler
+takes ``labels`` and ``guidance_scale`` and runs classifier-free guidance (:func:`classifier_free`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,40 @@ class SampleStep(NamedTuple):
     x_t: torch.Tensor
     x0_pred: torch.Tensor
     x_prev: torch.Tensor
+
+
+def classifier_free(model: Callable[..., torch.Tensor], labels: torch.Tensor, guidance_scale: float = 0.0,
+                    interval: tuple[int, int] | None = None) -> Model:  # fmt: skip
+    """The guided noise prediction of classifier-free guidance (Ho & Salimans 2022, Eq. 6), as a ``Model``.
+
+    ``eps~(x_t, t) = (1 + w) eps(x_t, t, y) - w eps(x_t, t, null)`` with ``w = guidance_scale`` (the paper's
+    convention: w = 0 is the plain conditional model; diffusers' ``guidance_scale`` s is w + 1). Both
+    predictions come from one batched forward pass of ``2B`` images; at w = 0 only the conditional half
+    runs. ``model(x, t, y)`` must treat ``y = None`` as the null label (as :class:`ddpm_lib.unet.UNet` does).
+    ``interval = (lo, hi)`` guides only at timestep indices lo <= t <= hi and runs the conditional model
+    alone elsewhere (Kynkaanniemi et al. 2024 guide the middle noise levels only): a guided step costs
+    two network passes, the others one. labels ``(B,)``; the returned callable maps ``(B, C, H, W), (B,)``
+    to ``(B, C, H, W)``.
+    """
+    w = check_float(guidance_scale, "guidance_scale", 0)
+    if interval is not None:
+        lo, hi = (check_int(v, "guidance_interval bound (a timestep index)", 0) for v in interval)
+        if lo > hi:
+            raise ValueError(f"guidance_interval must be (lo, hi) with lo <= hi, got {tuple(interval)}")
+    num_classes = getattr(model, "num_classes", None)
+    if not num_classes:
+        raise ValueError("labels need a class-conditional model (trained with --class-cond); this one takes no labels")
+    null = torch.full_like(labels, num_classes)
+
+    def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        y = labels.to(x.device)
+        if w == 0 or (interval is not None and not lo <= int(t[0]) <= hi):
+            return model(x, t, y)
+        both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null.to(x.device)]))  # one forward pass, 2B images
+        cond, uncond = both.chunk(2)
+        return cond + w * (cond - uncond)  # = (1 + w) cond - w uncond
+
+    return eps
 
 
 @contextlib.contextmanager
@@ -149,12 +186,14 @@ class GaussianDiffusion:
         t: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The simplified objective L_simple (Ho et al. 2020, Eq. 14; Algorithm 1, lines 2-5).
 
         Draws ``t ~ Uniform{0..T-1}`` and ``noise ~ N(0, I)`` unless given, and returns the scalar
         mean over all elements of ``loss(noise, model(q_sample(x0, t, noise), t))``, computed in
-        float32 whatever the model's precision. x0 ``(B, C, H, W)`` in [-1, 1].
+        float32 whatever the model's precision. x0 ``(B, C, H, W)`` in [-1, 1]. ``labels`` ``(B,)``
+        are passed on as ``model(x_t, t, labels)`` (a class-conditional model; the null label included).
         """
         check_choice(loss_type, LossType, "loss_type")
         check_image_range(x0)
@@ -166,7 +205,7 @@ class GaussianDiffusion:
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, device=rng_device, dtype=x0.dtype).to(x0.device)
         x_t = self.q_sample(x0, t, noise)
-        eps_pred = model(x_t, t).float()
+        eps_pred = (model(x_t, t) if labels is None else model(x_t, t, labels)).float()
         noise = noise.float()
         if loss_type == "mse":
             return F.mse_loss(eps_pred, noise)
@@ -282,6 +321,9 @@ class GaussianDiffusion:
         progress: bool = False,
         x_T: torch.Tensor | None = None,
         allow_eta_above_one: bool = False,
+        labels: torch.Tensor | None = None,
+        guidance_scale: float = 0.0,
+        guidance_interval: tuple[int, int] | None = None,
     ) -> Iterator[SampleStep]:
         """Run the reverse process from x_T ~ N(0, I) of ``shape`` ``(B, C, H, W)``, yielding every step.
 
@@ -290,7 +332,9 @@ class GaussianDiffusion:
         (Eq. 16; larger only with ``allow_eta_above_one``). Yields a :class:`SampleStep` per step, the last
         one's ``x_prev`` being x_0 (not yet clamped). The model runs in eval mode under no_grad on its
         own device; all noise is drawn from ``generator`` (on that device) when given, so a seed fixes
-        the result. The improved-diffusion ``p_sample_loop_progressive`` pattern.
+        the result. The improved-diffusion ``p_sample_loop_progressive`` pattern. ``labels`` ``(B,)`` ask a
+        class-conditional model for those classes, with classifier-free ``guidance_scale`` w >= 0 applied at
+        the timesteps of ``guidance_interval`` (:func:`classifier_free`; w = 0: the conditional model alone).
         """
         timesteps = self.sampling_timesteps(sampler, num_steps)
         check_float(eta, "eta", 0, None if allow_eta_above_one else 1)
@@ -304,6 +348,13 @@ class GaussianDiffusion:
         def randn():
             return torch.randn(shape, generator=generator, device=device)
 
+        net = model
+        if labels is not None:
+            if tuple(labels.shape) != shape[:1]:
+                raise ValueError(f"labels must have shape ({shape[0]},), one per image, got {tuple(labels.shape)}")
+            net = classifier_free(model, labels.to(device), guidance_scale, guidance_interval)
+        elif guidance_scale:
+            raise ValueError("guidance_scale needs labels: the classes to guide towards")
         x = randn() if x_T is None else x_T.to(device)
         if progress:
             from tqdm.auto import tqdm
@@ -315,11 +366,11 @@ class GaussianDiffusion:
             with eval_mode(model):  # per step: no grad mode or train flag leaks to the caller between yields
                 if sampler == "ddpm":
                     noise = randn() if t > 0 else torch.zeros_like(x)  # Algorithm 2, line 3
-                    x_prev, x0_pred = self._p_sample(model, x, t, noise, clip_denoised)
+                    x_prev, x0_pred = self._p_sample(net, x, t, noise, clip_denoised)
                 else:
                     t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
                     noise = randn() if (eta > 0 and t_prev >= 0) else None
-                    x_prev, x0_pred = self.ddim_step(model, x, t, t_prev, eta, noise, clip_denoised)
+                    x_prev, x0_pred = self.ddim_step(net, x, t, t_prev, eta, noise, clip_denoised)
             yield SampleStep(t, x, x0_pred, x_prev)
             x = x_prev
 
@@ -328,7 +379,7 @@ class GaussianDiffusion:
         """x_0 of ``shape`` ``(B, C, H, W)``, clamped to [-1, 1]: the last step of :meth:`sample_progressive`.
 
         ``options`` are those of :meth:`sample_progressive` (``generator``, ``clip_denoised``,
-        ``progress``, ``x_T``). In full precision; :func:`ddpm_lib.sampling.generate` adds the measured
+        ``progress``, ``x_T``, ``labels``, ``guidance_scale``, ``guidance_interval``). In full precision; :func:`ddpm_lib.sampling.generate` adds the measured
         precision, batching and seeding that the command line, the trainer and the notebooks use.
         """
         (last,) = collections.deque(self.sample_progressive(model, shape, sampler, num_steps, eta, **options), maxlen=1)

@@ -2,7 +2,11 @@
 
 Writes a PNG grid (``--out samples.png``) or, for ``--out samples.npz``, the samples as ``arr_0``,
 uint8 ``(N, H, W, 3)``, the format of the ADM evaluation suite (Dhariwal & Nichol 2021).
-Without ``--checkpoint`` it uses the pretrained toy-cars weights shipped with the package.
+Without ``--checkpoint`` it uses the pretrained toy-cars weights shipped with the package. A
+class-conditional checkpoint draws the classes given by ``--class`` (names or indices, several
+cycled over the samples) with classifier-free guidance ``--guidance-scale`` w (Ho & Salimans 2022:
+``(1 + w) eps_cond - w eps_uncond``; 0 = the conditional model alone), e.g.
+``python -m ddpm_lib.sample --checkpoint ddpm_lib/weights/pretrained_toy_cars_cond_32.pt --class pickup --guidance-scale 3 --out pickups.png``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 from typing import get_args
 
 import numpy as np
+import torch
 
 from ddpm_lib.checkpoints import PRETRAINED, load_ema_model
 from ddpm_lib.devices import Precision, device_report, resolve_precision, select_device
@@ -31,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=get_args(Sampler), default="ddim")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps, at most T (default: min(50, T)); ddpm always runs all T")
     p.add_argument("--eta", type=float, default=1.0, help="DDIM stochasticity in [0, 1]: 0 deterministic, 1 = DDPM's variance")
+    p.add_argument("--class", dest="classes", nargs="+", default=None, metavar="CLASS",
+                   help="class names or indices of a class-conditional checkpoint, cycled over the samples (default: all classes in turn)")  # fmt: skip
+    p.add_argument(
+        "--guidance-scale", type=float, default=0.0, help="classifier-free guidance w >= 0 (0: none; needs a class-conditional model)"
+    )
+    p.add_argument("--guidance-interval", type=int, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="guide only at timestep indices LO..HI (0..T-1); the other steps cost one network pass")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: a GPU when present)")
@@ -59,6 +71,27 @@ def check_writable(path: Path) -> None:
         raise ValueError(f"cannot write --out {path}: permission denied")
 
 
+def parse_classes(given: list[str] | None, class_names: tuple[str, ...], num_classes: int, num_samples: int) -> torch.Tensor | None:
+    """Labels ``(num_samples,)`` cycling over the ``--class`` names or indices; every class in turn when none are given."""
+    if not num_classes:
+        if given:
+            raise ValueError(
+                "--class needs a class-conditional checkpoint (trained with --class-cond); this one was trained without labels"
+            )
+        return None
+    names = list(class_names) or [str(i) for i in range(num_classes)]
+    indices = []
+    for name in given or [str(i) for i in range(num_classes)]:
+        if name in names:
+            indices.append(names.index(name))
+        elif name.isdigit() and int(name) < num_classes:
+            indices.append(int(name))
+        else:
+            raise ValueError(f"unknown class {name!r}; this checkpoint knows {', '.join(names[:20])}{' ...' if len(names) > 20 else ''} "
+                             f"(or indices 0-{num_classes - 1})")  # fmt: skip
+    return torch.tensor(indices).repeat(num_samples // len(indices) + 1)[:num_samples]
+
+
 def _write_samples(samples: Samples, out: Path) -> None:
     """A ``.npz`` batch (``arr_0``, uint8 NHWC) or a ``.png`` grid of ``samples``."""
     if out.suffix == ".npz":
@@ -76,11 +109,15 @@ def main(argv: list[str] | None = None) -> int:
         check_writable(args.out)
         device = select_device(args.device)
         model, diffusion, cfg = load_ema_model(checkpoint, device)
+        labels = parse_classes(args.classes, cfg.class_names, cfg.num_classes, args.num_samples)
+        if args.guidance_scale and labels is None:
+            raise ValueError("--guidance-scale needs a class-conditional checkpoint (trained with --class-cond)")
         batch = min(args.batch_size, max(args.num_samples, 1), 32)
         precision = resolve_precision(args.precision, device, model, "sample", (3, cfg.image_size, cfg.image_size), batch=batch)
         print(device_report(device, precision), file=sys.stderr)
         samples = generate(model, diffusion, args.num_samples, cfg.image_size, sampler=args.sampler, num_steps=args.steps,
-                           eta=args.eta, seed=args.seed, batch_size=args.batch_size, precision=precision, progress=True)  # fmt: skip
+                           eta=args.eta, seed=args.seed, batch_size=args.batch_size, precision=precision, progress=True,
+                           labels=labels, guidance_scale=args.guidance_scale, guidance_interval=args.guidance_interval)  # fmt: skip
         _write_samples(samples, args.out)
     except (OSError, ValueError, RuntimeError, FloatingPointError) as exc:  # OSError: FileNotFoundError, a full disk
         print(f"error: {exc}", file=sys.stderr)

@@ -47,6 +47,21 @@ def _precision(precision: str | PrecisionChoice, model: Model, shape: tuple[int,
     return resolve_precision(precision, model_device(model), model, "sample", tuple(shape[1:]), batch=batch)
 
 
+def _check_labels(labels: torch.Tensor | None, model: Model, num_samples: int) -> torch.Tensor | None:
+    """``labels`` as a LongTensor ``(num_samples,)`` within the model's classes, or None."""
+    if labels is None:
+        return None
+    labels = torch.as_tensor(labels)
+    num_classes = getattr(model, "num_classes", 0)
+    if not num_classes:
+        raise ValueError("labels need a class-conditional model (trained with --class-cond); this one takes no labels")
+    if labels.shape != (num_samples,) or labels.is_floating_point():
+        raise ValueError(f"labels must be integers of shape ({num_samples},), one per sample, got {labels.dtype} {tuple(labels.shape)}")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes - 1}], got [{int(labels.min())}, {int(labels.max())}]")
+    return labels.long()
+
+
 def generate(
     model: Model,
     diffusion: GaussianDiffusion,
@@ -64,6 +79,9 @@ def generate(
     clip_denoised: bool = True,
     progress: bool = False,
     allow_eta_above_one: bool = False,
+    labels: torch.Tensor | None = None,
+    guidance_scale: float = 0.0,
+    guidance_interval: tuple[int, int] | None = None,
 ) -> Samples:
     """Draw ``num_samples`` images of ``(channels, image_size, image_size)`` on the model's device.
 
@@ -72,6 +90,9 @@ def generate(
     ``seed + i``, so the result is fixed by ``seed`` and ``batch_size`` whatever the memory. ``x_T``
     ``(N, C, H, W)`` fixes the starting noise instead. ``precision`` is ``"auto"`` (measured, see
     :mod:`ddpm_lib.devices`), ``"fp32"``, ``"bf16"``, ``"fp16"`` or a :class:`PrecisionChoice`.
+    ``labels`` ``(N,)`` ask a class-conditional model for those classes, guided with classifier-free
+    ``guidance_scale`` w (Ho & Salimans 2022: ``(1 + w) eps_cond - w eps_uncond``; 0 = no guidance), applied
+    at the timestep indices ``guidance_interval = (lo, hi)`` only when given (the other steps cost one pass).
     Raises ``FloatingPointError`` when the model produces non-finite values (a diverged model).
     """
     check_int(num_samples, "num_samples", 1)
@@ -79,6 +100,7 @@ def generate(
     shape = (num_samples, channels, image_size, image_size)
     if x_T is not None and tuple(x_T.shape) != shape:
         raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {shape}")
+    labels = _check_labels(labels, model, num_samples)
     timesteps = diffusion.sampling_timesteps(sampler, num_steps)  # checks the steps against T up front
     choice = _precision(precision, model, shape, batch_size)
     device = model_device(model)
@@ -88,9 +110,11 @@ def generate(
         n = min(batch_size, num_samples - start)
         g = torch.Generator(device).manual_seed(seed + i)
         batch_noise = x_T[start : start + n] if x_T is not None else None
+        batch_labels = labels[start : start + n] if labels is not None else None
         with choice.autocast():
             x = diffusion.sample(model, (n, *shape[1:]), sampler, num_steps, eta, generator=g, x_T=batch_noise,
-                                 clip_denoised=clip_denoised, progress=progress, allow_eta_above_one=allow_eta_above_one)  # fmt: skip
+                                 clip_denoised=clip_denoised, progress=progress, allow_eta_above_one=allow_eta_above_one,
+                                 labels=batch_labels, guidance_scale=guidance_scale, guidance_interval=guidance_interval)  # fmt: skip
         images[start : start + n] = x.float().cpu()
     seconds = time.perf_counter() - start_time
     if not torch.isfinite(images).all():
@@ -115,15 +139,20 @@ def trajectory(
     precision: str | PrecisionChoice = "auto",
     channels: int = 3,
     progress: bool = False,
+    labels: torch.Tensor | None = None,
+    guidance_scale: float = 0.0,
+    guidance_interval: tuple[int, int] | None = None,
 ) -> dict:
     """One batch through the reverse process, keeping at most ``max_frames`` evenly spaced steps.
 
     Returns a dict of CPU tensors: ``timesteps`` ``(S,)``, ``x_t`` and ``x0_pred`` as uint8
     ``(S, B, C, H, W)`` (x_t clamped to [-1, 1] first; uint8 keeps a 1000-step trajectory small),
     ``samples`` float ``(B, C, H, W)`` in [-1, 1], and ``precision`` and ``seconds``. The sliders
-    (:mod:`ddpm_lib.widgets`) and the animation (:mod:`ddpm_lib.plotting`) read it.
+    (:mod:`ddpm_lib.widgets`) and the animation (:mod:`ddpm_lib.plotting`) read it. ``labels``,
+    ``guidance_scale`` and ``guidance_interval``: as in :func:`generate`.
     """
     shape = (num_samples, channels, image_size, image_size)
+    labels = _check_labels(labels, model, num_samples)
     total = len(diffusion.sampling_timesteps(sampler, num_steps))
     keep = (
         set(range(total)) if max_frames is None or max_frames >= total else set(np.linspace(0, total - 1, max_frames).round().astype(int))
@@ -132,7 +161,11 @@ def trajectory(
     g = torch.Generator(model_device(model)).manual_seed(seed)
     ts, xs, x0s, start = [], [], [], time.perf_counter()
     with choice.autocast():
-        for i, step in enumerate(diffusion.sample_progressive(model, shape, sampler, num_steps, eta, generator=g, progress=progress)):
+        for i, step in enumerate(
+            diffusion.sample_progressive(
+                model, shape, sampler, num_steps, eta, generator=g, progress=progress, labels=labels, guidance_scale=guidance_scale
+            )
+        ):
             if i in keep:
                 ts.append(step.t)
                 xs.append(to_uint8(step.x_t.float()).cpu())

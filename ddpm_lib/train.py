@@ -4,6 +4,7 @@ Examples::
 
     python -m ddpm_lib.train --preset cpu --out runs/toy32 --max-minutes 10
     python -m ddpm_lib.train --out runs/toy32 --resume                  # continue a stopped run
+    python -m ddpm_lib.train --preset cpu --class-cond --out runs/toy32_cond  # labels + classifier-free guidance
     torchrun --nproc_per_node=4 -m ddpm_lib.train --dataset cifar10 --out runs/cifar --batch-size 128
 """
 
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-timesteps", type=int, help="T")
     g.add_argument("--loss-type", choices=get_args(LossType))
     g.add_argument("--variance-type", choices=get_args(VarianceType), help="reverse variance of the sample grids")
+    g.add_argument("--class-cond", action="store_true", default=None,
+                   help="class-conditional on the dataset's labels (toy_cars: body type; a folder: its sub-folders)")  # fmt: skip
+    g.add_argument("--p-uncond", type=float, help="probability of dropping a label, for classifier-free guidance (default 0.1)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, help="global batch size")
     g.add_argument("--lr", type=float)

@@ -15,6 +15,7 @@ One engine serves the training notebook (step by step, live progress) and the co
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -93,6 +94,8 @@ class Trainer:
         if tuple(self.dataset.images.shape[-2:]) != (cfg.image_size, cfg.image_size):
             raise ValueError(f"the dataset's images are {tuple(self.dataset.images.shape[-2:])} but image_size is {cfg.image_size}; "
                              f"load it with image_size={cfg.image_size}")  # fmt: skip
+        if cfg.class_cond:
+            self.config = cfg = self._with_classes(cfg)
         self.sampler = DistributedSampler(
             self.dataset, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=cfg.seed, drop_last=True
         )
@@ -145,6 +148,16 @@ class Trainer:
             dist.barrier()
         return ds
 
+    def _with_classes(self, cfg: TrainConfig) -> TrainConfig:
+        """The config with the dataset's classes (a resumed run must see the same ones)."""
+        classes = tuple(self.dataset.classes)
+        if len(classes) < 2:
+            raise ValueError(f"class_cond needs labelled data with at least two classes; {cfg.dataset} has {len(classes)} "
+                             "(an image folder needs one sub-folder per class)")  # fmt: skip
+        if cfg.num_classes and (cfg.num_classes, cfg.class_names) != (len(classes), classes):
+            raise ValueError(f"the run was trained on {cfg.num_classes} classes {list(cfg.class_names)[:6]}, the data has {len(classes)}")
+        return dataclasses.replace(cfg, num_classes=len(classes), class_names=classes)
+
     def _ema_update(self, ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged) -> None:
         """EMA with warm-up: decay_k = min(decay, (1 + k) / (10 + k)) after k updates."""
         k = int(num_averaged)
@@ -176,15 +189,26 @@ class Trainer:
         w = self.config.warmup_steps
         return self.config.lr * min(1.0, (step + 1) / w) if w else self.config.lr
 
-    def train_step(self, x0: torch.Tensor | None = None) -> float:
-        """One step of Algorithm 1 (lines 2-6) plus the EMA update; returns the loss (float32)."""
+    def train_step(self, x0: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> float:
+        """One step of Algorithm 1 (lines 2-6) plus the EMA update; returns the loss (float32).
+
+        A class-conditional run replaces each label ``(B,)`` by the null label with probability ``p_uncond``
+        (Ho & Salimans 2022, Algorithm 1), so one network learns the conditional and unconditional model.
+        """
+        cfg = self.config
         if x0 is None:
             x0 = self.get_batch(self.step)
+            labels = self.dataset.labels[self.batch_indices(self.step)] if cfg.class_cond else None
+        if cfg.class_cond:
+            if labels is None:
+                raise ValueError("a class-conditional run needs the batch's labels: train_step(x0, labels)")
+            drop = torch.rand(len(labels)) < cfg.p_uncond  # the CPU RNG: part of the checkpoint, so a resume is exact
+            labels = torch.where(drop, cfg.num_classes, labels.cpu().long()).to(self.device)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
         self.train_model.train()
         with self.precision.autocast():
-            loss = self.diffusion.training_loss(self.train_model, x0, self.config.loss_type)
+            loss = self.diffusion.training_loss(self.train_model, x0, cfg.loss_type, labels=labels)
         value = loss.item()
         if not math.isfinite(value):
             self._diverged(f"the loss is {value}")
@@ -268,19 +292,22 @@ class Trainer:
 
     # -------------------------------------------------------------- sampling
     def sample(self, num_images: int | None = None, sampler: str | None = None, num_steps: int | None = None,
-               eta: float | None = None, noise: torch.Tensor | None = None, seed: int = 0) -> torch.Tensor:  # fmt: skip
+               eta: float | None = None, noise: torch.Tensor | None = None, seed: int = 0, guidance_scale: float = 0.0) -> torch.Tensor:  # fmt: skip
         """Samples from the EMA weights in [-1, 1], ``(N, 3, H, W)`` on the CPU, through :func:`ddpm_lib.sampling.generate`.
 
         Defaults come from the config (``sample_sampler``, ``sample_steps``, ``sample_eta``,
-        ``num_sample_images``); ``noise`` ``(N, 3, H, W)`` fixes x_T.
+        ``num_sample_images``); ``noise`` ``(N, 3, H, W)`` fixes x_T. A class-conditional run draws the
+        classes in turn (image i of class i mod num_classes) with ``guidance_scale``.
         """
         cfg = self.config
         sampler = sampler or cfg.sample_sampler
         if num_steps is None and sampler == "ddim":
             num_steps = cfg.sample_steps
         num = len(noise) if noise is not None else (num_images or cfg.num_sample_images)
+        labels = torch.arange(num) % cfg.num_classes if cfg.class_cond else None
         return generate(self.ema.module, self.diffusion, num, cfg.image_size, sampler=sampler, num_steps=num_steps,
-                        eta=cfg.sample_eta if eta is None else eta, seed=seed, x_T=noise, precision=self.sample_precision).images  # fmt: skip
+                        eta=cfg.sample_eta if eta is None else eta, seed=seed, x_T=noise, precision=self.sample_precision,
+                        labels=labels, guidance_scale=guidance_scale).images  # fmt: skip
 
     def save_sample_grid(self) -> Path | None:
         """Sample from the fixed noise and save a grid to ``out_dir/samples/step_NNNNNN.png``."""

@@ -10,7 +10,9 @@
 - :class:`ResNet18UNet`: a torchvision ResNet-18 encoder with a transposed-convolution decoder.
 
 Every model maps ``(x_t, t)`` with x_t ``(B, C, H, W)`` and t a LongTensor ``(B,)`` to a noise
-prediction of x_t's shape.
+prediction of x_t's shape. A :class:`UNet` built with ``num_classes > 0`` also takes class labels
+``y`` ``(B,)``: a learned class embedding added to the time embedding, with one extra "null" class
+(index ``num_classes``) for the unconditional model of classifier-free guidance (Ho & Salimans 2022).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class UNetConfig:
     dropout: float = 0.1  # inside each ResBlock (the paper's CIFAR-10 value)
     num_heads: int = 1  # attention heads (the paper uses 1)
     num_groups: int = 32  # GroupNorm groups
+    num_classes: int = 0  # > 0: class-conditional, labels 0..num_classes-1 plus the null label num_classes
 
 
 UNET_PRESETS: dict[str, UNetConfig] = {
@@ -152,10 +155,12 @@ def validate_unet_config(cfg: UNetConfig) -> None:
         )
     if not 0.0 <= cfg.dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout}")
+    if isinstance(cfg.num_classes, bool) or not isinstance(cfg.num_classes, int) or cfg.num_classes < 0:
+        raise ValueError(f"num_classes must be an integer >= 0 (0: unconditional), got {cfg.num_classes!r}")
 
 
 class UNet(nn.Module):
-    """The DDPM U-Net (Ho et al. 2020, App. B): eps_theta(x_t, t), ``(B, C, H, W), (B,) -> (B, C, H, W)``."""
+    """The DDPM U-Net (Ho et al. 2020, App. B): eps_theta(x_t, t[, y]), ``(B, C, H, W), (B,)[, (B,)] -> (B, C, H, W)``."""
 
     def __init__(self, config: UNetConfig = UNetConfig()):
         super().__init__()
@@ -163,6 +168,8 @@ class UNet(nn.Module):
         self.config = cfg = config
         ch, temb_ch, g = cfg.base_channels, 4 * cfg.base_channels, cfg.num_groups
         self.time_mlp = nn.Sequential(nn.Linear(ch, temb_ch), nn.SiLU(), nn.Linear(temb_ch, temb_ch))
+        self.num_classes = cfg.num_classes
+        self.class_emb = nn.Embedding(cfg.num_classes + 1, temb_ch) if cfg.num_classes else None  # + the null label
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
 
         self.down = nn.ModuleList()  # each entry: ResBlock [+ attention], or Downsample
@@ -204,6 +211,17 @@ class UNet(nn.Module):
             blocks.append(AttentionBlock(out_ch, cfg.num_heads, cfg.num_groups))
         return nn.ModuleList(blocks)
 
+    def _labels(self, y: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
+        """Class labels ``(B,)`` in [0, num_classes], the last being the null label; None gives all-null labels."""
+        if y is None:
+            return torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
+        if y.shape != (batch,) or y.is_floating_point():
+            raise ValueError(f"labels must be integers of shape ({batch},), got {y.dtype} {tuple(y.shape)}")
+        if int(y.min()) < 0 or int(y.max()) > self.num_classes:
+            raise ValueError(f"labels must lie in [0, {self.num_classes - 1}] (or {self.num_classes}, the null label), "
+                             f"got [{int(y.min())}, {int(y.max())}]")  # fmt: skip
+        return y.long()
+
     @staticmethod
     def _run_block(block: nn.Module, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         if isinstance(block, nn.ModuleList):  # ResBlock [+ attention]
@@ -213,8 +231,12 @@ class UNet(nn.Module):
             return block(h, temb)
         return block(h)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         temb = self.time_mlp(timestep_embedding(t, self.config.base_channels))  # (B, 4ch)
+        if self.class_emb is not None:  # y None: the null label, the unconditional model
+            temb = temb + self.class_emb(self._labels(y, len(x), x.device))
+        elif y is not None:
+            raise ValueError("this U-Net was built without classes (num_classes=0) and takes no labels; train one with --class-cond")
         hs = [self.conv_in(x)]  # (B, ch, H, W)
         for block in self.down:
             hs.append(self._run_block(block, hs[-1], temb))

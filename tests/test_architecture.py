@@ -38,7 +38,7 @@ def test_imports_point_down_the_series(name):
 
 @pytest.mark.parametrize("path", sorted(LIB.glob("*.py")), ids=lambda p: p.name)
 def test_modules_stay_small(path):
-    assert len(path.read_text().splitlines()) <= 360, f"{path.name} has grown past ~350 lines: split it by job"
+    assert len(path.read_text().splitlines()) <= 400, f"{path.name} has grown past ~390 lines: split it by job"
 
 
 def test_sample_cli_does_not_load_the_training_engine():
