@@ -41,9 +41,13 @@ def show_images(x: torch.Tensor, nrow: int | None = None, title: str | None = No
     return ax.figure
 
 
-def plot_schedules(num_timesteps: int = 1000, names: Sequence[str] = SCHEDULES, highlight: str | None = None):
-    """beta_t, bar-alpha_t, sqrt(bar-alpha_t) vs sqrt(1 - bar-alpha_t) and log-SNR for several schedules."""
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
+def plot_schedules(num_timesteps: int = 1000, names: Sequence[str] = SCHEDULES, highlight: str | None = None, axes=None):
+    """beta_t, bar-alpha_t, sqrt(bar-alpha_t) vs sqrt(1 - bar-alpha_t) and log-SNR for several schedules.
+
+    ``axes``: four Axes to draw on (a row of a larger figure); None makes a new 1x4 Figure.
+    """
+    own = axes is None
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.4)) if own else (axes[0].figure, axes)
     t = np.arange(num_timesteps)
     for name in names:
         betas = make_betas(name, num_timesteps)
@@ -65,7 +69,8 @@ def plot_schedules(num_timesteps: int = 1000, names: Sequence[str] = SCHEDULES, 
         ax.set_xlabel("t")
         ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.tight_layout()
+    if own:
+        fig.tight_layout()
     return fig
 
 
