@@ -5,14 +5,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: install demo test unit-test nb-test gpu-check lab lint format bench clean
+.PHONY: install demo test unit-test nb-test gpu-check lab lint format bench student clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install -e ".[dev,classroom]"
 	touch $(STAMP)
 
 # The main job: execute the notebook series in order on the embedded toy-cars dataset, storing outputs
@@ -39,12 +39,13 @@ nb-test: $(STAMP)
 
 # On a machine with a CUDA GPU (under 10 minutes): the tests that need CUDA (fp16 + GradScaler, bf16, channels-last,
 # torch.compile, a 1-process NCCL torchrun, exact resume on CUDA), then the training and sampling notebooks in fast
-# mode on the GPU. Prints the time of each.
-gpu-check: $(STAMP)
-	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu-check needs a CUDA GPU')"
+# mode on the GPU. Prints the time of each. `make gpu-check GPU_PY=python3` uses that interpreter instead of the venv
+# (a GPU machine whose image already has torch).
+gpu-check: $(if $(GPU_PY),,$(STAMP))
+	$(or $(GPU_PY),$(BIN)/python) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu-check needs a CUDA GPU')"
 	nvidia-smi --query-gpu=name,memory.total --format=csv || true
-	$(BIN)/python -m pytest -v -rs -s --durations=0 tests/test_cuda.py
-	cd notebooks && DDPM_FAST=1 TQDM_DISABLE=1 ../$(BIN)/python -m pytest -p no:cacheprovider --nbval-current-env --nbval-lax \
+	$(or $(GPU_PY),$(BIN)/python) -m pytest -v -rs -s --durations=0 tests/test_cuda.py
+	cd notebooks && DDPM_FAST=1 TQDM_DISABLE=1 $(if $(GPU_PY),$(GPU_PY),../$(BIN)/python) -m pytest -p no:cacheprovider --nbval-current-env --nbval-lax \
 		--nbval-sanitize-with sanitize.cfg -W "ignore:Overlapping options" --durations=0 05_training.ipynb 06_sampling.ipynb
 
 lab: $(STAMP)
@@ -58,6 +59,12 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py --json benchmarks/results.json
+
+# Student versions of every notebook in student/ (ignored by git), made by nbgrader's generate_assignment: solutions
+# replaced by `raise NotImplementedError()`, outputs cleared, test cells locked; assets beside them. TEACHING.md says
+# how to hand them out and grade them.
+student: $(STAMP)
+	$(BIN)/python tools/make_student.py --out student
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache runs
