@@ -59,7 +59,7 @@ def plot_schedules(num_timesteps: int = 1000, names: Sequence[str] = SCHEDULES, 
         axes[2].plot(t, (1 - ac).sqrt(), ls="--", color=line.get_color(), lw=kw["lw"], alpha=kw["alpha"])
         axes[3].plot(t, log_snr(betas), **kw)
     titles = [
-        r"$\beta_t$",
+        r"$\beta_t$ (log scale: cosine's clipped last step is 0.999)",
         r"$\bar\alpha_t$",
         r"$\sqrt{\bar\alpha_t}$ (solid) and $\sqrt{1-\bar\alpha_t}$ (dashed)",
         r"log-SNR $\log\frac{\bar\alpha_t}{1-\bar\alpha_t}$",
@@ -68,6 +68,7 @@ def plot_schedules(num_timesteps: int = 1000, names: Sequence[str] = SCHEDULES, 
         ax.set_title(title)
         ax.set_xlabel("t")
         ax.grid(alpha=0.3)
+    axes[0].set_yscale("log")  # on a linear axis cosine's 0.999 flattens every other curve
     axes[0].legend()
     if own:
         fig.tight_layout()
