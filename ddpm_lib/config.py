@@ -56,6 +56,7 @@ class TrainConfig:
     precision: Precision = "auto"  # auto: measured on CPUs (ddpm_lib.devices), bf16 or fp16 on CUDA
     channels_last: bool = True
     compile: bool = False  # torch.compile the model (minutes of compilation; pays off on long runs)
+    deterministic: bool = False  # CUDA: deterministic kernels, so a resumed run matches an uninterrupted one bit for bit (slower)
     # budget, logging, checkpoints
     max_steps: int = 800_000  # the run's total number of optimiser steps (a resumed run stops here too)
     max_minutes: float | None = None  # wall-clock budget of this invocation
@@ -101,7 +102,7 @@ class TrainConfig:
             raise ValueError(f"class_cond needs one of the DDPM U-Net presets; {self.model!r} takes no labels")
         if not self.class_cond and self.num_classes:
             raise ValueError("num_classes is set only for a class-conditional run (class_cond=True)")
-        for name in ("ema_warmup", "channels_last", "compile", "class_cond"):
+        for name in ("ema_warmup", "channels_last", "compile", "class_cond", "deterministic"):
             check_bool(getattr(self, name), name)
         if self.data_root is not None:
             if not isinstance(self.data_root, (str, os.PathLike)):
@@ -146,4 +147,5 @@ class TrainConfig:
 # Fields that may change when a run is resumed; every other field must match the checkpoint. lr may change so that
 # a diverged run continues from its last checkpoint with a lower learning rate (the exact resume would diverge again).
 RESUMABLE_OVERRIDES = frozenset({"max_steps", "max_minutes", "checkpoint_every", "sample_every", "log_every", "num_sample_images",
-                                 "sample_sampler", "sample_steps", "sample_eta", "compile", "data_root", "precision", "lr"})  # fmt: skip
+                                 "sample_sampler", "sample_steps", "sample_eta", "compile", "data_root", "precision", "lr",
+                                 "deterministic"})  # fmt: skip

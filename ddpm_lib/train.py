@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--precision", choices=get_args(Precision))
     g.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None)
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    g.add_argument("--deterministic", action="store_true", default=None,
+                   help="CUDA: deterministic kernels, so a resumed run matches an uninterrupted one exactly (slower)")  # fmt: skip
     g = p.add_argument_group("budget and outputs")
     g.add_argument("--max-steps", type=int, help="total optimiser steps of the run (a resumed run stops here too)")
     g.add_argument("--max-minutes", type=float, help="wall-clock budget of this invocation")

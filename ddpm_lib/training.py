@@ -82,10 +82,14 @@ class Trainer:
             raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {self.world_size} processes")
         self.local_batch = cfg.batch_size // self.world_size
         self.progress = progress and self.is_main
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
+        if self.device.type == "cuda":  # the fastest kernels by default; cuDNN's autotuner may pick others in a resumed run
+            torch.backends.cudnn.benchmark = not cfg.deterministic
+            torch.backends.cudnn.deterministic = cfg.deterministic
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+            if cfg.deterministic:  # also the embedding's backward (atomic adds) and cuBLAS's workspace
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+                torch.use_deterministic_algorithms(True, warn_only=True)
         torch.manual_seed(cfg.seed + self.rank)  # model init is identical on every rank (DDP broadcasts rank 0's)
 
         self.dataset = dataset if dataset is not None else self._load_data()
