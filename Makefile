@@ -67,4 +67,4 @@ student: $(STAMP)
 	$(BIN)/python tools/make_student.py --out student
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache runs
+	rm -rf $(VENV) .pytest_cache .ruff_cache runs student

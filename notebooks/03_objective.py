@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -453,8 +455,23 @@ fig.suptitle(r"$q_t$ and its score $\nabla\log q_t = -\epsilon^*/\sqrt{1-\bar\al
 #
 # ## Exercises
 #
-# Each exercise has a cell for your answer and a cell that checks it.
-#
+# Each exercise has a cell for your answer and a cell that checks it. The next cell loads all that the exercises use,
+# so that they run on their own, without the cells above.
+
+# %%
+import math
+
+import torch
+
+from ddpm_lib import GaussianDiffusion, make_betas
+from ddpm_lib.data import from_uint8, load_dataset
+from ddpm_lib.objective import discretized_gaussian_log_likelihood, eps_weights, prior_bpd
+
+LN2 = math.log(2.0)
+x0 = from_uint8(load_dataset("toy_cars", image_size=32, split="test", num_images=64).images)  # (64, 3, 32, 32): the held-out cars
+torch.manual_seed(0);
+
+# %% [markdown]
 # **Exercise 1.** Compute the weights $w_t$ of Eq. 12 for $\sigma_t^2 = \beta_t$ (`"fixed_large"`) by hand, as a float64
 # tensor `weights_large` of shape `(1000,)`, for the linear schedule with $T = 1000$. *Hint:* with $\sigma_t^2 = \beta_t$ one
 # $\beta_t$ cancels.
@@ -510,7 +527,10 @@ assert abs(float(bits_white) - (-log_p.item() / LN2)) < 1e-6, "bits_white should
 # %% [markdown]
 # **Exercise 4.** For one-dimensional data $x_0 \sim \mathcal N(m, s^2)$, $q_t$ is Gaussian too. Write
 # `gaussian_score(x, ab, m, s)`, the score $\nabla_x \log q_t(x)$ in closed form, and `gaussian_optimal_eps(x, ab, m, s)`,
-# $\mathbb E[\epsilon \mid x_t = x]$, using Tweedie's formula. Both take a tensor `x` and floats.
+# $\mathbb E[\epsilon \mid x_t = x]$, using Tweedie's formula (Section 6). Both take a float64 tensor `x` and floats
+# ($\bar\alpha_t$ = `ab`) and return a tensor of the shape of `x`. The check compares the first with automatic
+# differentiation of $\log q_t$, and the second with the straight line that predicts $\epsilon$ from $x_t$ with the least
+# squared error on simulated pairs $(x_t, \epsilon)$: the minimiser of Eq. 14's error, which for Gaussian data is a line.
 
 # %% nbgrader={"grade": false, "grade_id": "ex4-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
@@ -526,11 +546,16 @@ def gaussian_optimal_eps(x, ab, m, s):
 
 # %% nbgrader={"grade": true, "grade_id": "ex4-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 xs = torch.linspace(-3, 3, 101, dtype=torch.float64, requires_grad=True)
+g = torch.Generator().manual_seed(0)
 for ab_, m_, s_ in [(0.99, 0.3, 0.2), (0.5, -0.5, 0.5), (0.01, 1.0, 0.1)]:
     q_t = torch.distributions.Normal(math.sqrt(ab_) * m_, math.sqrt(ab_ * s_**2 + 1 - ab_))
     (autograd_score,) = torch.autograd.grad(q_t.log_prob(xs).sum(), xs)
     assert torch.allclose(gaussian_score(xs.detach(), ab_, m_, s_), autograd_score, atol=1e-9), f"gaussian_score is wrong at ab={ab_}"
-    # the same mixture code as in Section 6, with a single component
-    one = {"weights": torch.ones(1, dtype=torch.float64), "means": torch.tensor([[m_, 0.0]], dtype=torch.float64), "stds": torch.tensor([s_], dtype=torch.float64)}
-    mixture_eps = optimal_eps(torch.stack([xs.detach(), torch.zeros_like(xs.detach())], 1), ab_, one)[:, 0]
-    assert torch.allclose(gaussian_optimal_eps(xs.detach(), ab_, m_, s_), mixture_eps, atol=1e-9), f"gaussian_optimal_eps is wrong at ab={ab_}"
+    # simulate Eq. 4 and fit eps ~ a x_t + b by least squares: the squared error's minimiser among straight lines
+    x0_ = m_ + s_ * torch.randn(200_000, generator=g, dtype=torch.float64)
+    eps_ = torch.randn(200_000, generator=g, dtype=torch.float64)
+    x_t_ = math.sqrt(ab_) * x0_ + math.sqrt(1 - ab_) * eps_
+    design = torch.stack([x_t_, torch.ones_like(x_t_)], dim=1)  # (N, 2)
+    fitted = design @ torch.linalg.lstsq(design, eps_[:, None]).solution[:, 0]
+    rms = (gaussian_optimal_eps(x_t_, ab_, m_, s_) - fitted).pow(2).mean().sqrt().item()
+    assert rms < 0.02, f"at ab={ab_}, gaussian_optimal_eps is {rms:.3f} (RMS) from the least-squares predictor of eps from x_t"

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -728,10 +730,29 @@ print("best eta per budget:", {s: best[s]["eta"] for s in GRID_STEPS})
 #
 # ## Exercises
 #
-# Each exercise has a cell for your answer and a cell that checks it.
-#
+# Each exercise has a cell for your answer and a cell that checks it. The next cell loads all that the exercises use,
+# so that they run on their own, without the cells above: the feature network, the features of 500 training images
+# (`reference`), of 100 held-out images (`held_out`) and of 100 held-out images of the first three body types only
+# (`dropped`, as in section 3).
+
+# %%
+import torch
+
+from ddpm_lib.data import load_dataset
+from ddpm_lib.features import load_feature_extractor
+from ddpm_lib.metrics import class_tv, compute_features, frechet_distance, knn_radii, precision_recall, reference_features  # noqa: F811
+
+net = load_feature_extractor()
+reference = reference_features("toy_cars", 32, 500, net, "train")  # FeatureSet: features (500, 128) float64, labels (500,)
+test = load_dataset("toy_cars", 32, "test", num_images=300)
+held_out = compute_features(test.images[:100], net)  # FeatureSet, features (100, 128)
+dropped = compute_features(test.images[test.labels < 3][:100], net)  # sedans, hatchbacks and SUVs only
+real_m = reference.features[:100]  # (100, 128): as many real features as held-out ones
+print(f"reference {tuple(reference.features.shape)}, held-out {tuple(held_out.features.shape)}, dropped {tuple(dropped.features.shape)}")
+
+# %% [markdown]
 # **Exercise 1.** Write `fid_gaussians(mu1, cov1, mu2, cov2)`, the Fréchet distance between two Gaussians given by
-# their means `(F,)` and covariances `(F, F)` (float64). *Hint:* section 2.
+# their means `(F,)` and covariances `(F, F)` (float64), returned as a Python float. *Hint:* section 2.
 
 # %% nbgrader={"grade": false, "grade_id": "ex1-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
@@ -753,8 +774,8 @@ assert abs(one_d - (1.0**2 + (2.0 - 1.0) ** 2)) < 1e-9, "in one dimension the di
 
 # %% [markdown]
 # **Exercise 2.** A generator that draws nothing but sedans (class 0), however perfect each sedan. Compute
-# `tv_sedans_only`, its `class_tv` against the reference, in closed form from the reference's class histogram alone
-# (`reference.labels`), without calling `class_tv`.
+# `tv_sedans_only`, its `class_tv` against the reference (a float), in closed form from the reference's class histogram
+# alone (`reference.labels`, the body types the feature network reads), without calling `class_tv`.
 
 # %% nbgrader={"grade": false, "grade_id": "ex2-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
@@ -768,8 +789,9 @@ sedans = torch.zeros(1000, dtype=torch.long)
 assert abs(tv_sedans_only - class_tv(sedans, reference.labels, 6)) < 1e-12, "tv_sedans_only differs from class_tv"
 
 # %% [markdown]
-# **Exercise 3.** Write `recall_by_hand(real, fake, k)` with `knn_radii` from `ddpm_lib.metrics` (the distance from each
-# point to its k-th nearest neighbour in its own set) and `torch.cdist`, without `precision_recall` or `in_manifold`.
+# **Exercise 3.** Write `recall_by_hand(real, fake, k)`, the recall of feature sets `real` `(N, F)` and `fake` `(M, F)` as
+# a float, with `knn_radii` from `ddpm_lib.metrics` (the distance from each point to its k-th nearest neighbour in its own
+# set) and `torch.cdist`, without `precision_recall` or `in_manifold`.
 
 # %% nbgrader={"grade": false, "grade_id": "ex3-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
@@ -781,23 +803,24 @@ def recall_by_hand(real, fake, k=3):
 ### END SOLUTION
 
 # %% nbgrader={"grade": true, "grade_id": "ex3-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-dropped = compute_features(sets["3 types dropped"], net).features
 for k_ in (1, 3, 5):
-    expected = precision_recall(real_m, dropped, k=k_)[1]
-    assert abs(recall_by_hand(real_m, dropped, k_) - expected) < 1e-12, f"recall_by_hand differs from the library at k={k_}"
+    expected = precision_recall(real_m, dropped.features, k=k_)[1]
+    assert abs(recall_by_hand(real_m, dropped.features, k_) - expected) < 1e-12, f"recall_by_hand differs from the library at k={k_}"
 
 # %% [markdown]
 # **Exercise 4.** Section 4 fitted FID $\approx a + b/N$ to real-vs-real scores. Part of the bias is in the mean term
 # alone: for two independent sets of $n$ and $m$ samples from one distribution with covariance $\Sigma$,
-# $\mathbb E\lVert\hat\mu_1-\hat\mu_2\rVert^2 = \operatorname{Tr}\Sigma\,(1/n + 1/m)$. Compute `mean_term_bias`, this expectation for
-# `n = 100` held-out samples against the `N_REF` reference features, with $\Sigma$ estimated from the reference.
+# $\mathbb E\lVert\hat\mu_1-\hat\mu_2\rVert^2 = \operatorname{Tr}\Sigma\,(1/n + 1/m)$. Compute `mean_term_bias` (a float), this
+# expectation for $n = 100$ held-out samples against the $m$ = `len(reference)` reference features, with $\Sigma$ estimated
+# from the reference.
 
 # %% nbgrader={"grade": false, "grade_id": "ex4-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
-mean_term_bias = torch.cov(reference.features.T).trace().item() * (1 / 100 + 1 / N_REF)
+mean_term_bias = torch.cov(reference.features.T).trace().item() * (1 / 100 + 1 / len(reference))
 ### END SOLUTION
-print(f"expected mean term at n = 100: {mean_term_bias:.3f} (the whole real-vs-real FID there: {sweep.get(100, (float('nan'),))[0]:.2f})")
+print(f"expected mean term of FID at n = 100, m = {len(reference)}: {mean_term_bias:.3f}; "
+      f"the whole FID of the 100 held-out images: {frechet_distance(reference.features, held_out.features):.2f}")
 
 # %% nbgrader={"grade": true, "grade_id": "ex4-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 trace = torch.cov(reference.features.T).trace().item()
-assert abs(mean_term_bias - trace * (1 / 100 + 1 / N_REF)) < 1e-9 * trace, "use Tr(Sigma) (1/n + 1/m) with n = 100 and m = N_REF"
+assert abs(mean_term_bias - trace * (1 / 100 + 1 / len(reference))) < 1e-9 * trace, "use Tr(Sigma) (1/n + 1/m) with n = 100 and m = len(reference)"
