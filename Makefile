@@ -58,7 +58,8 @@ format: $(STAMP)
 	$(BIN)/ruff format ddpm_lib tests benchmarks && $(BIN)/ruff check --fix .
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench.py --json benchmarks/results.json
+	$(BIN)/python -c "import diffusers" 2>/dev/null || $(BIN)/python -m pip install -e ".[bench]"
+	$(BIN)/python benchmarks/bench.py --profile --json benchmarks/results.json
 
 # Student versions of every notebook in student/ (ignored by git), made by nbgrader's generate_assignment: solutions
 # replaced by `raise NotImplementedError()`, outputs cleared, test cells locked; assets beside them. TEACHING.md says
