@@ -210,3 +210,18 @@ def test_class_cond_needs_labelled_data_and_a_unet(tmp_path):
     with pytest.raises(ValueError, match="DDPM U-Net"):
         TrainConfig.cpu_demo(**{**TINY, "model": "simple"})
     assert sample_cli.main(["--class", "pickup", "--out", str(tmp_path / "x.png")]) == 2  # the shipped model is unconditional
+
+
+def test_class_cond_reads_the_classes_of_an_image_folder(tmp_path):
+    from PIL import Image
+
+    for name, colour in (("coupe", (200, 0, 0)), ("wagon", (0, 0, 200))):
+        (tmp_path / name).mkdir()
+        for i in range(8):
+            Image.new("RGB", (16, 16), tuple(c // (i + 1) for c in colour)).save(tmp_path / name / f"{i}.png")
+    cfg = TrainConfig.cpu_demo(**{**TINY, "num_images": None}, dataset="folder", data_root=str(tmp_path), max_steps=2)
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    assert (trainer.config.num_classes, trainer.config.class_names) == (2, ("coupe", "wagon"))
+    trainer.fit()
+    model, _, config = load_ema_model(tmp_path / "run" / "checkpoint.pt")
+    assert model.class_emb.num_embeddings == 3 and sample_cli.parse_classes(["wagon", "0"], config.class_names, 2, 3).tolist() == [1, 0, 1]
