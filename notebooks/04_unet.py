@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -16,8 +18,9 @@
 #
 # **Goal.** Build the network $\epsilon_\theta(x_t, t)$ of Ho et al. (2020, Appendix B) piece by piece: the sinusoidal
 # time embedding, the residual block that receives it, self-attention, and the whole U-Net with its skip
-# connections. Then compare it with the simpler BatchNorm U-Net of popular tutorials, and see what goes wrong
-# when such a model samples in train mode.
+# connections. Then compare it with the simpler BatchNorm U-Net of popular tutorials, and see what goes wrong when
+# a network is left in train mode at sampling time: with BatchNorm an image's output depends on the other images in
+# its batch; with dropout two passes over the same input disagree, and the samples of the pretrained model turn grainy.
 #
 # **The contract.** The network takes a noisy batch $x_t$ `(B, 3, H, W)` and integer timesteps `t` `(B,)`, and
 # returns a tensor of $x_t$'s shape: its guess of the noise $\epsilon$ that was added. It knows nothing of the
@@ -25,10 +28,14 @@
 
 # %%
 import math
+import os
 
 import matplotlib.pyplot as plt
 import torch
 
+from ddpm_lib.checkpoints import load_ema_model
+from ddpm_lib.plotting import show_images
+from ddpm_lib.sampling import generate
 from ddpm_lib.unet import (
     UNET_PRESETS,
     AttentionBlock,
@@ -41,6 +48,7 @@ from ddpm_lib.unet import (
     timestep_embedding,
 )
 
+FAST = os.environ.get("DDPM_FAST") == "1"
 torch.manual_seed(0);
 
 # %% [markdown]
@@ -108,13 +116,20 @@ print("max |hand - library| =", (by_hand - attn(x)).abs().max().item())
 # %% [markdown]
 # ## 4. The whole U-Net
 #
-# Down the U: a convolution, then at each level `num_res_blocks` ResBlocks (plus attention at 16x16) and a
-# stride-2 convolution that halves the resolution. The middle: ResBlock, attention, ResBlock. Up the U: at each
-# level one more ResBlock, each taking the **concatenation** of the current features and a saved feature map
-# from the way down (the skip connections), then nearest-neighbour upsampling. GroupNorm, SiLU and a final
-# convolution return 3 channels.
+# **Down the U:** a 3x3 convolution (`conv_in`), then at each level `num_res_blocks` ResBlocks (each followed by
+# attention at the resolutions in `attention_resolutions`, 16x16 in the paper) and, at every level but the last, a
+# stride-2 3x3 convolution that halves the resolution. Every one of these outputs is saved for the way up, `conv_in`'s
+# included: with $L$ levels and $n$ = `num_res_blocks`, that is $1 + Ln + (L-1) = L(n+1)$ feature maps.
 #
-# The table follows one 32x32 batch through the small CPU preset.
+# **The middle:** ResBlock, attention, ResBlock, at the lowest resolution.
+#
+# **Up the U:** at each level **$n + 1$ = `num_res_blocks + 1`** ResBlocks (three per level in the paper's model, against two
+# on the way down), each taking the **concatenation** of the current features and one saved map, the most recently
+# saved first (the skip connections). The extra block per level is what uses up the maps saved after each
+# downsampling and after `conv_in`. At every level but the top, nearest-neighbour upsampling and a 3x3 convolution
+# double the resolution. GroupNorm, SiLU and a final 3x3 convolution return 3 channels.
+#
+# The table follows one 32x32 batch through the small CPU preset (3 levels, `num_res_blocks = 2`).
 
 # %% tags=["nbval-check-output"]
 # NBVAL_CHECK_OUTPUT
@@ -130,13 +145,15 @@ for h in hooks:
 for name, kind, shape in rows:
     print(f"{name:12s} {kind:15s} {shape}")
 print("output:", tuple(out.shape))
+print("ResBlocks:", {part: sum(kind == "ResBlock" and name.startswith(part) for name, kind, _ in rows) for part in ("down", "mid", "up")})
 
 # %% [markdown]
 # ### Parameter counts
 #
 # The default `UNetConfig` is the paper's CIFAR-10 model: 128 base channels, multipliers 1-2-2-2, two ResBlocks
-# per level, attention at 16x16, dropout 0.1. The paper reports **35.7M parameters**. The `small` and `tiny`
-# presets are what a CPU can train in minutes.
+# per level on the way down (three on the way up), attention at 16x16, dropout 0.1. The paper reports **35.7M
+# parameters**. The `small` and `tiny` presets keep the architecture at a width a CPU can train (notebook 05 trains
+# `small`).
 
 # %% tags=["nbval-check-output"]
 # NBVAL_CHECK_OUTPUT
@@ -196,28 +213,240 @@ with torch.no_grad():
 print(f"GroupNorm U-Net in train mode (dropout 0): image 0's output changes by {diff:.2e} with its batch-mates")
 
 # %% [markdown]
+# ## 6. Dropout in train mode
+#
+# The paper's U-Net has dropout 0.1 inside every ResBlock. In train mode dropout zeroes a random 10% of the activations
+# (and scales the others by 1/0.9), so the same input gives a different output at every call; in eval mode it does
+# nothing. The pretrained `small` model shipped with the package was trained without dropout; loaded into a network
+# with the paper's dropout, it shows both modes:
+
+# %%
+pretrained, diffusion, config = load_ema_model()  # the pretrained toy-cars model, in eval mode
+dropped = build_model(config.model, image_size=config.image_size, dropout=0.1)  # the same network with dropout 0.1 ...
+dropped.load_state_dict(pretrained.state_dict())  # ... and the same weights (dropout has none)
+x_t, t = torch.randn(4, 3, 32, 32), torch.full((4,), 500)
+rms = lambda a: a.pow(2).mean().sqrt().item()  # noqa: E731
+with torch.no_grad():
+    first, second = dropped.train()(x_t, t), dropped(x_t, t)
+    first_eval, second_eval = dropped.eval()(x_t, t), dropped(x_t, t)
+print(f"train mode: two passes over the same input differ by {rms(first - second):.3f} (rms), "
+      f"for an output of rms {rms(first_eval):.3f}")
+print(f"eval mode:  two passes differ by {rms(first_eval - second_eval):.1e}; "
+      f"eval mode equals the pretrained model: {torch.equal(first_eval, pretrained(x_t, t).detach())}")
+
+# %% [markdown]
+# `generate`, like every sampler in the library, switches the model to eval mode (and back). Hiding the network behind
+# a plain function hides it from that switch too: that is the sampling loop that forgets `model.eval()`. The same
+# starting noise $x_T$ and the same sampler (DDIM, $\eta = 1$, notebook 06), once in eval mode and twice in train mode:
+
+# %%
+n, steps = (4, 10) if FAST else (8, 20)
+x_T = torch.randn(n, 3, config.image_size, config.image_size, generator=torch.Generator().manual_seed(0))
+
+
+def ddim(net):
+    return generate(net, diffusion, n, config.image_size, num_steps=steps, eta=1.0, x_T=x_T, precision="fp32").images
+
+
+in_eval = ddim(dropped)
+forgot_eval = lambda x, t: dropped.train()(x, t)  # noqa: E731  (generate cannot switch a plain function to eval mode)
+in_train = [ddim(forgot_eval), ddim(forgot_eval)]
+dropped.eval()
+fig, axes = plt.subplots(3, 1, figsize=(1.0 * n, 3.9))
+show_images(in_eval, nrow=n, title=f"eval mode (DDIM-{steps})", ax=axes[0])
+show_images(in_train[0], nrow=n, title="train mode, dropout 0.1: run 1", ax=axes[1])
+show_images(in_train[1], nrow=n, title="train mode, dropout 0.1: run 2", ax=axes[2])
+fig.tight_layout()
+pixels = lambda a, b: 127.5 * (a - b).abs().mean().item()  # noqa: E731  (mean |difference| in 0-255 pixel values)
+print(f"eval mode vs train mode: {pixels(in_eval, in_train[0]):.1f} / 255 per pixel on average; "
+      f"train mode run 1 vs run 2: {pixels(*in_train):.1f} / 255")
+
+# %% [markdown]
+# In train mode every one of the sampler's network evaluations carries its own random error, and the sampler turns
+# these into grain and washed-out colour that the eval-mode samples do not have; two train-mode runs from the same
+# noise do not even agree with each other. A model trained with dropout has learned to work with dropped activations,
+# so it would be damaged less than this one, which never saw dropout (this notebook does not measure how much less);
+# but its train-mode samples would still change from run to run. Sample in eval mode.
+
+# %% [markdown]
 # ## Summary
 #
 # - $\epsilon_\theta(x_t, t)$ is a U-Net: ResBlocks conditioned on a sinusoidal embedding of $t$, attention at
 #   16x16, skip connections between matching resolutions.
 # - The paper's CIFAR-10 configuration has 35.7M parameters; the CPU presets keep the architecture at a smaller
 #   width.
-# - BatchNorm makes outputs depend on the batch in train mode; always sample in eval mode (the library does).
+# - The decoder has `num_res_blocks + 1` ResBlocks per level: one per feature map saved on the way down.
+# - In train mode BatchNorm makes an image's output depend on its batch and dropout makes every pass random; always
+#   sample in eval mode (the library does).
 #
 # ## Exercises
 #
-# 1. Count the parameters of a U-Net with attention at both 16x16 and 8x8 for the `small` preset. How many does the
-#    extra attention add? *Hint:* `dataclasses.replace(UNET_PRESETS["small"], attention_resolutions=(16, 8))`.
-# 2. What is the receptive field problem that attention solves? Find the resolution at which a 3x3 convolution
-#    sees the whole image in the `small` preset.
-# 3. Build `UNetConfig(image_size=64, channel_mults=(1, 2, 2, 2))` and print the shape table. Where is the attention?
-#
-# A check of exercise 1:
+# Each exercise has a cell for your answer and a cell that checks it. The next cell imports what they use; the section
+# runs on its own, without the cells above.
 
 # %%
-import dataclasses
+import math
+from dataclasses import replace
 
-base = count_parameters(UNet(UNET_PRESETS["small"]))
-more = count_parameters(UNet(dataclasses.replace(UNET_PRESETS["small"], attention_resolutions=(16, 8))))
-print(f"attention at 8x8 too adds {more - base:,d} parameters")
-assert more - base > 0
+import torch
+from torch import nn
+
+from ddpm_lib.unet import UNET_PRESETS, AttentionBlock, ResBlock, UNet, count_parameters
+
+torch.manual_seed(0)
+small = UNET_PRESETS["small"]  # 32 base channels, mults (1, 2, 2), 2 ResBlocks per level, attention at 16x16
+features = torch.randn(2, 64, 8, 8)  # a batch of feature maps (B, C, H, W)
+gn_weight, gn_bias = torch.randn(64), torch.randn(64)  # GroupNorm's per-channel scale and shift
+attn4 = AttentionBlock(64, num_heads=4, groups=8)  # self-attention with 4 heads of 16 channels
+
+# %% [markdown]
+# **Exercise 1.** Write `resblock_params(in_ch, out_ch, temb_ch)`, the number of parameters (an `int`) of
+# `ResBlock(in_ch, out_ch, temb_ch, dropout, groups)` by formula, from section 2's equation: two GroupNorms (a scale and
+# a shift per channel), two 3x3 convolutions, the linear projection of the time embedding, and the 1x1 skip convolution
+# that exists only when `in_ch != out_ch` (every convolution and linear layer has a bias).
+
+# %% nbgrader={"grade": false, "grade_id": "ex1-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+### BEGIN SOLUTION
+def resblock_params(in_ch: int, out_ch: int, temb_ch: int) -> int:
+    norms = 2 * in_ch + 2 * out_ch
+    convs = (9 * in_ch * out_ch + out_ch) + (9 * out_ch * out_ch + out_ch)
+    temb = temb_ch * out_ch + out_ch
+    skip = in_ch * out_ch + out_ch if in_ch != out_ch else 0
+    return norms + convs + temb + skip
+
+
+### END SOLUTION
+
+# %% nbgrader={"grade": true, "grade_id": "ex1-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+for in_ch, out_ch, temb_ch in [(32, 64, 128), (64, 64, 128), (128, 64, 512), (96, 32, 256)]:
+    expected = count_parameters(ResBlock(in_ch, out_ch, temb_ch, dropout=0.1, groups=8))
+    got = resblock_params(in_ch, out_ch, temb_ch)
+    assert got == expected, f"resblock_params({in_ch}, {out_ch}, {temb_ch}) is off by {got - expected:+d}; check each layer's bias and the skip path"
+
+# %% [markdown]
+# **Exercise 2.** Write `decoder_in_channels(cfg)`: for a `UNetConfig` `cfg`, the list of the input channels (ints) of
+# the decoder's ResBlocks, in the order the forward pass runs them. Each one receives the current features
+# **concatenated** with the most recently saved feature map of the way down (section 4). *Hint:* first list the
+# channels of every saved map, `conv_in`'s included.
+
+# %% nbgrader={"grade": false, "grade_id": "ex2-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+### BEGIN SOLUTION
+def decoder_in_channels(cfg) -> list[int]:
+    ch = cfg.base_channels
+    saved, cur = [ch], ch  # conv_in's output
+    for level, mult in enumerate(cfg.channel_mults):
+        for _ in range(cfg.num_res_blocks):
+            cur = ch * mult
+            saved.append(cur)
+        if level != len(cfg.channel_mults) - 1:
+            saved.append(cur)  # the Downsample's output
+    ins = []
+    for mult in reversed(cfg.channel_mults):
+        for _ in range(cfg.num_res_blocks + 1):
+            ins.append(cur + saved.pop())
+            cur = ch * mult
+    return ins
+
+
+### END SOLUTION
+
+# %% nbgrader={"grade": true, "grade_id": "ex2-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+for cfg in [small, UNET_PRESETS["tiny"], UNET_PRESETS["ddpm-cifar10"], replace(small, channel_mults=(1, 2, 3), num_res_blocks=3)]:
+    net = UNet(cfg)
+    expected = [block[0].conv1.in_channels for block in net.up if isinstance(block, nn.ModuleList)]
+    got = list(decoder_in_channels(cfg))
+    assert len(got) == len(expected), f"{len(got)} decoder ResBlocks for {cfg}, the network has {len(expected)}: how many per level?"
+    assert got == expected, f"decoder input channels for {cfg}: the first mismatch is at ResBlock {next(i for i, (a, b) in enumerate(zip(got, expected)) if a != b)}"
+
+# %% [markdown]
+# **Exercise 3.** An `AttentionBlock` on $C$ channels has a GroupNorm, a 1x1 convolution to $3C$ channels (queries, keys,
+# values) and a 1x1 output convolution. Write `attention_params(C)`, its number of parameters by formula, and use it to
+# compute `extra_attention_params`, the number of parameters that attention at 8x8 **as well as** 16x16 adds to the
+# `small` preset (an `int`; the middle block has attention already). *Hint:* how many ResBlocks work at 8x8, down and up?
+
+# %% nbgrader={"grade": false, "grade_id": "ex3-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+### BEGIN SOLUTION
+def attention_params(C: int) -> int:
+    return 2 * C + (C * 3 * C + 3 * C) + (C * C + C)  # = 4 C^2 + 6 C
+
+
+channels_8x8 = small.base_channels * small.channel_mults[-1]  # the last level works at 32 / 4 = 8 px
+extra_attention_params = (small.num_res_blocks + (small.num_res_blocks + 1)) * attention_params(channels_8x8)
+### END SOLUTION
+print(f"attention at 8x8 adds {extra_attention_params:,d} parameters")
+
+# %% nbgrader={"grade": true, "grade_id": "ex3-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+for C in (32, 64, 128):
+    assert attention_params(C) == count_parameters(AttentionBlock(C, num_heads=1, groups=8)), f"attention_params({C}) is wrong"
+base = count_parameters(UNet(small))
+more = count_parameters(UNet(replace(small, attention_resolutions=(16, 8))))
+assert extra_attention_params == more - base, (
+    f"extra_attention_params is off by {extra_attention_params - (more - base):+,d}: count the blocks at 8x8 on both sides of the U"
+)
+
+# %% [markdown]
+# **Exercise 4.** Write `group_norm_by_hand(x, num_groups, weight, bias, eps=1e-6)`: GroupNorm of `x` `(B, C, H, W)`
+# without `torch.nn.functional.group_norm`. Split the $C$ channels into `num_groups` groups; normalise each image's
+# group by its own mean and (biased) variance over the group's channels and all pixels; then scale and shift each
+# channel by `weight[c]` and `bias[c]`. Nothing is shared between the images of a batch, which is why the paper's U-Net
+# has no train-mode problem.
+
+# %% nbgrader={"grade": false, "grade_id": "ex4-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+### BEGIN SOLUTION
+def group_norm_by_hand(x, num_groups, weight, bias, eps=1e-6):
+    B, C, H, W = x.shape
+    g = x.reshape(B, num_groups, -1)  # (B, groups, C/groups * H * W)
+    mean = g.mean(dim=-1, keepdim=True)
+    var = g.var(dim=-1, unbiased=False, keepdim=True)
+    normed = ((g - mean) / torch.sqrt(var + eps)).reshape(B, C, H, W)
+    return normed * weight[None, :, None, None] + bias[None, :, None, None]
+
+
+### END SOLUTION
+
+# %% nbgrader={"grade": true, "grade_id": "ex4-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+for groups in (8, 4, 1):
+    norm = nn.GroupNorm(groups, 64, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(gn_weight)
+        norm.bias.copy_(gn_bias)
+        expected = norm(features)
+    got = group_norm_by_hand(features, groups, gn_weight, gn_bias)
+    assert got.shape == features.shape, f"expected shape {tuple(features.shape)}, got {tuple(got.shape)}"
+    assert torch.allclose(got, expected, atol=1e-5), (
+        f"with {groups} groups the result differs by {(got - expected).abs().max().item():.2e}: one mean and one biased variance per image and group"
+    )
+alone = group_norm_by_hand(features[:1], 8, gn_weight, gn_bias)
+assert torch.allclose(alone, group_norm_by_hand(features, 8, gn_weight, gn_bias)[:1], atol=1e-6), "an image's output must not depend on the batch"
+
+# %% [markdown]
+# **Exercise 5.** Section 3 wrote attention by hand for one head. Write `attention_by_hand(block, x)` for an
+# `AttentionBlock` with any number of heads `block.num_heads`: the block's `qkv` output `(B, 3C, H, W)` holds, in this
+# order, queries, keys and values, each as `num_heads` consecutive groups of $d = C/$`num_heads` channels. Each head
+# attends on its own with $\mathrm{softmax}(QK^\top/\sqrt{d})V$; the heads' outputs are stacked back into $C$ channels
+# in the same order, go through `block.proj_out`, and are added to `x`. Use `block.norm`, `block.qkv` and
+# `block.proj_out`, not `block(x)` or `scaled_dot_product_attention`.
+
+# %% nbgrader={"grade": false, "grade_id": "ex5-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+### BEGIN SOLUTION
+def attention_by_hand(block, x):
+    B, C, H, W = x.shape
+    heads = block.num_heads
+    d = C // heads
+    q, k, v = block.qkv(block.norm(x)).reshape(B, 3, heads, d, H * W).unbind(1)  # each (B, heads, d, HW)
+    weights = torch.softmax(q.transpose(-1, -2) @ k / math.sqrt(d), dim=-1)  # (B, heads, HW, HW)
+    h = (weights @ v.transpose(-1, -2)).transpose(-1, -2)  # (B, heads, d, HW)
+    return x + block.proj_out(h.reshape(B, C, H, W))
+
+
+### END SOLUTION
+
+# %% nbgrader={"grade": true, "grade_id": "ex5-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+for blk in (attn4, AttentionBlock(64, num_heads=1, groups=8), AttentionBlock(64, num_heads=8, groups=8)):
+    with torch.no_grad():
+        got, expected = attention_by_hand(blk, features), blk(features)
+    assert got.shape == features.shape, f"expected shape {tuple(features.shape)}, got {tuple(got.shape)}"
+    assert torch.allclose(got, expected, atol=1e-5), (
+        f"with {blk.num_heads} heads the result differs by {(got - expected).abs().max().item():.2e}: "
+        "check the head split, the scale 1/sqrt(d) and the order in which the heads are put back"
+    )
