@@ -1,12 +1,13 @@
 """Timestep sliders for the notebooks (ipywidgets), each with a Play button and a static twin for readers on GitHub.
 
-Three views, each in three forms that draw the same panels with the same numbers:
+Four views, each in forms that draw the same panels with the same numbers:
 
 | view | one position (matplotlib) | slider (ipywidgets) | several positions (one Figure) |
 | --- | --- | --- | --- |
 | the schedules | :func:`schedule_view` | :func:`schedule_explorer` | :func:`schedule_static` |
 | the forward process | :func:`forward_view` | :func:`forward_explorer` | :func:`forward_static` |
 | a reverse trajectory | :func:`trajectory_view` | :func:`trajectory_explorer` | :func:`trajectory_static` |
+| guided samples by class and scale | | :func:`guidance_explorer` | :func:`guidance_static` |
 
 The forward and trajectory sliders precompute every position as PNG bytes (:class:`Frame`: panels
 composed as one uint8 array, upscaled nearest-neighbour, encoded once) and swap them into an
@@ -309,3 +310,68 @@ def trajectory_explorer(trajectory: dict, nrow: int | None = None, num_images: i
     last = len(frames) - 1
     slider = ipywidgets.IntSlider(value=last, min=0, max=last, step=1, description="step", continuous_update=True)
     return _frame_explorer(frames, slider, "value", interval_ms=100)
+
+
+# ------------------------------------------------------------------------------------------ guidance
+def guidance_explorer(samples: torch.Tensor, class_names: Sequence[str], scales: Sequence[float], nrow: int | None = None,
+                      predicted: torch.Tensor | None = None):  # fmt: skip
+    """A body-type dropdown and a slider over classifier-free guidance scales w, over precomputed samples.
+
+    ``samples`` ``(K, S, N, C, H, W)`` (float in [-1, 1] or uint8): N samples of class k at scale ``scales[s]``,
+    drawn from the same noise for every s, so that moving the slider shows what w alone changes. Each
+    position is a :class:`Frame` (``.frames[k][s]``; ``t`` is s, ``stats`` holds ``guidance_scale`` and, with
+    ``predicted`` ``(K, S, N)`` classes read by a classifier, ``accuracy``), upscaled to about 256 px tall.
+    """
+    import ipywidgets
+
+    frames = []
+    for k, name in enumerate(class_names):
+        row = []
+        for s, w in enumerate(scales):
+            grid = to_numpy_image(samples[k, s], nrow)
+            stats = {"guidance_scale": float(w)}
+            caption = f"<b>{name}, w = {w:g}</b> (diffusers' s = w + 1 = {w + 1:g})"
+            if predicted is not None:
+                stats["accuracy"] = (predicted[k, s] == k).float().mean().item()
+                caption += f"; the body-type classifier reads {int((predicted[k, s] == k).sum())} of {samples.shape[2]} as {name}"
+            caption += ("<br><small>ε̃ = (1 + w) ε<sub>θ</sub>(x<sub>t</sub>, t, y) − w ε<sub>θ</sub>(x<sub>t</sub>, t, ∅)"
+                        " (Ho &amp; Salimans 2022, Eq. 6); the same starting noise at every w</small>")  # fmt: skip
+            row.append(Frame(s, _png(grid, max(1, 256 // grid.shape[0])), caption, stats))
+        frames.append(row)
+    dropdown = ipywidgets.Dropdown(options=list(class_names), value=class_names[0], description="body type")
+    slider = ipywidgets.SelectionSlider(options=list(scales), value=scales[0], description="w", continuous_update=True)
+    play, controls = _play_box(slider, "index", interval_ms=700)
+    image, text = ipywidgets.Image(format="png"), ipywidgets.HTML()
+    box = ipywidgets.VBox([dropdown, controls, text, image])
+    box.dropdown, box.slider, box.play, box.image, box.text, box.frames = dropdown, slider, play, image, text, frames
+
+    def show(_=None):
+        box.frame = frames[dropdown.index][slider.index]
+        image.value, text.value = box.frame.png, box.frame.caption
+
+    dropdown.observe(show, "index")
+    slider.observe(show, "index")
+    show()
+    return box
+
+
+def guidance_static(samples: torch.Tensor, class_names: Sequence[str], scales: Sequence[float], nrow: int | None = None,
+                    num_images: int | None = None):  # fmt: skip
+    """The guidance explorer's positions as one Figure: a row per class, a column per scale w.
+
+    ``samples`` ``(K, S, N, C, H, W)`` as for :func:`guidance_explorer`; ``num_images``: the first images of each cell only.
+    """
+    height, width = to_numpy_image(samples[0, 0, :num_images], nrow).shape[:2]
+    fig, axes = plt.subplots(len(class_names), len(scales), figsize=(0.6 + 1.7 * len(scales) * width / height, 0.4 + 1.7 * len(class_names)),
+                             squeeze=False)  # fmt: skip
+    for k, name in enumerate(class_names):
+        for s, w in enumerate(scales):
+            axes[k, s].imshow(to_numpy_image(samples[k, s, :num_images], nrow), interpolation="nearest")
+            axes[k, s].set_xticks([])
+            axes[k, s].set_yticks([])
+            if k == 0:
+                axes[k, s].set_title(f"w = {w:g}")
+            if s == 0:
+                axes[k, s].set_ylabel(name)
+    fig.tight_layout()
+    return fig
