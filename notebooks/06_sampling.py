@@ -116,7 +116,7 @@ def batch_for(budget_s: float, steps: int, lo: int = 4, hi: int = 16) -> int:
 # brightness), which explains the figure below:
 
 # %%
-n = 4 if FAST else 8
+n = 4 if FAST else batch_for(240, 3 * diffusion.num_timesteps, lo=4, hi=8)  # 3 runs of 1000 steps: 8 images where they fit in 4 minutes
 g = torch.Generator().manual_seed(0)
 x_T = torch.randn(n, 3, S, S, generator=g).to(device)
 zs = torch.randn(diffusion.num_timesteps, n, 3, S, S, generator=g).to(device)  # the z of every step, drawn up front
@@ -395,12 +395,13 @@ print(f"mean |difference| between the two: {(pair[0] - pair[1]).abs().mean().ite
 # %% [markdown]
 # ## 5. A gallery, and a sanity check against the data
 #
-# 128 samples with the command line's default sampler (DDIM, 50 steps, $\eta = 1$), 64 of them shown. Beside them,
+# Up to 128 samples (as many as take about 80 s here) with the command line's default sampler (DDIM, 50 steps,
+# $\eta = 1$), 64 of them shown. Beside them,
 # the nearest training image to each of the first samples (in pixel space): a model that memorised its data would
 # show copies.
 
 # %%
-n_gallery = 16 if FAST else 128
+n_gallery = 16 if FAST else batch_for(80, 50, lo=32, hi=128)  # 128 where they take under ~80 s
 warm_up(n_gallery)
 gallery = generate(model, diffusion, n_gallery, S, num_steps=50, eta=1.0, seed=5, precision=precision)
 fig = show_images(gallery.images[:64], nrow=8, scale=1.2,
@@ -440,7 +441,7 @@ def colour_stats(x: torch.Tensor) -> dict:
             "brightness": b}  # fmt: skip
 
 
-n_colour = 8 if FAST else 128
+n_colour = 8 if FAST else batch_for(100, 80, lo=32, hi=128)  # 4 samplers, 80 steps in all per image
 colour = {"data": colour_stats(real), f"{'DDIM 50' if FAST else 'DDPM 1000'} (section 2)": colour_stats(traj["samples"]),
           "DDIM 50, eta=1 (gallery)": colour_stats(gallery.images)}  # fmt: skip
 for steps, eta, clip in [(10, 0.0, True), (10, 1.0, True)] + ([] if FAST else [(50, 0.0, True), (10, 1.0, False)]):
