@@ -110,6 +110,10 @@ def generate(
         n = min(batch_size, num_samples - start)
         g = torch.Generator(device).manual_seed(seed + i)
         batch_noise = x_T[start : start + n] if x_T is not None else None
+        if device.type == "cpu":  # x_T channels-last: every convolution then runs channels-last, ~1.2-1.4x faster on a CPU
+            if batch_noise is None:  # the very draw sample_progressive makes first: a seed gives the same images
+                batch_noise = torch.randn((n, *shape[1:]), generator=g, device=device)
+            batch_noise = batch_noise.contiguous(memory_format=torch.channels_last)
         batch_labels = labels[start : start + n] if labels is not None else None
         with choice.autocast():
             x = diffusion.sample(model, (n, *shape[1:]), sampler, num_steps, eta, generator=g, x_T=batch_noise,
@@ -158,12 +162,26 @@ def trajectory(
         set(range(total)) if max_frames is None or max_frames >= total else set(np.linspace(0, total - 1, max_frames).round().astype(int))
     )
     choice = _precision(precision, model, shape, num_samples)
-    g = torch.Generator(model_device(model)).manual_seed(seed)
+    device = model_device(model)
+    g = torch.Generator(device).manual_seed(seed)
     ts, xs, x0s, start = [], [], [], time.perf_counter()
+    x_T = None
+    if device.type == "cpu":  # channels-last x_T, as in generate (the same draw, so the same trajectory)
+        x_T = torch.randn(shape, generator=g, device=device).contiguous(memory_format=torch.channels_last)
     with choice.autocast():
         for i, step in enumerate(
             diffusion.sample_progressive(
-                model, shape, sampler, num_steps, eta, generator=g, progress=progress, labels=labels, guidance_scale=guidance_scale
+                model,
+                shape,
+                sampler,
+                num_steps,
+                eta,
+                generator=g,
+                progress=progress,
+                x_T=x_T,
+                labels=labels,
+                guidance_scale=guidance_scale,
+                guidance_interval=guidance_interval,
             )
         ):
             if i in keep:

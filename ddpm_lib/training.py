@@ -123,7 +123,7 @@ class Trainer:
         self.ema = AveragedModel(model, multi_avg_fn=self._ema_update, use_buffers=True)
         self.ema.requires_grad_(False)
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=self.device.type == "cpu" or None)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.name == "fp16")
         self.step = 0
         self.train_model: nn.Module = model

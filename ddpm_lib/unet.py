@@ -64,8 +64,19 @@ UNET_PRESETS: dict[str, UNetConfig] = {
 }
 
 
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm computed in float32 whatever the autocast dtype (as in Dhariwal & Nichol's guided-diffusion).
+
+    Under bf16 autocast on a CPU, GroupNorm of a channels-last bf16 tensor has a slow backward; in float32 the
+    training step runs faster (benchmarks/bench.py) and the statistics are exact to float32.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).to(x.dtype)
+
+
 def _group_norm(channels: int, groups: int) -> nn.GroupNorm:
-    return nn.GroupNorm(groups, channels, eps=1e-6)
+    return GroupNorm32(groups, channels, eps=1e-6)
 
 
 class ResBlock(nn.Module):
@@ -89,7 +100,11 @@ class ResBlock(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    """Self-attention over the H*W positions, with a residual connection (SDPA kernel)."""
+    """Self-attention over the H*W positions, with a residual connection.
+
+    softmax(q k^T / sqrt(d)) v: PyTorch's fused kernel (SDPA) on a GPU; on a CPU two batched matmuls on the
+    channels-last layout, which train faster there than SDPA's CPU flash kernel in bf16 (benchmarks/bench.py).
+    """
 
     def __init__(self, ch: int, num_heads: int, groups: int):
         super().__init__()
@@ -102,11 +117,17 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(B, 3, self.num_heads, C // self.num_heads, H * W)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (B, heads, H*W, C/heads)
-        h = F.scaled_dot_product_attention(q, k, v)  # (B, heads, H*W, C/heads)
-        h = h.transpose(-1, -2).reshape(B, C, H, W)
-        return x + self.proj_out(h)
+        heads, d = self.num_heads, C // self.num_heads
+        qkv = self.qkv(self.norm(x))  # (B, 3C, H, W): channel s*C + head*d + j is q (s=0), k (1) or v (2)
+        if x.device.type != "cpu":
+            q, k, v = qkv.reshape(B, 3, heads, d, H * W).transpose(-1, -2).unbind(1)  # each (B, heads, H*W, d)
+            h = F.scaled_dot_product_attention(q, k, v)  # (B, heads, H*W, d)
+            return x + self.proj_out(h.transpose(-1, -2).reshape(B, C, H, W))
+        # positions as rows; with channels-last qkv (the engine's layout) and one head these are views, no copies
+        q, k, v = qkv.permute(0, 2, 3, 1).reshape(B, H * W, 3, heads, d).permute(2, 0, 3, 1, 4).reshape(3, B * heads, H * W, d)
+        weights = torch.bmm(q, k.transpose(1, 2) * d**-0.5).softmax(dim=-1)  # (B*heads, H*W, H*W)
+        h = torch.bmm(weights, v).reshape(B, heads, H, W, d)  # (B, heads, H, W, d)
+        return x + self.proj_out(h.permute(0, 1, 4, 2, 3).reshape(B, C, H, W))
 
 
 class Downsample(nn.Module):

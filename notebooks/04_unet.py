@@ -102,7 +102,8 @@ print("ResBlock:", tuple(x.shape), "->", tuple(block(x, temb).shape), "| paramet
 # At the 16x16 resolution the paper adds a self-attention block: every position attends to every other, so the
 # network can coordinate distant parts of the image (both wheels of a car, say). With queries, keys and values
 # from 1x1 convolutions, $\mathrm{softmax}(QK^\top/\sqrt{d})V$ is computed by PyTorch's fused
-# `scaled_dot_product_attention`. By hand, then checked:
+# `scaled_dot_product_attention` on a GPU, and by two batched matrix products on a CPU (there they train faster in
+# bf16: `benchmarks/bench.py`). By hand, then checked:
 
 # %%
 attn = AttentionBlock(64, num_heads=1, groups=8)

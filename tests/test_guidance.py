@@ -8,7 +8,7 @@ from ddpm_lib import sample as sample_cli
 from ddpm_lib.checkpoints import load_checkpoint, load_ema_model
 from ddpm_lib.config import TrainConfig
 from ddpm_lib.diffusion import GaussianDiffusion, classifier_free
-from ddpm_lib.sampling import generate
+from ddpm_lib.sampling import generate, trajectory
 from ddpm_lib.schedules import make_betas
 from ddpm_lib.training import Trainer
 from ddpm_lib.unet import build_model
@@ -225,3 +225,14 @@ def test_class_cond_reads_the_classes_of_an_image_folder(tmp_path):
     trainer.fit()
     model, _, config = load_ema_model(tmp_path / "run" / "checkpoint.pt")
     assert model.class_emb.num_embeddings == 3 and sample_cli.parse_classes(["wagon", "0"], config.class_names, 2, 3).tolist() == [1, 0, 1]
+
+
+def test_trajectory_and_generate_pass_the_guidance_interval_on():
+    model, d = _Counting(_conditional_unet()), GaussianDiffusion(make_betas("linear", 100))
+    labels = torch.tensor([0, 1])
+    trajectory(model, d, 2, 16, sampler="ddim", num_steps=4, labels=labels, guidance_scale=2.0, guidance_interval=(0, 40), precision="fp32")
+    visited = d.sampling_timesteps("ddim", 4)  # 99, 66, 33, 0: two steps inside [0, 40]
+    assert sorted(model.batches) == sorted(4 if t <= 40 else 2 for t in visited)
+    model.batches.clear()
+    generate(model, d, 2, 16, num_steps=4, labels=labels, guidance_scale=2.0, guidance_interval=(50, 99), precision="fp32")
+    assert sorted(model.batches) == sorted(4 if t >= 50 else 2 for t in visited)

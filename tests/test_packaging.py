@@ -21,7 +21,7 @@ def test_environment_yml_covers_pyproject_dependencies():
     for dep in env["dependencies"]:
         if isinstance(dep, dict):
             pip |= {_name(p) for p in dep["pip"] if not p.startswith("-e")}
-            assert "-e .[dev]" in dep["pip"], "environment.yml must install the project itself with its dev extra"
+            assert "-e .[dev,classroom]" in dep["pip"], "environment.yml must install the project itself with its dev and classroom extras"
         else:
             conda.add(_name(dep))
     for dep in project["dependencies"]:
