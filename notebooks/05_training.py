@@ -170,8 +170,9 @@ bench = json.loads(Path("../benchmarks/results.json").read_text())
 print(bench["machine"])
 print(f"training, images/s: plain fp32 loop {bench['train_img_s_fp32_eager']:.1f}, engine fp32 {bench['train_img_s_engine_fp32']:.1f}, "
       f"engine bf16 {bench['train_img_s_engine_bf16']:.1f} (bf16 {bench['bf16_vs_fp32_train_engine']:.2f}x fp32)")
-print(f"sampling with kernels limited to AVX2 (bf16 emulated, as on a CPU without bf16 instructions): "
-      f"bf16 {1 / bench['emulated_avx2_bf16_speedup']:.0f}x slower than fp32, so 'auto' chooses {bench['emulated_avx2_choice']}")
+if "emulated_avx2_bf16_speedup" in bench:  # measured by `bench.py --emulate-avx2`
+    print(f"sampling with kernels limited to AVX2 (bf16 emulated, as on a CPU without bf16 instructions): "
+          f"bf16 {1 / bench['emulated_avx2_bf16_speedup']:.0f}x slower than fp32, so 'auto' chooses {bench['emulated_avx2_choice']}")
 
 # %%
 if FAST:
