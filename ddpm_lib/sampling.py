@@ -62,6 +62,16 @@ def _check_labels(labels: torch.Tensor | None, model: Model, num_samples: int) -
     return labels.long()
 
 
+def _start_noise(shape: tuple[int, ...], g: torch.Generator, device: torch.device, x_T: torch.Tensor | None = None) -> torch.Tensor | None:
+    """x_T for one batch: on a CPU channels-last, so that every convolution runs channels-last (~1.2-1.4x faster for
+    an NCHW model), drawn as sample_progressive's own first draw (a seed gives the same images); elsewhere unchanged."""
+    if device.type != "cpu":
+        return x_T
+    if x_T is None:
+        x_T = torch.randn(shape, generator=g, device=device)
+    return x_T.contiguous(memory_format=torch.channels_last)
+
+
 def generate(
     model: Model,
     diffusion: GaussianDiffusion,
@@ -110,10 +120,7 @@ def generate(
         n = min(batch_size, num_samples - start)
         g = torch.Generator(device).manual_seed(seed + i)
         batch_noise = x_T[start : start + n] if x_T is not None else None
-        if device.type == "cpu":  # x_T channels-last: every convolution then runs channels-last, ~1.2-1.4x faster on a CPU
-            if batch_noise is None:  # the very draw sample_progressive makes first: a seed gives the same images
-                batch_noise = torch.randn((n, *shape[1:]), generator=g, device=device)
-            batch_noise = batch_noise.contiguous(memory_format=torch.channels_last)
+        batch_noise = _start_noise((n, *shape[1:]), g, device, batch_noise)
         batch_labels = labels[start : start + n] if labels is not None else None
         with choice.autocast():
             x = diffusion.sample(model, (n, *shape[1:]), sampler, num_steps, eta, generator=g, x_T=batch_noise,
@@ -165,9 +172,7 @@ def trajectory(
     device = model_device(model)
     g = torch.Generator(device).manual_seed(seed)
     ts, xs, x0s, start = [], [], [], time.perf_counter()
-    x_T = None
-    if device.type == "cpu":  # channels-last x_T, as in generate (the same draw, so the same trajectory)
-        x_T = torch.randn(shape, generator=g, device=device).contiguous(memory_format=torch.channels_last)
+    x_T = _start_noise(shape, g, device)
     with choice.autocast():
         for i, step in enumerate(
             diffusion.sample_progressive(
