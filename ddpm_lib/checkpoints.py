@@ -135,8 +135,8 @@ def build_model_from_checkpoint(ckpt: dict) -> nn.Module:
 
 
 def diffusion_from_config(cfg: TrainConfig) -> GaussianDiffusion:
-    """The noise process a run trained with: schedule, T and the reverse variance."""
-    return GaussianDiffusion(make_betas(cfg.schedule, cfg.num_timesteps), cfg.variance_type)
+    """The noise process a run trained with: schedule, T, the reverse variance and what the network predicts."""
+    return GaussianDiffusion(make_betas(cfg.schedule, cfg.num_timesteps), cfg.variance_type, cfg.prediction_type)
 
 
 def _state(weights: dict, dtype: torch.dtype | None = None) -> dict:

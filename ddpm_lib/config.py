@@ -15,7 +15,7 @@ from typing import Literal
 from ddpm_lib.checks import check_bool, check_choice, check_float, check_int
 from ddpm_lib.data import DatasetName
 from ddpm_lib.devices import Precision
-from ddpm_lib.diffusion import LossType, Sampler, VarianceType
+from ddpm_lib.diffusion import LossType, PredictionType, Sampler, VarianceType
 from ddpm_lib.schedules import ScheduleName
 from ddpm_lib.unet import MODEL_PRESETS
 
@@ -38,6 +38,8 @@ class TrainConfig:
     num_timesteps: int = 1000  # T
     variance_type: VarianceType = "fixed_small"  # sigma_t^2 = tilde-beta_t for the samples the engine draws
     loss_type: LossType = "mse"  # L_simple, Eq. 14
+    prediction_type: PredictionType = "epsilon"  # the network predicts eps (the paper) or v (Salimans & Ho 2022)
+    snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (Hang et al. 2023; they use 5); None: L_simple's uniform weight
     # class conditioning with classifier-free guidance (Ho & Salimans 2022)
     class_cond: bool = False  # learn eps_theta(x_t, t, y) from the dataset's labels
     p_uncond: float = 0.1  # probability of replacing a label by the null label (the paper's 0.1 and 0.2 tie; 0.5 is worse)
@@ -75,6 +77,9 @@ class TrainConfig:
         check_choice(self.schedule, ScheduleName, "schedule")
         check_choice(self.variance_type, VarianceType, "variance_type")
         check_choice(self.loss_type, LossType, "loss_type")
+        check_choice(self.prediction_type, PredictionType, "prediction_type")
+        if self.snr_gamma is not None:
+            check_float(self.snr_gamma, "snr_gamma", 0, min_inclusive=False)
         check_choice(self.optimizer, Optimizer, "optimizer")
         check_choice(self.precision, Precision, "precision")
         check_choice(self.sample_sampler, Sampler, "sample_sampler")

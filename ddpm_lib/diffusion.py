@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from typing import Literal, NamedTuple
 
@@ -26,12 +27,12 @@ from ddpm_lib.checks import check_choice, check_float, check_image_range, check_
 VarianceType = Literal["fixed_small", "fixed_large"]
 Sampler = Literal["ddpm", "ddim"]
 LossType = Literal["mse", "l1", "huber"]
+PredictionType = Literal["epsilon", "v_prediction"]  # diffusers' names for what the network outputs
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class SampleStep(NamedTuple):
-    """One step of the reverse process: the step's input ``x_t`` at index ``t``, the model's estimate
-    ``x0_pred`` of the clean image, and the step's output ``x_prev`` (x_{t-1}, or the next DDIM index)."""
+    """One reverse step: its input ``x_t`` at index ``t``, the estimate ``x0_pred``, its output ``x_prev`` (x_{t-1} or the next DDIM index)."""
 
     t: int
     x_t: torch.Tensor
@@ -95,10 +96,15 @@ class GaussianDiffusion:
     ``"fixed_small"`` (the default) is the posterior variance tilde-beta_t of Eq. 7, optimal when
     x_0 is a point; ``"fixed_large"`` is beta_t, optimal when x_0 ~ N(0, I). The paper reports
     similar sample quality for both.
+
+    ``prediction_type``: the network outputs ``"epsilon"`` (eps_theta, Eq. 11) or ``"v_prediction"``, v =
+    sqrt(bar-alpha_t) eps - sqrt(1 - bar-alpha_t) x_0 (Salimans & Ho 2022, App. D); samplers use eps (:meth:`eps_from_output`).
     """
 
-    def __init__(self, betas: torch.Tensor, variance_type: VarianceType = "fixed_small"):
+    def __init__(self, betas: torch.Tensor, variance_type: VarianceType = "fixed_small", prediction_type: PredictionType = "epsilon"):
         check_choice(variance_type, VarianceType, "variance_type")
+        check_choice(prediction_type, PredictionType, "prediction_type")
+        self.prediction_type = prediction_type
         betas = torch.as_tensor(betas, dtype=torch.float64)
         if betas.dim() != 1:
             raise ValueError(f"betas must be a 1-D tensor of shape (T,), got shape {tuple(betas.shape)}")
@@ -177,23 +183,39 @@ class GaussianDiffusion:
         t = self._as_timesteps(t, x_t)
         return (self._extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t - x0) / self._extract("sqrt_recipm1_alphas_cumprod", t, x_t)
 
+    def velocity(self, x0: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor) -> torch.Tensor:
+        """v = sqrt(bar-alpha_t) eps - sqrt(1 - bar-alpha_t) x_0 (Salimans & Ho 2022, App. D), ``(B, C, H, W)``."""
+        t = self._as_timesteps(t, x0)
+        return self._extract("sqrt_alphas_cumprod", t, x0) * noise - self._extract("sqrt_one_minus_alphas_cumprod", t, x0) * x0
+
+    def eps_from_output(self, x_t: torch.Tensor, t: torch.Tensor | int, output: torch.Tensor) -> torch.Tensor:
+        """The noise estimate eps_theta from the network's output, ``(B, C, H, W)``.
+
+        For ``"epsilon"`` the output itself; for ``"v_prediction"`` eps = sqrt(1 - bar-alpha_t) x_t +
+        sqrt(bar-alpha_t) v, Eq. 4 and the definition of v solved for eps.
+        """
+        if self.prediction_type == "epsilon":
+            return output
+        t = self._as_timesteps(t, x_t)
+        return self._extract("sqrt_one_minus_alphas_cumprod", t, x_t) * x_t + self._extract("sqrt_alphas_cumprod", t, x_t) * output
+
+    def snr(self, t: torch.Tensor | int) -> torch.Tensor:
+        """SNR(t) = bar-alpha_t / (1 - bar-alpha_t) (Kingma et al. 2021), float64 ``(B,)``."""
+        return (self.alphas_cumprod / (1.0 - self.alphas_cumprod))[torch.as_tensor(t, dtype=torch.long).reshape(-1).cpu()]
+
     # ------------------------------------------------------------------ loss
-    def training_loss(
-        self,
-        model: Model,
-        x0: torch.Tensor,
-        loss_type: LossType = "mse",
-        t: torch.Tensor | None = None,
-        noise: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-        labels: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def training_loss(self, model: Model, x0: torch.Tensor, loss_type: LossType = "mse", t: torch.Tensor | None = None,
+                      noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                      labels: torch.Tensor | None = None, snr_gamma: float | None = None) -> torch.Tensor:  # fmt: skip
         """The simplified objective L_simple (Ho et al. 2020, Eq. 14; Algorithm 1, lines 2-5).
 
-        Draws ``t ~ Uniform{0..T-1}`` and ``noise ~ N(0, I)`` unless given, and returns the scalar
-        mean over all elements of ``loss(noise, model(q_sample(x0, t, noise), t))``, computed in
-        float32 whatever the model's precision. x0 ``(B, C, H, W)`` in [-1, 1]. ``labels`` ``(B,)``
-        are passed on as ``model(x_t, t, labels)`` (a class-conditional model; the null label included).
+        Draws ``t ~ Uniform{0..T-1}`` and ``noise ~ N(0, I)`` unless given, and returns the scalar mean over all
+        elements of ``loss(target, model(q_sample(x0, t, noise), t))`` in float32 whatever the model's precision; the
+        target is the noise (v for ``"v_prediction"``). x0 ``(B, C, H, W)`` in [-1, 1]; ``labels`` ``(B,)`` are passed
+        on as ``model(x_t, t, labels)`` (a class-conditional model; the null label included).
+
+        ``snr_gamma``: Min-SNR-gamma weights (Hang et al. 2023, Sec. 3.4; they use 5), min(SNR, gamma) / SNR for eps,
+        min(SNR, gamma) / (SNR + 1) for v: either way min(SNR, gamma) times the x_0 error of the image.
         """
         check_choice(loss_type, LossType, "loss_type")
         check_image_range(x0)
@@ -205,13 +227,16 @@ class GaussianDiffusion:
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, device=rng_device, dtype=x0.dtype).to(x0.device)
         x_t = self.q_sample(x0, t, noise)
-        eps_pred = (model(x_t, t) if labels is None else model(x_t, t, labels)).float()
-        noise = noise.float()
-        if loss_type == "mse":
-            return F.mse_loss(eps_pred, noise)
-        if loss_type == "l1":
-            return F.l1_loss(eps_pred, noise)
-        return F.huber_loss(eps_pred, noise, delta=1.0)
+        output = (model(x_t, t) if labels is None else model(x_t, t, labels)).float()
+        target = noise.float() if self.prediction_type == "epsilon" else self.velocity(x0.float(), t, noise.float())
+        loss_fn = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": functools.partial(F.huber_loss, delta=1.0)}[loss_type]
+        if snr_gamma is None:
+            return loss_fn(output, target)
+        check_float(snr_gamma, "snr_gamma", 0, min_inclusive=False)
+        snr = self.snr(t)
+        weight = snr.clamp(max=snr_gamma) / (snr if self.prediction_type == "epsilon" else snr + 1)
+        per_image = loss_fn(output, target, reduction="none").flatten(1).mean(1)
+        return (weight.to(per_image) * per_image).mean()
 
     # ------------------------------------------------------------------ reverse process
     def p_mean_variance(
@@ -224,9 +249,10 @@ class GaussianDiffusion:
         ``variance`` ``(B, 1, 1, 1)``, ``x0_pred`` and ``eps_pred`` ``(B, C, H, W)``.
         """
         t = self._as_timesteps(t, x_t)
-        eps_pred = model(x_t, t).to(x_t.dtype)
-        if eps_pred.shape != x_t.shape:
-            raise ValueError(f"model returned shape {tuple(eps_pred.shape)}, expected x_t's shape {tuple(x_t.shape)}")
+        output = model(x_t, t).to(x_t.dtype)
+        if output.shape != x_t.shape:
+            raise ValueError(f"model returned shape {tuple(output.shape)}, expected x_t's shape {tuple(x_t.shape)}")
+        eps_pred = self.eps_from_output(x_t, t, output)
         x0_pred = self.predict_x0_from_noise(x_t, t, eps_pred)
         if clip_denoised:
             x0_pred = x0_pred.clamp(-1.0, 1.0)
@@ -246,9 +272,8 @@ class GaussianDiffusion:
         return out["mean"] + nonzero * out["variance"].sqrt() * noise, out["x0_pred"]
 
     @torch.no_grad()
-    def p_sample(
-        self, model: Model, x_t: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor | None = None, clip_denoised: bool = True
-    ) -> torch.Tensor:
+    def p_sample(self, model: Model, x_t: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor | None = None,
+                 clip_denoised: bool = True) -> torch.Tensor:  # fmt: skip
         """One step of ancestral sampling (Ho et al. 2020, Algorithm 2, lines 3-4): x_t -> x_{t-1}.
 
         ``x_{t-1} = mu_theta(x_t, t) + sigma_t z`` with ``z = noise`` when given (else drawn), and
@@ -266,16 +291,8 @@ class GaussianDiffusion:
         return [int(s) for s in steps[::-1]]
 
     @torch.no_grad()
-    def ddim_step(
-        self,
-        model: Model,
-        x_t: torch.Tensor,
-        t: int,
-        t_prev: int,
-        eta: float = 0.0,
-        noise: torch.Tensor | None = None,
-        clip_denoised: bool = True,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def ddim_step(self, model: Model, x_t: torch.Tensor, t: int, t_prev: int, eta: float = 0.0, noise: torch.Tensor | None = None,
+                  clip_denoised: bool = True) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """One DDIM update x_t -> x_{t_prev} (Song et al. 2021, Eq. 12, sigma from Eq. 16).
 
         ``t_prev = -1`` means the final step to x_0 (bar-alpha = 1, no noise). eta = 0 is
@@ -283,7 +300,7 @@ class GaussianDiffusion:
         Returns ``(x_prev, x0_pred)``, both ``(B, C, H, W)``. Runs without gradients.
         """
         tt = self._as_timesteps(t, x_t)
-        eps_pred = model(x_t, tt).to(x_t.dtype)
+        eps_pred = self.eps_from_output(x_t, tt, model(x_t, tt).to(x_t.dtype))
         x0_pred = self.predict_x0_from_noise(x_t, tt, eps_pred)
         if clip_denoised:
             x0_pred = x0_pred.clamp(-1.0, 1.0)
@@ -309,22 +326,11 @@ class GaussianDiffusion:
             return list(range(self.num_timesteps - 1, -1, -1))
         return self.ddim_timesteps(min(50, self.num_timesteps) if num_steps is None else num_steps)
 
-    def sample_progressive(
-        self,
-        model: Model,
-        shape: tuple[int, ...],
-        sampler: Sampler = "ddpm",
-        num_steps: int | None = None,
-        eta: float = 0.0,
-        generator: torch.Generator | None = None,
-        clip_denoised: bool = True,
-        progress: bool = False,
-        x_T: torch.Tensor | None = None,
-        allow_eta_above_one: bool = False,
-        labels: torch.Tensor | None = None,
-        guidance_scale: float = 0.0,
-        guidance_interval: tuple[int, int] | None = None,
-    ) -> Iterator[SampleStep]:
+    def sample_progressive(self, model: Model, shape: tuple[int, ...], sampler: Sampler = "ddpm", num_steps: int | None = None,
+                           eta: float = 0.0, generator: torch.Generator | None = None, clip_denoised: bool = True,
+                           progress: bool = False, x_T: torch.Tensor | None = None, allow_eta_above_one: bool = False,
+                           labels: torch.Tensor | None = None, guidance_scale: float = 0.0,
+                           guidance_interval: tuple[int, int] | None = None) -> Iterator[SampleStep]:  # fmt: skip
         """Run the reverse process from x_T ~ N(0, I) of ``shape`` ``(B, C, H, W)``, yielding every step.
 
         ``sampler="ddpm"``: Algorithm 2 of Ho et al. 2020 over all T steps. ``sampler="ddim"``: Song et

@@ -20,7 +20,7 @@ import torch.distributed
 from ddpm_lib.config import Optimizer, TrainConfig
 from ddpm_lib.data import DatasetName
 from ddpm_lib.devices import Precision, device_report
-from ddpm_lib.diffusion import LossType, Sampler, VarianceType
+from ddpm_lib.diffusion import LossType, PredictionType, Sampler, VarianceType
 from ddpm_lib.schedules import SCHEDULES
 from ddpm_lib.training import Trainer, TrainingDiverged
 from ddpm_lib.unet import MODEL_PRESETS
@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--schedule", choices=SCHEDULES)
     g.add_argument("--num-timesteps", type=int, help="T")
     g.add_argument("--loss-type", choices=get_args(LossType))
+    g.add_argument("--prediction-type", choices=get_args(PredictionType), help="what the network predicts: eps (default) or v")
+    g.add_argument("--snr-gamma", type=float, help="Min-SNR-gamma loss weighting (Hang et al. 2023 use 5; default: none)")
     g.add_argument("--variance-type", choices=get_args(VarianceType), help="reverse variance of the sample grids")
     g.add_argument("--class-cond", action="store_true", default=None,
                    help="class-conditional on the dataset's labels (toy_cars: body type; a folder: its sub-folders)")  # fmt: skip

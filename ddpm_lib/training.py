@@ -212,7 +212,7 @@ class Trainer:
             group["lr"] = self.lr_at(self.step)
         self.train_model.train()
         with self.precision.autocast():
-            loss = self.diffusion.training_loss(self.train_model, x0, cfg.loss_type, labels=labels)
+            loss = self.diffusion.training_loss(self.train_model, x0, cfg.loss_type, labels=labels, snr_gamma=cfg.snr_gamma)
         value = loss.item()
         if not math.isfinite(value):
             self._diverged(f"the loss is {value}")

@@ -251,3 +251,85 @@ def test_bad_input(call, match):
     model = lambda x_t, t: torch.zeros_like(x_t)  # noqa: E731
     with pytest.raises(ValueError, match=match):
         call(d, model, torch.zeros(2, 3, 4, 4))
+
+
+# ---------------------------------------------------------------- v-prediction and Min-SNR weighting
+class _AsVelocity:
+    """An eps model seen as a v model: v = (eps - sqrt(1 - bar-alpha_t) x_t) / sqrt(bar-alpha_t)."""
+
+    def __init__(self, d, eps_model):
+        self.d, self.eps_model = d, eps_model
+
+    def __call__(self, x_t, t):
+        ab = self.d.alphas_cumprod.to(x_t)[t].view(-1, *([1] * (x_t.dim() - 1)))
+        return (self.eps_model(x_t, t) - (1 - ab).sqrt() * x_t) / ab.sqrt()
+
+
+def test_velocity_and_eps_from_output_invert_each_other():
+    d = _diffusion(T=1000, prediction_type="v_prediction")
+    x0 = torch.rand(6, 3, 4, 4, dtype=torch.float64) * 2 - 1
+    noise = torch.randn_like(x0)
+    t = torch.tensor([0, 1, 10, 500, 900, 999])
+    x_t = d.q_sample(x0, t, noise)
+    v = d.velocity(x0, t, noise)
+    torch.testing.assert_close(d.eps_from_output(x_t, t, v), noise, rtol=0, atol=1e-10)
+    # Salimans & Ho, App. D: x_0 = sqrt(bar-alpha) x_t - sqrt(1 - bar-alpha) v
+    ab = d.alphas_cumprod[t].view(-1, 1, 1, 1)
+    torch.testing.assert_close(ab.sqrt() * x_t - (1 - ab).sqrt() * v, x0, rtol=0, atol=1e-10)
+    # the identity for an eps model is the identity
+    assert _diffusion(T=1000).eps_from_output(x_t, t, v) is v
+
+
+@pytest.mark.parametrize("sampler, steps, eta", [("ddpm", None, 0.0), ("ddim", 50, 0.0), ("ddim", 50, 1.0)])
+def test_v_model_samples_match_the_same_eps_model(oracle_cls, sampler, steps, eta):
+    """The same denoiser, asked for v instead of eps, gives the same samples from the same noise."""
+    d_eps, d_v = _diffusion(T=1000), _diffusion(T=1000, prediction_type="v_prediction")
+    oracle = oracle_cls(d_eps, 0.3, 0.25)
+    kw = dict(sampler=sampler, num_steps=steps, eta=eta, clip_denoised=False)
+    a = d_eps.sample(oracle, (500, 1, 2, 2), generator=torch.Generator().manual_seed(0), **kw)
+    b = d_v.sample(_AsVelocity(d_eps, oracle), (500, 1, 2, 2), generator=torch.Generator().manual_seed(0), **kw)
+    torch.testing.assert_close(b, a, rtol=0, atol=2e-4)
+    if sampler == "ddpm":  # (DDIM-50 at eta 0 under-disperses: test_ddim_few_steps_error_shrinks_with_more_steps)
+        assert b.mean().item() == pytest.approx(0.3, abs=0.03) and b.std().item() == pytest.approx(0.25, rel=0.08)
+
+
+def test_v_loss_targets_velocity():
+    d = _diffusion(T=100, prediction_type="v_prediction")
+    x0 = torch.rand(4, 3, 4, 4) * 2 - 1
+    t = torch.tensor([0, 5, 50, 99])
+    noise = torch.randn_like(x0)
+    perfect = lambda x_t, tt: d.velocity(x0, tt, noise)  # noqa: E731
+    assert d.training_loss(perfect, x0, t=t, noise=noise).item() == pytest.approx(0.0, abs=1e-12)
+    noise_pred = lambda x_t, tt: noise  # noqa: E731  (right for an eps model, wrong for a v model)
+    assert d.training_loss(noise_pred, x0, t=t, noise=noise).item() > 0.01
+
+
+@pytest.mark.parametrize("gamma", [0.5, 5.0, 1e9])
+def test_min_snr_weights_an_x0_error_the_same_for_eps_and_v(gamma):
+    """Hang et al. 2023: for one x_0 estimate, the eps and v losses under Min-SNR-gamma both equal
+    mean_t min(SNR_t, gamma) * |x_0 - hat-x_0|^2, so the weighting is the same whatever is predicted."""
+    d_eps, d_v = _diffusion(T=1000), _diffusion(T=1000, prediction_type="v_prediction")
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(5, 3, 4, 4, generator=g, dtype=torch.float64) * 2 - 1
+    noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    x0_hat = x0 + 0.1 * torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    t = torch.tensor([3, 100, 300, 600, 950])
+    ab = d_eps.alphas_cumprod[t].view(-1, 1, 1, 1)
+    x_t = d_eps.q_sample(x0, t, noise)
+    eps_hat = d_eps.predict_noise_from_x0(x_t, t, x0_hat)
+    v_hat = ab.sqrt() * eps_hat - (1 - ab).sqrt() * x0_hat
+    snr = ab / (1 - ab)
+    expected = (snr.clamp(max=gamma).flatten() * (x0_hat - x0).pow(2).flatten(1).mean(1)).mean().item()
+    loss_eps = d_eps.training_loss(lambda x, tt: eps_hat, x0, t=t, noise=noise, snr_gamma=gamma).item()
+    loss_v = d_v.training_loss(lambda x, tt: v_hat, x0, t=t, noise=noise, snr_gamma=gamma).item()
+    assert loss_eps == pytest.approx(expected, rel=1e-5) and loss_v == pytest.approx(expected, rel=1e-5)
+    if gamma == 1e9:  # no clipping: the eps loss is L_simple itself
+        assert loss_eps == pytest.approx(d_eps.training_loss(lambda x, tt: eps_hat, x0, t=t, noise=noise).item(), rel=1e-5)
+
+
+def test_prediction_type_and_snr_gamma_are_checked():
+    with pytest.raises(ValueError, match="prediction_type"):
+        _diffusion(T=10, prediction_type="x0")
+    d = _diffusion(T=10)
+    with pytest.raises(ValueError, match="snr_gamma"):
+        d.training_loss(lambda x, t: x, torch.zeros(2, 3, 4, 4), snr_gamma=0.0)

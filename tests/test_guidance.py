@@ -189,7 +189,7 @@ def test_label_dropout_rate(tmp_path, monkeypatch):
     trainer = Trainer(TrainConfig.cpu_demo(**{**TINY, "batch_size": 64, "num_images": 128}, p_uncond=0.25), None, progress=False)
     seen = []
 
-    def loss(model, x0, loss_type, labels):
+    def loss(model, x0, loss_type, labels, **options):
         seen.append(labels)
         return sum(p.sum() for p in model.parameters()) * 0
 

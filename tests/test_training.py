@@ -187,6 +187,22 @@ def test_precision_choices():
         TrainConfig(model="giant")
 
 
+def test_v_prediction_with_min_snr_trains_and_its_checkpoint_samples_as_v(tmp_path):
+    args = train_cli.build_parser().parse_args(["--out", str(tmp_path), "--prediction-type", "v_prediction", "--snr-gamma", "5"])
+    cfg = train_cli.config_from_args(args)
+    assert cfg.prediction_type == "v_prediction" and cfg.snr_gamma == 5.0
+    trainer = Trainer(tiny_config(num_images=8, batch_size=8, max_steps=80, lr=3e-3, prediction_type="v_prediction", snr_gamma=5.0),
+                      tmp_path / "run", progress=False)  # fmt: skip
+    history = trainer.fit()
+    assert np.mean([r["loss"] for r in history[-5:]]) < 0.7 * np.mean([r["loss"] for r in history[:5]])
+    model, diffusion, cfg = load_ema_model(tmp_path / "run/checkpoint.pt")
+    assert diffusion.prediction_type == "v_prediction" and cfg.snr_gamma == 5.0
+    assert sample_cli.main(["--checkpoint", str(tmp_path / "run/checkpoint.pt"), "--num-samples", "2", "--steps", "3",
+                            "--out", str(tmp_path / "s.npz")]) == 0  # fmt: skip
+    with pytest.raises(ValueError, match="snr_gamma"):
+        tiny_config(snr_gamma=-1.0)
+
+
 def test_export_weights_and_sample_cli(tmp_path):
     Trainer(tiny_config(max_steps=3), tmp_path / "run", progress=False).fit()
     size = export_weights(tmp_path / "run/checkpoint.pt", tmp_path / "w.pt")
