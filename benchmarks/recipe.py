@@ -1,96 +1,256 @@
 """Which CPU recipe gives the best cars per CPU minute? Quality against training minutes, measured.
 
-    python benchmarks/recipe.py --budget 3 --out benchmarks/recipe.json                 # every recipe, 3 minutes each
-    python benchmarks/recipe.py --budget 10 --recipes default lr2e-3 --out benchmarks/recipe.json
+A recipe is ``TrainConfig.cpu_demo()`` with a few fields changed (``GROUPS``: one axis of the issue's sweep per
+group, e.g. learning rate, batch, width, loss). The study has two stages:
 
-Each recipe is ``TrainConfig.cpu_demo()`` with a few fields changed (``RECIPES``). It trains on the toy cars for
-``--budget`` minutes of wall clock on this machine (all its threads: run nothing else meanwhile), and at each of
-``--evals`` evenly spaced points its EMA weights are scored by the evaluation stage: ``--num-samples`` DDIM-50
-(eta = 1) samples against 5,000 training images in the toy-cars feature space (FID, precision, recall,
-class_tv), beside as many held-out test images (the real-vs-real baseline). Scoring time is not counted in the
-budget. Every run's curve (quality against training minutes) is merged into ``--out`` under
-``budget_<N>min``, with the machine it ran on; rerunning a recipe replaces its curve.
+    python benchmarks/recipe.py time --out benchmarks/recipe.json      # on the 2-core CPU, nothing else running
+    python benchmarks/recipe.py train --budget 10 --device cuda --jobs 8 --out benchmarks/recipe.json
+
+``time`` measures each recipe's seconds per training step on this CPU (the measured precision, channels-last,
+data loading and the EMA update included; median of ``--steps`` steps after warm-up). ``train`` then trains each
+recipe for the steps that ``--budget`` CPU minutes buy at that speed (budget * 60 / seconds per step), on any
+device: the steps are the same computation in the same bf16/fp32 arithmetic, so a fast device only finishes them
+sooner. The CPU minutes of every point are steps x the timed seconds per step; ``--device cpu --jobs 1`` on the
+timed machine itself gives the same curves by its own clock (the README compares one such run with its
+prediction). At each of ``--points`` CPU minutes the EMA weights are scored by the evaluation stage:
+``--num-samples`` DDIM-50 (eta = 1) samples against 5,000 training images in the toy-cars feature space (FID,
+precision, recall, class_tv), beside as many held-out test images (the real-vs-real baseline).
+
+Order of work: every recipe at seed 0 and the default at ``--seeds``; then ``combined``, the default changed by
+the best variant of each group whose mean final FID beats the default's mean by more than twice the default's
+seed spread (a coordinate-wise search), at ``--seeds``; then the remaining seeds of the variants until
+``--deadline`` minutes. Results merge into ``--out`` under ``budget_<N>min`` after every run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from ddpm_lib.config import TrainConfig
-from ddpm_lib.data import load_dataset
 from ddpm_lib.devices import cpu_signature
-from ddpm_lib.features import load_feature_extractor
-from ddpm_lib.metrics import compute_features, evaluate_samples, reference_features
-from ddpm_lib.sampling import generate
-from ddpm_lib.training import Trainer
 
-RECIPES: dict[str, dict] = {
-    "default": {},  # TrainConfig.cpu_demo(): small U-Net, batch 64, lr 1e-3, warm-up 100, EMA 0.999, linear, T = 1000
-    "lr2e-3": {"lr": 2e-3},
-    "lr5e-4": {"lr": 5e-4},
-    "batch32": {"batch_size": 32},
-    "batch128": {"batch_size": 128},
-    "cosine": {"schedule": "cosine"},
-    "tiny": {"model": "tiny"},
-    "ema0.995": {"ema_decay": 0.995},
-    "T500": {"num_timesteps": 500},
+GROUPS: dict[str, dict[str, dict]] = {
+    "lr": {"lr5e-4": {"lr": 5e-4}, "lr2e-3": {"lr": 2e-3}},
+    "warm-up": {"warmup0": {"warmup_steps": 0}, "warmup500": {"warmup_steps": 500}},
+    "batch": {"batch32": {"batch_size": 32}, "batch128": {"batch_size": 128}},
+    "EMA": {"ema0.995": {"ema_decay": 0.995}, "ema0.9995": {"ema_decay": 0.9995}, "no-ema-warmup": {"ema_warmup": False}},
+    "schedule": {"cosine": {"schedule": "cosine"}},
+    "T": {"T500": {"num_timesteps": 500}},
+    "loss": {
+        "v": {"prediction_type": "v_prediction"},
+        "minsnr5": {"snr_gamma": 5.0},
+        "v-minsnr5": {"prediction_type": "v_prediction", "snr_gamma": 5.0},
+    },  # fmt: skip
+    "width": {"tiny": {"model": "tiny"}, "ch24": {"base_channels": 24}, "ch48": {"base_channels": 48}},
+    "depth": {"res1": {"num_res_blocks": 1}},
+    "attention": {"no-attention": {"attention_resolutions": ()}},
+    "dropout": {"dropout0.1": {"dropout": 0.1}},
 }
+RECIPES: dict[str, dict] = {"default": {}, **{name: o for group in GROUPS.values() for name, o in group.items()}}
+# default = TrainConfig.cpu_demo(): small U-Net (ch 32, 2 blocks, attention at 16), batch 64, lr 1e-3, warm-up 100,
+# EMA 0.999 with warm-up, linear schedule, T = 1000, eps-prediction, no dropout.
 
 
-def score(trainer: Trainer, extractor, reference, held_out, num_samples: int) -> dict:
-    out = generate(trainer.ema.module, trainer.diffusion, num_samples, trainer.config.image_size, num_steps=50, eta=1.0,
-                   precision=trainer.sample_precision)  # fmt: skip
-    scores = evaluate_samples(compute_features(out.images, extractor), reference, extractor, baseline=held_out, bootstrap=0)
-    keep = ("fid", "precision", "recall", "class_tv")
-    return {**{k: scores[k] for k in keep}, "baseline": {k: scores["baseline"][k] for k in keep}}
+def config_of(overrides: dict, seed: int) -> TrainConfig:
+    return TrainConfig.cpu_demo(**overrides, seed=seed, checkpoint_every=10**9, log_every=10)
 
 
-def run(name: str, budget_min: float, evals: int, num_samples: int, extractor, reference, held_out) -> dict:
-    cfg = TrainConfig.cpu_demo(**RECIPES[name], checkpoint_every=10**9)
-    trainer = Trainer(cfg, None, progress=False)  # no run folder: no checkpoint or sample grid inside the timed budget
-    curve, trained_s = [], 0.0
-    for i in range(1, evals + 1):
+# ---------------------------------------------------------------- stage 1: seconds per step on this CPU
+SPEED_FIELDS = ("model", "base_channels", "num_res_blocks", "attention_resolutions", "batch_size")  # all a step's cost depends on
+
+
+def speed_key(overrides: dict) -> str:
+    """The recipe's network shape and batch, the only fields that change a step's cost."""
+    return json.dumps({k: overrides[k] for k in SPEED_FIELDS if k in overrides}, sort_keys=True)
+
+
+def speeds_to_time() -> dict[str, dict]:
+    """Every recipe's shape and batch, and each shape with each batch (so that any combination has a timing)."""
+    shapes = [o for n, o in RECIPES.items() if not set(o) - set(SPEED_FIELDS[:-1])]
+    batches = [{}, *GROUPS["batch"].values()]
+    todo = {speed_key(o): o for o in RECIPES.values()}
+    todo.update({speed_key({**s, **b}): {**s, **b} for s in shapes for b in batches})
+    return todo
+
+
+def s_per_step(speeds: dict, overrides: dict) -> tuple[float, bool]:
+    """``(seconds per step, measured?)``: the timing of the recipe's shape and batch, or, for a combination not timed,
+    the default's time multiplied by the ratio each timed change brings (marked as estimated)."""
+    if speed_key(overrides) in speeds:
+        return speeds[speed_key(overrides)]["s_per_step"], True
+    base = speeds[speed_key({})]["s_per_step"]
+    estimate = base
+    for k in SPEED_FIELDS:
+        if k in overrides:
+            estimate *= speeds[speed_key({k: overrides[k]})]["s_per_step"] / base
+    return estimate, False
+
+
+def time_recipe(overrides: dict, steps: int) -> dict:
+    from ddpm_lib.training import Trainer
+
+    trainer = Trainer(config_of(overrides, 0), None, device="cpu", progress=False)
+    for _ in range(3):  # warm-up: allocator, oneDNN primitives
+        trainer.train_step()
+    times = []
+    for _ in range(steps):
         start = time.perf_counter()
-        trainer.fit(max_steps=10**9, max_minutes=budget_min * i / evals - trained_s / 60)
-        trained_s += time.perf_counter() - start
-        point = {"minutes": trained_s / 60, "step": trainer.step, "images_seen": trainer.step * cfg.batch_size,
-                 "loss": trainer.history[-1]["loss"] if trainer.history else None,
-                 **score(trainer, extractor, reference, held_out, num_samples)}  # fmt: skip
-        curve.append(point)
-        print(f"{name:>9} {point['minutes']:5.1f} min step {point['step']:>5}: FID {point['fid']:6.2f} precision "
-              f"{point['precision']:.3f} recall {point['recall']:.3f}", flush=True)  # fmt: skip
-    return {"overrides": RECIPES[name], "precision": trainer.precision.name, "curve": curve}
+        trainer.train_step()
+        times.append(time.perf_counter() - start)
+    return {"s_per_step": statistics.median(times), "precision": trainer.precision.name, "threads": torch.get_num_threads(),
+            "parameters": sum(p.numel() for p in trainer.model.parameters())}  # fmt: skip
+
+
+# ---------------------------------------------------------------- stage 2: quality against CPU minutes
+def train_recipe(overrides: dict, seed: int, s_per_step: float, budget: float, points: list[float], num_samples: int,
+                 device: str) -> dict:  # fmt: skip
+    from ddpm_lib.data import load_dataset
+    from ddpm_lib.features import load_feature_extractor
+    from ddpm_lib.metrics import compute_features, evaluate_samples, reference_features
+    from ddpm_lib.sampling import generate
+    from ddpm_lib.training import Trainer
+
+    extractor = load_feature_extractor(device=device)
+    reference = reference_features("toy_cars", 32, 5000, extractor)
+    held_out = compute_features(load_dataset("toy_cars", 32, "test", num_images=num_samples).images, extractor)
+    trainer = Trainer(config_of(overrides, seed), None, device=device, progress=False)
+    curve, wall = [], 0.0
+    for minutes in sorted(m for m in points if m <= budget):
+        start = time.perf_counter()
+        trainer.fit(max_steps=max(1, round(minutes * 60 / s_per_step)))
+        wall += time.perf_counter() - start
+        out = generate(trainer.ema.module, trainer.diffusion, num_samples, 32, num_steps=50, eta=1.0, seed=seed,
+                       precision=trainer.sample_precision)  # fmt: skip
+        scores = evaluate_samples(compute_features(out.images, extractor), reference, extractor, baseline=held_out, bootstrap=0)
+        keep = ("fid", "precision", "recall", "class_tv")
+        recent = [r["loss"] for r in trainer.history[-20:]]
+        curve.append({"cpu_minutes": trainer.step * s_per_step / 60, "step": trainer.step, "loss": statistics.fmean(recent),
+                      **{k: scores[k] for k in keep}, "baseline": {k: scores["baseline"][k] for k in keep}})  # fmt: skip
+    return {"seed": seed, "device": str(trainer.device), "precision": trainer.precision.name, "wall_s": wall, "curve": curve}
+
+
+def final_fids(run: dict) -> list[float]:
+    return [r["curve"][-1]["fid"] for r in run.get("seeds", [])]
+
+
+def combined_overrides(runs: dict) -> tuple[dict, dict]:
+    """The default changed by each group's best variant that beats it clearly; and the evidence."""
+    base = final_fids(runs["default"])
+    spread = statistics.stdev(base) if len(base) > 1 else 0.0
+    bar = statistics.fmean(base) - 2 * spread
+    chosen, evidence = {}, {"default_fid": statistics.fmean(base), "default_spread": spread, "bar": bar, "groups": {}}
+    for group, variants in GROUPS.items():
+        scored = {n: statistics.fmean(final_fids(runs[n])) for n in variants if final_fids(runs.get(n, {}))}
+        if not scored:
+            continue
+        best = min(scored, key=scored.get)
+        evidence["groups"][group] = {"best": best, "fid": scored[best], "taken": scored[best] < bar}
+        if scored[best] < bar:
+            chosen.update(RECIPES[best])
+    return chosen, evidence
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--budget", type=float, default=3.0, help="training minutes per recipe")
-    p.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
-    p.add_argument("--evals", type=int, default=2, help="scoring points per run, evenly spaced in the budget")
-    p.add_argument("--num-samples", type=int, default=250)
+    p.add_argument("stage", choices=["time", "train", "one"], help="time: this CPU's seconds per step; train: the curves")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
+    p.add_argument("--steps", type=int, default=10, help="time: steps timed per recipe")
+    p.add_argument("--budget", type=float, default=10.0, help="train: CPU minutes per recipe")
+    p.add_argument("--points", type=float, nargs="+", default=[1, 2, 3, 5, 7.5, 10], help="train: CPU minutes scored")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="train: seeds of the default and combined recipes")
+    p.add_argument("--num-samples", type=int, default=1000)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--jobs", type=int, default=1, help="train: runs at once (each a process with its own threads)")
+    p.add_argument("--deadline", type=float, default=None, help="train: start no run after this many minutes")
+    p.add_argument("--overrides", type=json.loads, help=argparse.SUPPRESS)  # stage one: a single run, for --jobs
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--s-per-step", type=float, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    extractor = load_feature_extractor()
-    reference = reference_features("toy_cars", 32, 5000, extractor)
-    held_out = compute_features(load_dataset("toy_cars", 32, "test", num_images=args.num_samples).images, extractor)
+    if args.stage == "one":
+        run = train_recipe(args.overrides, args.seed, args.s_per_step, args.budget, args.points, args.num_samples, args.device)
+        args.out.write_text(json.dumps(run))
+        return 0
     result = json.loads(args.out.read_text()) if args.out.exists() else {}
-    key = f"budget_{args.budget:g}min"
-    section = result.setdefault(key, {"runs": {}})
-    section["machine"] = f"{cpu_signature()}, torch {torch.__version__}"
-    section["settings"] = {"num_samples": args.num_samples, "evals": args.evals, "sampler": "DDIM-50, eta 1"}
-    print(
-        f"{len(args.recipes)} recipes x {args.budget:g} min + scoring: about {len(args.recipes) * (args.budget + args.evals * 0.8):.0f} min"
-    )
-    for name in args.recipes:
-        section["runs"][name] = run(name, args.budget, args.evals, args.num_samples, extractor, reference, held_out)
-        args.out.write_text(json.dumps(result, indent=1))  # after every run: a stopped study keeps what it measured
-    print(f"wrote {args.out}")
+    machine = f"{cpu_signature()}, torch {torch.__version__}"
+    if args.stage == "time":
+        timing = result.setdefault("cpu_timing", {})
+        timing["machine"], speeds = machine, timing.setdefault("speeds", {})
+        for key, overrides in speeds_to_time().items():
+            speeds[key] = time_recipe(overrides, args.steps)
+            print(f"{key:>70}: {speeds[key]['s_per_step'] * 1000:6.0f} ms/step ({speeds[key]['precision']})", flush=True)
+            args.out.write_text(json.dumps(result, indent=1))
+        return 0
+    speeds = result.get("cpu_timing", {}).get("speeds", {})
+    missing = [n for n in [*args.recipes, "default"] if speed_key(RECIPES[n]) not in speeds]
+    if missing:
+        p.error(f"no CPU timing for {', '.join(missing)}: run `python benchmarks/recipe.py time --out {args.out}` on the CPU first")
+    section = result.setdefault(f"budget_{args.budget:g}min", {})
+    section["settings"] = {"num_samples": args.num_samples, "points": args.points, "sampler": "DDIM-50, eta 1", "device": args.device,
+                           "train_machine": machine, "cpu_minutes_of": result["cpu_timing"]["machine"]}  # fmt: skip
+    runs = section.setdefault("runs", {})
+    started = time.perf_counter()
+
+    def run_all(todo: list[tuple[str, dict, int]]) -> None:
+        """Run (name, overrides, seed) jobs, --jobs at a time, each in a subprocess; merge as they finish."""
+        pending, active = list(todo), []
+        while pending or active:
+            late = args.deadline is not None and (time.perf_counter() - started) / 60 > args.deadline
+            while pending and len(active) < args.jobs and not late:
+                name, overrides, seed = pending.pop(0)
+                tmp = Path(tempfile.mkstemp(suffix=".json")[1])
+                cmd = [sys.executable, __file__, "one", "--out", str(tmp), "--overrides", json.dumps(overrides), "--seed", str(seed),
+                       "--s-per-step", str(s_per_step(speeds, overrides)[0]), "--budget", str(args.budget), "--num-samples", str(args.num_samples),
+                       "--device", args.device, "--points", *map(str, args.points)]  # fmt: skip
+                env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // args.jobs))}
+                active.append((name, overrides, seed, tmp, subprocess.Popen(cmd, env=env)))
+            if late:
+                pending.clear()
+            for job in list(active):
+                name, overrides, seed, tmp, proc = job
+                if proc.poll() is None:
+                    continue
+                active.remove(job)
+                if proc.returncode != 0:
+                    print(f"{name} seed {seed}: failed (exit {proc.returncode})", flush=True)
+                    continue
+                run = json.loads(tmp.read_text())
+                entry = runs.setdefault(
+                    name,
+                    {
+                        "overrides": overrides,
+                        "s_per_step": s_per_step(speeds, overrides)[0],
+                        "s_per_step_measured": s_per_step(speeds, overrides)[1],
+                        "seeds": [],
+                    },
+                )
+                entry["seeds"] = [r for r in entry["seeds"] if r["seed"] != seed] + [run]
+                last = run["curve"][-1]
+                print(f"{name:>13} seed {seed}: {last['cpu_minutes']:4.1f} CPU min, step {last['step']:>5}: FID {last['fid']:6.2f} "
+                      f"precision {last['precision']:.3f} recall {last['recall']:.3f}  ({run['wall_s']:.0f} s)", flush=True)  # fmt: skip
+                args.out.write_text(json.dumps(result, indent=1))
+            time.sleep(0.5)
+
+    variants = [n for n in args.recipes if n != "default"]
+    run_all([(n, RECIPES[n], 0) for n in variants] + [("default", {}, s) for s in args.seeds])
+    overrides, evidence = combined_overrides(runs)
+    section["combined_choice"] = {"overrides": overrides, **evidence}
+    if overrides:
+        runs.pop("combined", None)
+        run_all([("combined", overrides, s) for s in args.seeds])
+    run_all([(n, RECIPES[n], s) for s in args.seeds[1:2] for n in variants])
+    args.out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out} after {(time.perf_counter() - started) / 60:.1f} min")
     return 0
 
 

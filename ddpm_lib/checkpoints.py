@@ -119,6 +119,9 @@ def _check_contents(ckpt: dict, path: Path) -> None:
 def model_args(cfg: TrainConfig) -> dict:
     """The constructor arguments of the config's network: ``build_model(**model_args(cfg))`` rebuilds it."""
     overrides = {} if cfg.dropout is None or cfg.model in ("simple", "resnet18") else {"dropout": cfg.dropout}
+    for name in ("base_channels", "num_res_blocks", "attention_resolutions"):
+        if getattr(cfg, name) is not None:
+            overrides[name] = getattr(cfg, name)
     if cfg.num_classes:
         overrides["num_classes"] = cfg.num_classes
     return {"preset": cfg.model, "image_size": cfg.image_size, **overrides}

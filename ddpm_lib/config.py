@@ -34,6 +34,9 @@ class TrainConfig:
     # model and diffusion
     model: str = "ddpm-cifar10"  # a preset of ddpm_lib.unet.build_model (MODEL_PRESETS)
     dropout: float | None = None  # None keeps the preset's dropout (0.1 in the paper's presets)
+    base_channels: int | None = None  # width: channels of the U-Net's first level (None: the preset's)
+    num_res_blocks: int | None = None  # depth: ResBlocks per level (None: the preset's)
+    attention_resolutions: tuple[int, ...] | None = None  # feature-map sizes with self-attention, () for none (None: the preset's)
     schedule: ScheduleName = "linear"  # beta_1 = 1e-4 ... beta_T = 0.02
     num_timesteps: int = 1000  # T
     variance_type: VarianceType = "fixed_small"  # sigma_t^2 = tilde-beta_t for the samples the engine draws
@@ -98,6 +101,16 @@ class TrainConfig:
         check_float(self.sample_eta, "sample_eta", 0, 1)
         if self.dropout is not None:
             check_float(self.dropout, "dropout", 0, 1, max_inclusive=False)
+        for name in ("base_channels", "num_res_blocks"):
+            if getattr(self, name) is not None:
+                check_int(getattr(self, name), name, minimum=1)
+        if self.attention_resolutions is not None:
+            object.__setattr__(self, "attention_resolutions", tuple(self.attention_resolutions))  # a list after a round trip
+            for r in self.attention_resolutions:
+                check_int(r, "attention_resolutions entry (a feature-map size)", minimum=1)
+        shape_overrides = [n for n in ("base_channels", "num_res_blocks", "attention_resolutions") if getattr(self, n) is not None]
+        if shape_overrides and self.model in ("simple", "resnet18"):
+            raise ValueError(f"{', '.join(shape_overrides)} change a DDPM U-Net preset; {self.model!r} has a fixed shape")
         if self.max_minutes is not None:
             check_float(self.max_minutes, "max_minutes", 0, min_inclusive=False)
         check_float(self.p_uncond, "p_uncond", 0, 1, max_inclusive=False)

@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model and diffusion")
     g.add_argument("--model", choices=MODEL_PRESETS)
     g.add_argument("--dropout", type=float)
+    g.add_argument("--base-channels", type=int, help="U-Net width: channels of the first level (default: the preset's)")
+    g.add_argument("--num-res-blocks", type=int, help="U-Net depth: ResBlocks per level (default: the preset's)")
+    g.add_argument("--attention-resolutions", type=int, nargs="*", metavar="SIZE",
+                   help="feature-map sizes with self-attention; none given: no attention (default: the preset's)")  # fmt: skip
     g.add_argument("--schedule", choices=SCHEDULES)
     g.add_argument("--num-timesteps", type=int, help="T")
     g.add_argument("--loss-type", choices=get_args(LossType))

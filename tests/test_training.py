@@ -203,6 +203,22 @@ def test_v_prediction_with_min_snr_trains_and_its_checkpoint_samples_as_v(tmp_pa
         tiny_config(snr_gamma=-1.0)
 
 
+def test_width_depth_and_attention_overrides_reach_the_network_and_its_checkpoint(tmp_path):
+    args = train_cli.build_parser().parse_args(["--out", "x", "--base-channels", "24", "--num-res-blocks", "1", "--attention-resolutions"])
+    cfg = train_cli.config_from_args(args)
+    assert (cfg.base_channels, cfg.num_res_blocks, cfg.attention_resolutions) == (24, 1, ())
+    trainer = Trainer(tiny_config(base_channels=8, num_res_blocks=2, attention_resolutions=[8], max_steps=2), tmp_path, progress=False)
+    trainer.fit()
+    net = trainer.ema.module
+    assert net.config.base_channels == 8 and net.config.num_res_blocks == 2 and net.config.attention_resolutions == (8,)
+    model, _, cfg = load_ema_model(tmp_path / "checkpoint.pt")
+    assert cfg.attention_resolutions == (8,) and sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in net.parameters())
+    with pytest.raises(ValueError, match="fixed shape"):
+        tiny_config(model="simple", base_channels=8)
+    with pytest.raises(ValueError, match="num_res_blocks"):
+        tiny_config(num_res_blocks=0)
+
+
 def test_export_weights_and_sample_cli(tmp_path):
     Trainer(tiny_config(max_steps=3), tmp_path / "run", progress=False).fit()
     size = export_weights(tmp_path / "run/checkpoint.pt", tmp_path / "w.pt")
