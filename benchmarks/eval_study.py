@@ -8,14 +8,14 @@ precision/recall with k = 3, class_tv, each with the std over bootstrap resample
 images in the toy-cars feature space, beside held-out *test* images scored the same way (the real-vs-real
 baseline: what a perfect generator would get at that sample count). The studies:
 
-1. ``samplers``: the shipped pretrained model (``load_ema_model()``) with DDIM at 10/20/50/100 steps and
+1. ``samplers``: the study's model (``STUDY_MODEL``, the toy-cars model shipped before the recipe study) with DDIM at 10/20/50/100 steps and
    eta in {0, 0.5, 1} (``--num-samples`` each), and the long samplers, DDIM-250 and DDPM-1000 with both
    reverse variances (``--num-samples-long`` each, fewer: they cost 2.5 to 10 times more);
 2. ``precision``: DDIM-50 at eta 0 and 1 sampled in bf16 and in fp32 from the same noise;
 3. ``clipping``: DDIM-10 and DDIM-50 at eta 0 and 1 without clipping x0_pred to [-1, 1] at each step;
 4. ``seeds``: DDIM-10 at eta 0 and 1 with other seeds, to check the bootstrap spread against the spread
    over independent sample sets;
-5. ``training``: two short runs of ``TrainConfig.cpu_demo`` (linear and cosine schedule, same seed, same
+5. ``training``: two short runs of the former CPU recipe (``FORMER_CPU_RECIPE``) (linear and cosine schedule, same seed, same
    steps), each scored from its EMA and its raw weights with the same noise (DDIM-50, eta 1), and from its
    EMA weights at eta 0 too (does the gap between eta 0 and 1 depend on training length?);
 6. ``bits_per_dim``: the variational bound of the pretrained model per timestep on held-out images (the
@@ -53,7 +53,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ddpm_lib.checkpoints import PRETRAINED, load_checkpoint, load_ema_model
+from ddpm_lib.checkpoints import load_checkpoint, load_ema_model
 from ddpm_lib.config import TrainConfig
 from ddpm_lib.data import from_uint8, load_dataset, to_uint8
 from ddpm_lib.devices import cpu_signature
@@ -65,6 +65,9 @@ from ddpm_lib.sampling import generate
 from ddpm_lib.training import Trainer
 
 IMAGE_SIZE = 32
+STUDY_MODEL = Path(__file__).with_name("eval_study_model_32.pt")  # the toy-cars model shipped before the recipe study
+# The CPU recipe that trained STUDY_MODEL (TrainConfig.cpu_demo() before benchmarks/recipe.py chose the current one)
+FORMER_CPU_RECIPE = dict(attention_resolutions=None, num_timesteps=1000, prediction_type="epsilon", snr_gamma=None)
 GRID_STEPS = (10, 20, 50, 100)
 ETAS = (0.0, 0.5, 1.0)
 LONG_DDIM_STEPS = 250
@@ -140,8 +143,8 @@ class Study:
                 "python": platform.python_version(),
                 "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
-                "checkpoint": PRETRAINED.name,
-                "checkpoint_steps": int(load_checkpoint(PRETRAINED)["step"]),
+                "checkpoint": STUDY_MODEL.name,
+                "checkpoint_steps": int(load_checkpoint(STUDY_MODEL)["step"]),
                 "sizes": asdict(sizes),
                 "reference": f"{sizes.num_reference} toy-cars train images, features of ddpm_lib.features (128-d)",
                 "baseline": "held-out toy-cars test images (the first N), scored like the samples",
@@ -311,7 +314,7 @@ def training_study(st: Study) -> None:
     sz = st.sizes
     data = load_dataset("toy_cars", IMAGE_SIZE, "train", seed=0)  # what the trainer would load (num_images None, seed 0)
     for schedule in ("linear", "cosine"):
-        cfg = TrainConfig.cpu_demo(schedule=schedule, max_steps=sz.train_steps)
+        cfg = TrainConfig.cpu_demo(**FORMER_CPU_RECIPE, schedule=schedule, max_steps=sz.train_steps)
         with tempfile.TemporaryDirectory(prefix="eval_study_") as tmp:
             trainer = Trainer(cfg, Path(tmp) / schedule, dataset=data, progress=False)
             t0 = time.perf_counter()
@@ -359,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"sample counts must be multiples of the batch size {sizes.batch_size} (so that runs share their x_T batch by batch)")
     st = Study(sizes, args.out, argv)
     st.log(f"reference and baselines ready; {cpu_signature()}, torch {torch.__version__}")
-    model, diffusion, cfg = load_ema_model()
+    model, diffusion, cfg = load_ema_model(STUDY_MODEL)
     model = model.to(memory_format=torch.channels_last)
     if "bpd" not in args.skip:
         st.result["bits_per_dim"] = bpd_summary(model, diffusion, sizes.bpd_images, sizes.bpd_timesteps)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from ddpm_lib.checkpoints import PRETRAINED, WEIGHTS_DIR, load_checkpoint, load_ema_model
+from ddpm_lib.checkpoints import WEIGHTS_DIR, load_checkpoint, load_ema_model
 from ddpm_lib.data import load_dataset
 from ddpm_lib.devices import cpu_signature, resolve_precision, select_device
 from ddpm_lib.features import load_feature_extractor
@@ -136,7 +136,12 @@ def timing(args, device) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, default=CONDITIONAL, help="a class-conditional checkpoint")
-    p.add_argument("--uncond-checkpoint", type=Path, default=PRETRAINED, help="the unconditional model to compare recall with")
+    p.add_argument(
+        "--uncond-checkpoint",
+        type=Path,
+        default=Path(__file__).with_name("eval_study_model_32.pt"),
+        help="the unconditional model to compare recall with (the one the study measured: the evaluation study's)",
+    )
     p.add_argument("--scales", type=float, nargs="+", default=[0, 0.5, 1, 2, 3, 4, 6, 8])
     p.add_argument("--intervals", type=lambda v: tuple(int(x) for x in v.split(":")), nargs="*", default=[(600, 999), (300, 700), (0, 400)],
                    help="guidance intervals LO:HI of timestep indices to measure at --interval-scales")  # fmt: skip

@@ -16,10 +16,10 @@ prediction). At each of ``--points`` CPU minutes the EMA weights are scored by t
 ``--num-samples`` DDIM-50 (eta = 1) samples against 5,000 training images in the toy-cars feature space (FID,
 precision, recall, class_tv), beside as many held-out test images (the real-vs-real baseline).
 
-Order of work: every recipe at seed 0 and the default at ``--seeds``; then ``combined``, the default changed by
+Order of work: the default at ``--seeds`` and every variant at seed 0; then ``combined``, the default changed by
 the best variant of each group whose mean final FID beats the default's mean by more than twice the default's
-seed spread (a coordinate-wise search), at ``--seeds``; then the remaining seeds of the variants until
-``--deadline`` minutes. Results merge into ``--out`` under ``budget_<N>min`` after every run.
+seed spread (a coordinate-wise search), and ``combined-top3``, the same with the three groups that gain most;
+then the variants' further seeds until ``--deadline`` minutes. Results merge into ``--out`` under ``budget_<N>min`` after every run.
 """
 
 from __future__ import annotations
@@ -127,14 +127,17 @@ def train_recipe(overrides: dict, seed: int, s_per_step: float, budget: float, p
     curve, wall = [], 0.0
     for minutes in sorted(m for m in points if m <= budget):
         start = time.perf_counter()
-        trainer.fit(max_steps=max(1, round(minutes * 60 / s_per_step)))
+        if s_per_step is None:  # by this machine's clock
+            trainer.fit(max_steps=10**9, max_minutes=minutes - wall / 60)
+        else:
+            trainer.fit(max_steps=max(1, round(minutes * 60 / s_per_step)))
         wall += time.perf_counter() - start
         out = generate(trainer.ema.module, trainer.diffusion, num_samples, 32, num_steps=50, eta=1.0, seed=seed,
                        precision=trainer.sample_precision)  # fmt: skip
         scores = evaluate_samples(compute_features(out.images, extractor), reference, extractor, baseline=held_out, bootstrap=0)
         keep = ("fid", "precision", "recall", "class_tv")
         recent = [r["loss"] for r in trainer.history[-20:]]
-        curve.append({"cpu_minutes": trainer.step * s_per_step / 60, "step": trainer.step, "loss": statistics.fmean(recent),
+        curve.append({"cpu_minutes": wall / 60 if s_per_step is None else trainer.step * s_per_step / 60, "step": trainer.step, "loss": statistics.fmean(recent),
                       **{k: scores[k] for k in keep}, "baseline": {k: scores["baseline"][k] for k in keep}})  # fmt: skip
     return {"seed": seed, "device": str(trainer.device), "precision": trainer.precision.name, "wall_s": wall, "curve": curve}
 
@@ -143,8 +146,9 @@ def final_fids(run: dict) -> list[float]:
     return [r["curve"][-1]["fid"] for r in run.get("seeds", [])]
 
 
-def combined_overrides(runs: dict) -> tuple[dict, dict]:
-    """The default changed by each group's best variant that beats it clearly; and the evidence."""
+def combined_overrides(runs: dict, top: int | None = None) -> tuple[dict, dict]:
+    """The default changed by each group's best variant that beats it clearly (only the ``top`` groups that gain
+    most, when given); and the evidence."""
     base = final_fids(runs["default"])
     spread = statistics.stdev(base) if len(base) > 1 else 0.0
     bar = statistics.fmean(base) - 2 * spread
@@ -155,14 +159,17 @@ def combined_overrides(runs: dict) -> tuple[dict, dict]:
             continue
         best = min(scored, key=scored.get)
         evidence["groups"][group] = {"best": best, "fid": scored[best], "taken": scored[best] < bar}
-        if scored[best] < bar:
-            chosen.update(RECIPES[best])
+    taken = sorted((g for g, e in evidence["groups"].items() if e["taken"]), key=lambda g: evidence["groups"][g]["fid"])
+    for group in taken[:top]:
+        chosen.update(RECIPES[evidence["groups"][group]["best"]])
     return chosen, evidence
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["time", "train", "one"], help="time: this CPU's seconds per step; train: the curves")
+    p.add_argument("stage", choices=["time", "train", "cpu", "one"],
+                   help="time: this CPU's seconds per step; train: the curves; cpu: recipes by this CPU's own clock")  # fmt: skip
+    p.add_argument("--name", default="custom", help="cpu: the name of the --overrides recipe")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
     p.add_argument("--steps", type=int, default=10, help="time: steps timed per recipe")
@@ -172,11 +179,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-samples", type=int, default=1000)
     p.add_argument("--device", default="cpu")
     p.add_argument("--jobs", type=int, default=1, help="train: runs at once (each a process with its own threads)")
+    p.add_argument("--combined-seeds", type=int, default=3, help="train: seeds of each combined recipe")
+    p.add_argument("--variant-seeds", type=int, default=2, help="train: seeds of each variant (the first at once, the rest last)")
     p.add_argument("--deadline", type=float, default=None, help="train: start no run after this many minutes")
-    p.add_argument("--overrides", type=json.loads, help=argparse.SUPPRESS)  # stage one: a single run, for --jobs
+    p.add_argument("--overrides", type=json.loads, help="cpu: a recipe as JSON TrainConfig fields (stage one: for --jobs)")
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--s-per-step", type=float, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.stage == "cpu":  # recipes trained on this CPU by its own clock, beside the curves predicted from its timing
+        result = json.loads(args.out.read_text()) if args.out.exists() else {}
+        section = result.setdefault(f"budget_{args.budget:g}min", {}).setdefault("cpu_runs", {})
+        named = {n: RECIPES[n] for n in args.recipes} if args.overrides is None else {args.name: args.overrides}
+        for name, overrides in named.items():
+            run = train_recipe(overrides, args.seed, None, args.budget, args.points, args.num_samples, "cpu")
+            section[name] = {"overrides": overrides, "machine": f"{cpu_signature()}, torch {torch.__version__}", **run}
+            last = run["curve"][-1]
+            print(f"{name}: {last['cpu_minutes']:.1f} min, step {last['step']}: FID {last['fid']:.2f} precision {last['precision']:.3f} "
+                  f"recall {last['recall']:.3f}", flush=True)  # fmt: skip
+            args.out.write_text(json.dumps(result, indent=1))
+        return 0
     if args.stage == "one":
         run = train_recipe(args.overrides, args.seed, args.s_per_step, args.budget, args.points, args.num_samples, args.device)
         args.out.write_text(json.dumps(run))
@@ -242,13 +263,14 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.5)
 
     variants = [n for n in args.recipes if n != "default"]
-    run_all([(n, RECIPES[n], 0) for n in variants] + [("default", {}, s) for s in args.seeds])
-    overrides, evidence = combined_overrides(runs)
-    section["combined_choice"] = {"overrides": overrides, **evidence}
-    if overrides:
-        runs.pop("combined", None)
-        run_all([("combined", overrides, s) for s in args.seeds])
-    run_all([(n, RECIPES[n], s) for s in args.seeds[1:2] for n in variants])
+    run_all([("default", {}, s) for s in args.seeds if "default" in args.recipes] + [(n, RECIPES[n], 0) for n in variants])
+    candidates = {"combined": combined_overrides(runs), "combined-top3": combined_overrides(runs, top=3)}
+    section["combined_choice"] = {name: {"overrides": o, **evidence} for name, (o, evidence) in candidates.items()}
+    todo = [(name, o, s) for s in args.seeds[: args.combined_seeds] for name, (o, _) in candidates.items() if o]
+    for name, _, _ in todo:
+        runs.pop(name, None)
+    run_all(todo)
+    run_all([(n, RECIPES[n], s) for s in args.seeds[1 : args.variant_seeds] for n in variants])
     args.out.write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out} after {(time.perf_counter() - started) / 60:.1f} min")
     return 0

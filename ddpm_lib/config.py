@@ -133,9 +133,17 @@ class TrainConfig:
 
     @classmethod
     def cpu_demo(cls, **overrides) -> TrainConfig:
-        """The toy-cars configuration for a CPU: the 1.6M-parameter U-Net, a high learning rate."""
-        base = dict(model="small", dropout=0.0, batch_size=64, lr=1e-3, warmup_steps=100, ema_decay=0.999,
-                    checkpoint_every=250, sample_every=0, log_every=10)  # fmt: skip
+        """The toy-cars configuration for a CPU, chosen by quality per CPU minute (``benchmarks/recipe.py``, README).
+
+        The ``small`` U-Net without attention, batch 64, a high learning rate and a short EMA, a cosine schedule
+        over T = 500 steps, v-prediction with Min-SNR-5 weighting: at 10 minutes of a 2-core CPU, FID 8.6 against
+        20.7 for the recipe it replaced (the paper's loss and schedule with the same network and optimiser).
+        """
+        base = dict(model="small", dropout=0.0, batch_size=64, lr=1e-3, warmup_steps=100, ema_decay=0.999, schedule="cosine",
+                    num_timesteps=500, prediction_type="v_prediction", snr_gamma=5.0, checkpoint_every=250, sample_every=0,
+                    log_every=10)  # fmt: skip
+        if overrides.get("model", "small") == "small":  # the study's network; another model keeps its own shape
+            base["attention_resolutions"] = ()
         return cls(**{**base, **overrides})
 
     def to_dict(self) -> dict:

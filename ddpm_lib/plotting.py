@@ -134,3 +134,49 @@ def save_denoising_animation(trajectory: dict, path: str | Path, frames: int = 4
     path.parent.mkdir(parents=True, exist_ok=True)
     images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0)
     return path
+
+
+def plot_recipe_study(study: dict, budget: str = "budget_10min", highlight: Sequence[str] = ()):
+    """The recipe study of ``benchmarks/recipe.py`` (its JSON as a dict): FID against CPU minutes for every recipe
+    (the default's seeds in black, ``highlight`` in colour), and each recipe's final precision and recall as fractions
+    of the real-vs-real baseline. Returns the Figure."""
+    section = study[budget]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [1.25, 1]})
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    runs = {**section["runs"], **{f"{n} (CPU clock)": r | {"seeds": [r]} for n, r in section.get("cpu_runs", {}).items()}}
+    for name, run in runs.items():
+        for i, seed in enumerate(run["seeds"]):
+            x = [p["cpu_minutes"] for p in seed["curve"]]
+            y = [p["fid"] for p in seed["curve"]]
+            style = dict(color="0.75", lw=0.8, zorder=1)
+            if name == "default":
+                style = dict(color="black", lw=1.6, zorder=3, label="default (cpu_demo before the study), 3 seeds" if i == 0 else None)
+            elif name in highlight:
+                k = list(highlight).index(name)
+                style = dict(color=colours[k % len(colours)], lw=2, zorder=4, label=name if i == 0 else None,
+                             marker="o" if "CPU clock" in name else None, ls="--" if "CPU clock" in name else "-")  # fmt: skip
+            ax.plot(x, y, **style)
+        last = run["seeds"][0]["curve"][-1]
+        final = np.mean([s["curve"][-1]["fid"] for s in run["seeds"]])
+        base = last["baseline"]
+        p = np.mean([s["curve"][-1]["precision"] for s in run["seeds"]]) / base["precision"]
+        r = np.mean([s["curve"][-1]["recall"] for s in run["seeds"]]) / base["recall"]
+        shown = name == "default" or name in highlight
+        colour = "black" if name == "default" else colours[list(highlight).index(name) % len(colours)] if name in highlight else "0.6"
+        ax2.scatter(r, p, s=40 if shown else 14, color=colour, zorder=3)
+        if shown or final < 17:
+            ax2.annotate(name, (r, p), fontsize=7, xytext=(3, 2), textcoords="offset points")
+    ax.set_yscale("log")
+    ax.set_xlabel("training minutes on 2 CPU cores (steps x measured seconds per step)")
+    ax.set_ylabel("FID in the toy-cars feature space (lower is better)")
+    ax.set_title("quality against CPU minutes, every recipe (grey: one change each)")
+    ax.legend(fontsize=8)
+    ax2.axhline(0.75, color="C3", lw=0.8, ls=":")
+    ax2.axvline(0.6, color="C3", lw=0.8, ls=":")
+    ax2.set_xlabel("recall / real-vs-real recall")
+    ax2.set_ylabel("precision / real-vs-real precision")
+    ax2.set_title(f"after {budget.removeprefix('budget_').removesuffix('min')} minutes (dotted: the 75% / 60% targets)")
+    ax2.set_xlim(0, 1)
+    ax2.set_ylim(0, 1)
+    fig.tight_layout()
+    return fig

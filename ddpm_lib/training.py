@@ -382,4 +382,5 @@ class Trainer:
         ddp = f" (DDP, {dist.get_backend()})" if self.distributed else ""
         return (f"{cfg.model} U-Net ({count_parameters(self.model) / 1e6:.2f}M parameters) on {cfg.dataset} {cfg.image_size}px "
                 f"({len(self.dataset)} images), batch {cfg.batch_size} on {self.world_size} process(es){ddp}, {self.device}, "
-                f"{self.precision}, step {self.step}/{cfg.max_steps}")  # fmt: skip
+                f"{self.precision}; {cfg.schedule} T={cfg.num_timesteps}, predicts {cfg.prediction_type}"
+                f"{f', Min-SNR-{cfg.snr_gamma:g}' if cfg.snr_gamma else ''}; step {self.step}/{cfg.max_steps}")  # fmt: skip
