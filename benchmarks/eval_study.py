@@ -15,7 +15,7 @@ baseline: what a perfect generator would get at that sample count). The studies:
 3. ``clipping``: DDIM-10 and DDIM-50 at eta 0 and 1 without clipping x0_pred to [-1, 1] at each step;
 4. ``seeds``: DDIM-10 at eta 0 and 1 with other seeds, to check the bootstrap spread against the spread
    over independent sample sets;
-5. ``training``: two short runs of the former CPU recipe (``FORMER_CPU_RECIPE``) (linear and cosine schedule, same seed, same
+5. ``training``: two short runs of the former CPU recipe (``CPU_RECIPE_BEFORE_STUDY``) (linear and cosine schedule, same seed, same
    steps), each scored from its EMA and its raw weights with the same noise (DDIM-50, eta 1), and from its
    EMA weights at eta 0 too (does the gap between eta 0 and 1 depend on training length?);
 6. ``bits_per_dim``: the variational bound of the pretrained model per timestep on held-out images (the
@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from ddpm_lib.checkpoints import load_checkpoint, load_ema_model
-from ddpm_lib.config import TrainConfig
+from ddpm_lib.config import CPU_RECIPE_BEFORE_STUDY, TrainConfig
 from ddpm_lib.data import from_uint8, load_dataset, to_uint8
 from ddpm_lib.devices import cpu_signature
 from ddpm_lib.diffusion import GaussianDiffusion
@@ -66,8 +66,6 @@ from ddpm_lib.training import Trainer
 
 IMAGE_SIZE = 32
 STUDY_MODEL = Path(__file__).with_name("eval_study_model_32.pt")  # the toy-cars model shipped before the recipe study
-# The CPU recipe that trained STUDY_MODEL (TrainConfig.cpu_demo() before benchmarks/recipe.py chose the current one)
-FORMER_CPU_RECIPE = dict(attention_resolutions=None, num_timesteps=1000, prediction_type="epsilon", snr_gamma=None)
 GRID_STEPS = (10, 20, 50, 100)
 ETAS = (0.0, 0.5, 1.0)
 LONG_DDIM_STEPS = 250
@@ -314,7 +312,7 @@ def training_study(st: Study) -> None:
     sz = st.sizes
     data = load_dataset("toy_cars", IMAGE_SIZE, "train", seed=0)  # what the trainer would load (num_images None, seed 0)
     for schedule in ("linear", "cosine"):
-        cfg = TrainConfig.cpu_demo(**FORMER_CPU_RECIPE, schedule=schedule, max_steps=sz.train_steps)
+        cfg = TrainConfig.cpu_demo(**{**CPU_RECIPE_BEFORE_STUDY, "schedule": schedule}, max_steps=sz.train_steps)
         with tempfile.TemporaryDirectory(prefix="eval_study_") as tmp:
             trainer = Trainer(cfg, Path(tmp) / schedule, dataset=data, progress=False)
             t0 = time.perf_counter()

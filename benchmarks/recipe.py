@@ -1,6 +1,6 @@
 """Which CPU recipe gives the best cars per CPU minute? Quality against training minutes, measured.
 
-A recipe is ``TrainConfig.cpu_demo()`` with a few fields changed (``GROUPS``: one axis of the issue's sweep per
+A recipe is the CPU recipe the study started from (``CPU_RECIPE_BEFORE_STUDY``) with a few fields changed (``GROUPS``: one axis of the issue's sweep per
 group, e.g. learning rate, batch, width, loss). The study has two stages:
 
     python benchmarks/recipe.py time --out benchmarks/recipe.json      # on the 2-core CPU, nothing else running
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from ddpm_lib.config import TrainConfig
+from ddpm_lib.config import CPU_RECIPE_BEFORE_STUDY, TrainConfig
 from ddpm_lib.devices import cpu_signature
 
 GROUPS: dict[str, dict[str, dict]] = {
@@ -57,12 +57,14 @@ GROUPS: dict[str, dict[str, dict]] = {
     "dropout": {"dropout0.1": {"dropout": 0.1}},
 }
 RECIPES: dict[str, dict] = {"default": {}, **{name: o for group in GROUPS.values() for name, o in group.items()}}
-# default = TrainConfig.cpu_demo(): small U-Net (ch 32, 2 blocks, attention at 16), batch 64, lr 1e-3, warm-up 100,
-# EMA 0.999 with warm-up, linear schedule, T = 1000, eps-prediction, no dropout.
+# default = the CPU recipe before the study, TrainConfig.cpu_demo(**CPU_RECIPE_BEFORE_STUDY): small U-Net (ch 32, 2 blocks,
+# attention at 16), batch 64, lr 1e-3, warm-up 100, EMA 0.999 with warm-up, linear schedule, T = 1000, eps, no dropout.
+# The study's winner is today's TrainConfig.cpu_demo().
 
 
 def config_of(overrides: dict, seed: int) -> TrainConfig:
-    return TrainConfig.cpu_demo(**overrides, seed=seed, checkpoint_every=10**9, log_every=10)
+    """The recipe: the CPU recipe the study started from, with ``overrides``."""
+    return TrainConfig.cpu_demo(**{**CPU_RECIPE_BEFORE_STUDY, **overrides}, seed=seed, checkpoint_every=10**9, log_every=10)
 
 
 # ---------------------------------------------------------------- stage 1: seconds per step on this CPU

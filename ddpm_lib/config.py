@@ -170,6 +170,11 @@ class TrainConfig:
         return dataclasses.replace(self, **{k: getattr(given, k) for k in changed})
 
 
+# TrainConfig.cpu_demo(**CPU_RECIPE_BEFORE_STUDY) is the CPU recipe before benchmarks/recipe.py chose the current one
+# (attention at 16x16, the paper's linear schedule, T = 1000, eps loss): the baseline of that study and the recipe of
+# benchmarks/eval_study_model_32.pt.
+CPU_RECIPE_BEFORE_STUDY = dict(attention_resolutions=None, schedule="linear", num_timesteps=1000, prediction_type="epsilon", snr_gamma=None)
+
 # Fields that may change when a run is resumed; every other field must match the checkpoint. lr may change so that
 # a diverged run continues from its last checkpoint with a lower learning rate (the exact resume would diverge again).
 RESUMABLE_OVERRIDES = frozenset({"max_steps", "max_minutes", "checkpoint_every", "sample_every", "log_every", "num_sample_images",

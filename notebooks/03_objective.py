@@ -24,7 +24,7 @@
 #
 # **You will:** derive the posterior by completing the square, write the KL divergence of two Gaussians and the
 # discretised decoder by hand and check both against `ddpm_lib.objective`, plot the weights that $L_\text{simple}$
-# drops, measure the bits/dim of the pretrained toy-cars model, and see that the optimal noise predictor is the score.
+# drops, measure the bits/dim of a trained toy-cars model, and see that the optimal noise predictor is the score.
 #
 # **Deviations from the paper.** Timesteps are indices from 0 (NOTATION.md): the term the paper calls $L_{t-1}$
 # sits at index $t-1$, and $L_0$ at index 0. The sum over $T = 1000$ steps is estimated from a log-spaced subset of
@@ -299,14 +299,14 @@ print(f"sigma_1 = {sigma_decoder:.5f}: a perfect inner pixel costs {floor_bits:.
 # %% [markdown]
 # ## 5. Bits per dimension of a real model
 #
-# Now the bound of the pretrained toy-cars model (the `small` U-Net trained with $L_\text{simple}$; notebook 05 trains
-# one). `bits_per_dim` evaluates $L_T$, then one term per timestep index with fresh noise, the model in eval mode.
+# Now the bound of a trained toy-cars model: notebook 07's study model (`benchmarks/eval_study_model_32.pt`, the `small`
+# U-Net trained with $L_\text{simple}$ for 1,600 steps, linear schedule, $T = 1000$; notebook 05 trains one). `bits_per_dim` evaluates $L_T$, then one term per timestep index with fresh noise, the model in eval mode.
 # All $T = 1000$ terms cost 1000 passes of the network; the terms change smoothly and fall steeply with $t$, so we
 # evaluate a log-spaced subset, dense at small $t$, and sum the terms interpolated between them (an estimate; the
 # full loop is `timesteps=None`).
 
 # %%
-model, pretrained_diffusion, config = load_ema_model()  # the shipped pretrained weights
+model, pretrained_diffusion, config = load_ema_model("../benchmarks/eval_study_model_32.pt")  # notebook 07's study model (eps, linear, T = 1000)
 print(f"{config.model} U-Net, T={pretrained_diffusion.num_timesteps}, {config.schedule} schedule, variance {pretrained_diffusion.variance_type}")
 num_images, num_steps = (8, 20) if FAST else (32, 100)
 timesteps = log_spaced_timesteps(pretrained_diffusion.num_timesteps, num_steps)

@@ -20,7 +20,7 @@
 # time embedding, the residual block that receives it, self-attention, and the whole U-Net with its skip
 # connections. Then compare it with the simpler BatchNorm U-Net of popular tutorials, and see what goes wrong when
 # a network is left in train mode at sampling time: with BatchNorm an image's output depends on the other images in
-# its batch; with dropout two passes over the same input disagree, and the samples of the pretrained model turn grainy.
+# its batch; with dropout two passes over the same input disagree, and the samples of a trained model turn grainy.
 #
 # **The contract.** The network takes a noisy batch $x_t$ `(B, 3, H, W)` and integer timesteps `t` `(B,)`, and
 # returns a tensor of $x_t$'s shape: its guess of the noise $\epsilon$ that was added. It knows nothing of the
@@ -218,11 +218,11 @@ print(f"GroupNorm U-Net in train mode (dropout 0): image 0's output changes by {
 #
 # The paper's U-Net has dropout 0.1 inside every ResBlock. In train mode dropout zeroes a random 10% of the activations
 # (and scales the others by 1/0.9), so the same input gives a different output at every call; in eval mode it does
-# nothing. The pretrained `small` model shipped with the package was trained without dropout; loaded into a network
+# nothing. The trained `small` model of notebook 07's study was trained without dropout; loaded into a network
 # with the paper's dropout, it shows both modes:
 
 # %%
-pretrained, diffusion, config = load_ema_model()  # the pretrained toy-cars model, in eval mode
+pretrained, diffusion, config = load_ema_model("../benchmarks/eval_study_model_32.pt")  # a trained toy-cars model (notebook 07's study model), eval mode
 dropped = build_model(config.model, image_size=config.image_size, dropout=0.1)  # the same network with dropout 0.1 ...
 dropped.load_state_dict(pretrained.state_dict())  # ... and the same weights (dropout has none)
 x_t, t = torch.randn(4, 3, 32, 32), torch.full((4,), 500)

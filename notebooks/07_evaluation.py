@@ -386,7 +386,9 @@ print("study complete:", meta["complete"], "| rows:", len(rows), "| every row ha
 # %% [markdown]
 # ### 5.1 Samplers: quality against network evaluations
 #
-# The shipped pretrained model through every sampler of notebook 06: DDIM at 10, 20, 50, 100 and 250 steps with
+# The study's model through every sampler of notebook 06 (`benchmarks/eval_study_model_32.pt`, the toy-cars model shipped
+# before the recipe study of notebook 05: 1,600 steps of the former CPU recipe, linear schedule, $T = 1000$,
+# $\epsilon$-prediction): DDIM at 10, 20, 50, 100 and 250 steps with
 # $\eta \in \{0, 0.5, 1\}$, and DDPM's 1000 steps with both reverse variances. Every run starts from the same noise $x_T$,
 # batch by batch, so the comparisons are paired. The cost of a sample is its number of network evaluations (NFE).
 # DDIM-250 and DDPM-1000 cost 2.5 and 10 times as much as DDIM-100, so they were drawn with fewer samples ($N$ = 32) and appear in the
@@ -446,7 +448,7 @@ for ax in axes:
 for ax in (axes[0], axes[2], axes[3]):
     ax.set_ylabel("FID")
     ax.set_ylim(bottom=0)
-fig.suptitle(f"Samplers of the pretrained toy-cars model ({meta['checkpoint_steps']:,} training steps) against the literature; "
+fig.suptitle(f"Samplers of the study's toy-cars model ({meta['checkpoint_steps']:,} training steps) against the literature; "
              "error bars: bootstrap std")
 fig.tight_layout()
 if not FAST:
@@ -509,7 +511,7 @@ ax.legend(fontsize=8);
 # $\eta = 0$ rows.
 
 # %%
-model, diffusion, config = load_ema_model()
+model, diffusion, config = load_ema_model("../benchmarks/eval_study_model_32.pt")  # the model the study measured
 k = 4 if FAST else 8
 x_T = torch.randn(k, 3, 32, 32, generator=torch.Generator().manual_seed(7))
 settings = [(10, 0.0), (10, 1.0)] if FAST else [(10, 0.0), (10, 1.0), (50, 0.0), (50, 1.0)]
@@ -573,7 +575,7 @@ for schedule in ("linear", "cosine"):
     (e1,) = pick("training", schedule=schedule, weights="ema", eta=1.0)
     gaps.append((f"{schedule}, {e1['train_steps']} steps", e0, e1))
 (p0,), (p1,) = pick("samplers", sampler="ddim", steps=50, eta=0.0), pick("samplers", sampler="ddim", steps=50, eta=1.0)
-gaps.append((f"linear, {meta['checkpoint_steps']:,} steps (pretrained)", at_n(p0, n_train), at_n(p1, n_train)))
+gaps.append((f"linear, {meta['checkpoint_steps']:,} steps (study model)", at_n(p0, n_train), at_n(p1, n_train)))
 for label, e0, e1 in gaps:
     print(f"{label:34s} DDIM-50: FID eta=0 {e0['fid']:7.2f} ± {e0['spread']['fid']:5.2f}, eta=1 {e1['fid']:7.2f} ± {e1['spread']['fid']:5.2f}; "
           f"ratio {e0['fid'] / e1['fid']:.2f}; grain {e0['grain']:.3f} vs {e1['grain']:.3f}")
@@ -590,9 +592,9 @@ for label, e0, e1 in gaps:
 #
 # ### 5.4 EMA against raw weights, linear against cosine
 #
-# Two short runs of the CPU recipe that trained the pretrained model (`TrainConfig.cpu_demo`), identical but for the
+# Two short runs of the former CPU recipe that trained the study's model (`CPU_RECIPE_BEFORE_STUDY` in `ddpm_lib.config`), identical but for the
 # schedule: the same seed, hence the same initial weights and the same batches, 135 steps each (about 4 minutes on one
-# core; the pretrained model had 1,600). Each run is sampled from its EMA weights (decay $\min(0.999, (1+k)/(10+k))$ after
+# core; the study's model had 1,600). Each run is sampled from its EMA weights (decay $\min(0.999, (1+k)/(10+k))$ after
 # $k$ updates) and from its raw weights, from the same noise (DDIM-50, $\eta = 1$), and its bound is measured on 32
 # held-out images. One run per schedule: the bootstrap spread covers the sampling noise, not the noise of training itself.
 
@@ -650,7 +652,7 @@ for r in train_rows:
 #
 # ### 5.5 Where the bound's mass sits
 #
-# The bits/dim of the pretrained model on held-out test images, term by term (Ho et al. 2020, Eq. 5), from a
+# The bits/dim of the study's model on held-out test images, term by term (Ho et al. 2020, Eq. 5), from a
 # log-spaced subset of timesteps (notebook 03). Left, each term at its index; right, the bound accumulated from $t = 0$
 # upwards, each evaluated term standing for the indices around it.
 
@@ -722,7 +724,7 @@ print("best eta per budget:", {s: best[s]["eta"] for s in GRID_STEPS})
 # - Precision (fidelity) and recall (diversity) come from k-NN balls; `class_tv` flags dropped modes; the grain measure
 #   estimates the noise left in an image; bits/dim measures likelihood, not samples.
 # - Every score is an estimate: the bootstrap spread is a cautious estimate of the spread over independent sample sets.
-# - For the pretrained toy-cars model, DDIM with $\eta = 1$ beats $\eta = 0$ at every budget, the reverse of Song
+# - For the study's toy-cars model, DDIM with $\eta = 1$ beats $\eta = 0$ at every budget, the reverse of Song
 #   et al.'s CIFAR-10 result; bf16 and clipping are ruled out, and the grain $\eta = 0$ leaves shrinks with training.
 #   DDIM-50 at $\eta = 1$ stays the default. EMA, schedule and likelihood comparisons need runs longer than 135 steps and
 #   more than one training seed; and a log-spaced bound estimate fails where one term spikes, as the cosine schedule's

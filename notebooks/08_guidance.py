@@ -30,8 +30,9 @@
 # **The models.** `ddpm_lib/weights/pretrained_toy_cars_cond_32.pt`: the `small` U-Net (the same network as the
 # unconditional model of notebooks 06-07, plus a class embedding), trained with labels for 5,882 steps at batch 128 in
 # one run of `python -m ddpm_lib.train --preset cpu --class-cond` on an NVIDIA H200 (4.5 minutes, bf16). Where it is
-# compared with the unconditional shipped model, remember that this one is a different, weaker run: 1,600 steps at
-# batch 64 on a 2-core CPU, a seventh of the images seen.
+# compared with an unconditional model, that one is `benchmarks/eval_study_model_32.pt` (notebook 07's study model, shipped
+# before notebook 05's recipe study), a different, weaker run: 1,600 steps at batch 64 on a 2-core CPU, a seventh of
+# the images seen.
 #
 # **Conventions.** $w$ is the paper's guidance scale: $w = 0$ is the plain conditional model. diffusers and most
 # text-to-image code use $s = w + 1$ (their `guidance_scale=7.5` is $w = 6.5$).
@@ -487,8 +488,8 @@ print(f"{'real':10s} {'':15s} {base['fid']:6.2f} {'':7s} {base['precision']:7.3f
 # %% [markdown]
 # Now the study: `benchmarks/guidance_study.py` drew 3 independent sets of 600 samples (100 per body type) at each of
 # eight scales with DDIM-50, $\eta = 1$, and scored each set the same way; the error bars are the standard deviations
-# over the three sets. It also scored the unconditional shipped model (the different, weaker run: 1,600 steps at
-# batch 64) and, as the real-vs-real baseline, 600 held-out test images. The left panels have the shape of Ho &
+# over the three sets. It also scored notebook 07's unconditional study model (the different, weaker run: 1,600 steps
+# at batch 64) and, as the real-vs-real baseline, 600 held-out test images. The left panels have the shape of Ho &
 # Salimans' trade-off curves: fidelity against diversity as $w$ grows.
 
 # %%

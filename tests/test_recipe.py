@@ -30,6 +30,9 @@ def test_every_recipe_builds_and_has_a_timing_key():
         recipe.config_of(overrides, seed=0)  # a valid TrainConfig
         assert recipe.speed_key(overrides) in todo, name
     assert recipe.speed_key({"lr": 2e-3, "schedule": "cosine"}) == recipe.speed_key({})  # only shape and batch cost time
+    start = recipe.config_of({}, seed=0)  # the study's baseline is the recipe it replaced, not today's default
+    assert (start.schedule, start.num_timesteps, start.prediction_type, start.snr_gamma, start.attention_resolutions) == (
+        "linear", 1000, "epsilon", None, None)  # fmt: skip
 
 
 def test_untimed_combination_is_estimated_from_its_parts():
