@@ -53,7 +53,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ddpm_lib.checkpoints import load_checkpoint, load_ema_model
+from ddpm_lib.checkpoints import STUDY_MODEL, load_checkpoint, load_ema_model
 from ddpm_lib.config import CPU_RECIPE_BEFORE_STUDY, TrainConfig
 from ddpm_lib.data import from_uint8, load_dataset, to_uint8
 from ddpm_lib.devices import cpu_signature
@@ -65,7 +65,6 @@ from ddpm_lib.sampling import generate
 from ddpm_lib.training import Trainer
 
 IMAGE_SIZE = 32
-STUDY_MODEL = Path(__file__).with_name("eval_study_model_32.pt")  # the toy-cars model shipped before the recipe study
 GRID_STEPS = (10, 20, 50, 100)
 ETAS = (0.0, 0.5, 1.0)
 LONG_DDIM_STEPS = 250

@@ -27,6 +27,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "loss.csv"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"  # shipped with the package
 PRETRAINED = WEIGHTS_DIR / "pretrained_toy_cars_32.pt"  # EMA weights of the toy-cars model (README: how it was trained)
+STUDY_MODEL = WEIGHTS_DIR / "study_toy_cars_32.pt"  # the toy-cars model shipped before the recipe study: eps, linear, T = 1000
 
 
 class CheckpointError(ValueError):

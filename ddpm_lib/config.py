@@ -172,7 +172,7 @@ class TrainConfig:
 
 # TrainConfig.cpu_demo(**CPU_RECIPE_BEFORE_STUDY) is the CPU recipe before benchmarks/recipe.py chose the current one
 # (attention at 16x16, the paper's linear schedule, T = 1000, eps loss): the baseline of that study and the recipe of
-# benchmarks/eval_study_model_32.pt.
+# ddpm_lib/weights/study_toy_cars_32.pt.
 CPU_RECIPE_BEFORE_STUDY = dict(attention_resolutions=None, schedule="linear", num_timesteps=1000, prediction_type="epsilon", snr_gamma=None)
 
 # Fields that may change when a run is resumed; every other field must match the checkpoint. lr may change so that

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from ddpm_lib import GaussianDiffusion, make_betas
-from ddpm_lib.checkpoints import load_ema_model
+from ddpm_lib.checkpoints import STUDY_MODEL, load_ema_model
 from ddpm_lib.data import from_uint8, load_dataset
 from ddpm_lib.objective import bits_per_dim, discretized_gaussian_log_likelihood, eps_weights, log_spaced_timesteps, normal_kl, prior_bpd, vlb_terms
 from ddpm_lib.plotting import show_images
@@ -299,14 +299,14 @@ print(f"sigma_1 = {sigma_decoder:.5f}: a perfect inner pixel costs {floor_bits:.
 # %% [markdown]
 # ## 5. Bits per dimension of a real model
 #
-# Now the bound of a trained toy-cars model: notebook 07's study model (`benchmarks/eval_study_model_32.pt`, the `small`
+# Now the bound of a trained toy-cars model: notebook 07's study model (`ddpm_lib/weights/study_toy_cars_32.pt`, the `small`
 # U-Net trained with $L_\text{simple}$ for 1,600 steps, linear schedule, $T = 1000$; notebook 05 trains one). `bits_per_dim` evaluates $L_T$, then one term per timestep index with fresh noise, the model in eval mode.
 # All $T = 1000$ terms cost 1000 passes of the network; the terms change smoothly and fall steeply with $t$, so we
 # evaluate a log-spaced subset, dense at small $t$, and sum the terms interpolated between them (an estimate; the
 # full loop is `timesteps=None`).
 
 # %%
-model, pretrained_diffusion, config = load_ema_model("../benchmarks/eval_study_model_32.pt")  # notebook 07's study model (eps, linear, T = 1000)
+model, pretrained_diffusion, config = load_ema_model(STUDY_MODEL)  # notebook 07's study model (eps, linear, T = 1000)
 print(f"{config.model} U-Net, T={pretrained_diffusion.num_timesteps}, {config.schedule} schedule, variance {pretrained_diffusion.variance_type}")
 num_images, num_steps = (8, 20) if FAST else (32, 100)
 timesteps = log_spaced_timesteps(pretrained_diffusion.num_timesteps, num_steps)

@@ -33,7 +33,7 @@ import os
 import matplotlib.pyplot as plt
 import torch
 
-from ddpm_lib.checkpoints import load_ema_model
+from ddpm_lib.checkpoints import STUDY_MODEL, load_ema_model
 from ddpm_lib.plotting import show_images
 from ddpm_lib.sampling import generate
 from ddpm_lib.unet import (
@@ -222,7 +222,7 @@ print(f"GroupNorm U-Net in train mode (dropout 0): image 0's output changes by {
 # with the paper's dropout, it shows both modes:
 
 # %%
-pretrained, diffusion, config = load_ema_model("../benchmarks/eval_study_model_32.pt")  # a trained toy-cars model (notebook 07's study model), eval mode
+pretrained, diffusion, config = load_ema_model(STUDY_MODEL)  # a trained toy-cars model (notebook 07's study model), eval mode
 dropped = build_model(config.model, image_size=config.image_size, dropout=0.1)  # the same network with dropout 0.1 ...
 dropped.load_state_dict(pretrained.state_dict())  # ... and the same weights (dropout has none)
 x_t, t = torch.randn(4, 3, 32, 32), torch.full((4,), 500)

@@ -425,7 +425,7 @@ import math
 import torch
 
 from ddpm_lib import build_model
-from ddpm_lib.checkpoints import load_ema_model
+from ddpm_lib.checkpoints import STUDY_MODEL, load_ema_model
 from ddpm_lib.config import TrainConfig
 from ddpm_lib.data import load_dataset
 from ddpm_lib.training import Trainer
@@ -435,7 +435,7 @@ cars = load_dataset("toy_cars", image_size=32, num_images=64)
 x0 = torch.stack([cars[i][0] for i in range(20)])  # 20 toy cars in [-1, 1], (20, 3, 32, 32)
 t_probe = torch.arange(0, 1000, 50)  # (20,): two timesteps in each bucket of 100
 noise = torch.randn_like(x0)  # (20, 3, 32, 32)
-pretrained, diffusion, _ = load_ema_model("../benchmarks/eval_study_model_32.pt")  # an eps-predicting small U-Net (eval mode), linear T = 1000
+pretrained, diffusion, _ = load_ema_model(STUDY_MODEL)  # an eps-predicting small U-Net (eval mode), linear T = 1000
 
 # a tiny run of the engine: 5 steps of Algorithm 1 on batches of 8, in float32, keeping the raw weights after each step
 small_run = Trainer(TrainConfig.cpu_demo(model="tiny", batch_size=8, precision="fp32", channels_last=False), dataset=cars, progress=False)

@@ -22,7 +22,7 @@
 # measure what is still wrong with the samples' colours.
 #
 # **The models.** Sections 1-5 study one fixed model, the one notebook 07's evaluation study measured
-# (`benchmarks/eval_study_model_32.pt`: the `small` U-Net after 1,600 steps of the former CPU recipe, the paper's
+# (`ddpm_lib/weights/study_toy_cars_32.pt`: the `small` U-Net after 1,600 steps of the former CPU recipe, the paper's
 # $\epsilon$ loss and linear schedule over $T = 1000$), so that what they measure, including its defects, matches the
 # study. Section 6 samples the model shipped with the package, trained by the recipe notebook 05 chose, and measures
 # what training changed. The first cell prints the model and its number of training steps, read from the checkpoint.
@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from ddpm_lib import GaussianDiffusion
-from ddpm_lib.checkpoints import PRETRAINED, load_checkpoint, load_ema_model
+from ddpm_lib.checkpoints import PRETRAINED, STUDY_MODEL, load_checkpoint, load_ema_model
 from ddpm_lib.data import from_uint8, load_dataset
 from ddpm_lib.devices import device_report, resolve_precision, select_device
 from ddpm_lib.plotting import save_denoising_animation, show_images
@@ -54,7 +54,7 @@ from ddpm_lib.widgets import trajectory_explorer, trajectory_static
 
 FAST = os.environ.get("DDPM_FAST") == "1"
 ASSETS = "../assets"
-checkpoint = Path("../benchmarks/eval_study_model_32.pt")  # the model of notebook 07's study (section 6: the shipped one)
+checkpoint = STUDY_MODEL  # the model of notebook 07's study (section 6: the shipped one)
 device = select_device()
 model, diffusion, config = load_ema_model(checkpoint, device)
 S = config.image_size

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
-from ddpm_lib.checkpoints import load_ema_model
+from ddpm_lib.checkpoints import STUDY_MODEL, load_ema_model
 from ddpm_lib.data import from_uint8, load_dataset, to_uint8
 from ddpm_lib.features import load_feature_extractor
 from ddpm_lib.metrics import (class_tv, compute_features, evaluate_samples, frechet_distance, kernel_distance, knn_radii,
@@ -386,7 +386,7 @@ print("study complete:", meta["complete"], "| rows:", len(rows), "| every row ha
 # %% [markdown]
 # ### 5.1 Samplers: quality against network evaluations
 #
-# The study's model through every sampler of notebook 06 (`benchmarks/eval_study_model_32.pt`, the toy-cars model shipped
+# The study's model through every sampler of notebook 06 (`ddpm_lib/weights/study_toy_cars_32.pt`, the toy-cars model shipped
 # before the recipe study of notebook 05: 1,600 steps of the former CPU recipe, linear schedule, $T = 1000$,
 # $\epsilon$-prediction): DDIM at 10, 20, 50, 100 and 250 steps with
 # $\eta \in \{0, 0.5, 1\}$, and DDPM's 1000 steps with both reverse variances. Every run starts from the same noise $x_T$,
@@ -511,7 +511,7 @@ ax.legend(fontsize=8);
 # $\eta = 0$ rows.
 
 # %%
-model, diffusion, config = load_ema_model("../benchmarks/eval_study_model_32.pt")  # the model the study measured
+model, diffusion, config = load_ema_model(STUDY_MODEL)  # the model the study measured
 k = 4 if FAST else 8
 x_T = torch.randn(k, 3, 32, 32, generator=torch.Generator().manual_seed(7))
 settings = [(10, 0.0), (10, 1.0)] if FAST else [(10, 0.0), (10, 1.0), (50, 0.0), (50, 1.0)]

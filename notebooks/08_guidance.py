@@ -30,7 +30,7 @@
 # **The models.** `ddpm_lib/weights/pretrained_toy_cars_cond_32.pt`: the `small` U-Net (the same network as the
 # unconditional model of notebooks 06-07, plus a class embedding), trained with labels for 5,882 steps at batch 128 in
 # one run of `python -m ddpm_lib.train --preset cpu --class-cond` on an NVIDIA H200 (4.5 minutes, bf16). Where it is
-# compared with an unconditional model, that one is `benchmarks/eval_study_model_32.pt` (notebook 07's study model, shipped
+# compared with an unconditional model, that one is `ddpm_lib/weights/study_toy_cars_32.pt` (notebook 07's study model, shipped
 # before notebook 05's recipe study), a different, weaker run: 1,600 steps at batch 64 on a 2-core CPU, a seventh of
 # the images seen.
 #

@@ -43,7 +43,7 @@ def test_cpu_trainer_uses_fused_adam_with_the_same_update():
     rng = torch.get_rng_state()
     trainer.train_step(x0)
     torch.set_rng_state(rng)
-    loss = trainer.diffusion.training_loss(reference, x0)
+    loss = trainer.diffusion.training_loss(reference, x0, snr_gamma=trainer.config.snr_gamma)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(reference.parameters(), trainer.config.grad_clip)
     plain.step()
