@@ -114,7 +114,7 @@ def time_recipe(overrides: dict, steps: int) -> dict:
 
 
 # ---------------------------------------------------------------- stage 2: quality against CPU minutes
-def train_recipe(overrides: dict, seed: int, s_per_step: float, budget: float, points: list[float], num_samples: int,
+def train_recipe(overrides: dict, seed: int, s_per_step: float | None, budget: float, points: list[float], num_samples: int,
                  device: str) -> dict:  # fmt: skip
     from ddpm_lib.data import load_dataset
     from ddpm_lib.features import load_feature_extractor
@@ -244,10 +244,12 @@ def main(argv: list[str] | None = None) -> int:
                 if proc.poll() is None:
                     continue
                 active.remove(job)
+                text = tmp.read_text()
+                tmp.unlink()  # the worker's result file: read once, then gone
                 if proc.returncode != 0:
                     print(f"{name} seed {seed}: failed (exit {proc.returncode})", flush=True)
                     continue
-                run = json.loads(tmp.read_text())
+                run = json.loads(text)
                 entry = runs.setdefault(
                     name,
                     {
