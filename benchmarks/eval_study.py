@@ -76,7 +76,9 @@ class Sizes:
     num_samples: int = 128  # DDIM 10-100, the precision pairs, the seed check
     num_samples_long: int = 32  # DDIM-250 and DDPM-1000
     num_samples_train: int = 64  # each training run, EMA and raw weights
-    batch_size: int = 32  # one batch size everywhere: the first batch of every run starts from the same x_T
+    batch_size: int = (
+        32  # one batch size everywhere: the first batch of every run starts from the same x_T
+    )
     num_reference: int = 5000  # train images
     bootstrap: int = 20
     extra_seeds: int = 2  # seed check: DDIM-10 sets with this many other seeds
@@ -87,12 +89,26 @@ class Sizes:
     bpd_timesteps_train: int = 25
 
 
-QUICK = Sizes(num_samples=16, num_samples_long=8, num_samples_train=16, batch_size=8, num_reference=500, bootstrap=3, extra_seeds=1,
-              train_steps=4, bpd_images=4, bpd_timesteps=10, bpd_images_train=4, bpd_timesteps_train=5)  # fmt: skip
+QUICK = Sizes(
+    num_samples=16,
+    num_samples_long=8,
+    num_samples_train=16,
+    batch_size=8,
+    num_reference=500,
+    bootstrap=3,
+    extra_seeds=1,
+    train_steps=4,
+    bpd_images=4,
+    bpd_timesteps=10,
+    bpd_images_train=4,
+    bpd_timesteps_train=5,
+)
 
 
 # ---------------------------------------------------------------------------------- measures
-NOISE_MASK = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])  # Immerkaer 1996: blind to planes and edges
+NOISE_MASK = torch.tensor(
+    [[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]]
+)  # Immerkaer 1996: blind to planes and edges
 MEDIAN_ABS_OF_STD_NORMAL = 0.6744897501960817  # median |z| for z ~ N(0, 1)
 
 
@@ -103,7 +119,9 @@ def noise_level(images: torch.Tensor) -> torch.Tensor:
     so ``median |mask * image| / (6 * 0.6745)`` estimates s; the median ignores the few pixels on edges.
     """
     x = images.float()
-    r = F.conv2d(x, NOISE_MASK.to(x).view(1, 1, 3, 3).repeat(x.shape[1], 1, 1, 1), groups=x.shape[1])
+    r = F.conv2d(
+        x, NOISE_MASK.to(x).view(1, 1, 3, 3).repeat(x.shape[1], 1, 1, 1), groups=x.shape[1]
+    )
     return r.abs().flatten(1).median(dim=1).values / (6 * MEDIAN_ABS_OF_STD_NORMAL)
 
 
@@ -130,7 +148,9 @@ class Study:
         self.start = time.perf_counter()
         self.net = load_feature_extractor()
         t0 = time.perf_counter()
-        self.reference = reference_features("toy_cars", IMAGE_SIZE, sizes.num_reference, self.net, "train")
+        self.reference = reference_features(
+            "toy_cars", IMAGE_SIZE, sizes.num_reference, self.net, "train"
+        )
         self.result = {
             "meta": {
                 "command": "python benchmarks/eval_study.py " + " ".join(argv),
@@ -160,14 +180,21 @@ class Study:
             "rows": [],
         }
         self.baseline_features: dict[int, FeatureSet] = {}
-        real_test = load_dataset("toy_cars", IMAGE_SIZE, "test", num_images=max(sizes.num_samples, sizes.num_samples_train, 256))
+        real_test = load_dataset(
+            "toy_cars",
+            IMAGE_SIZE,
+            "test",
+            num_images=max(sizes.num_samples, sizes.num_samples_train, 256),
+        )
         self.real_grain = noise_level(from_uint8(real_test.images))
         for n in sorted({sizes.num_samples, sizes.num_samples_long, sizes.num_samples_train}):
             fs = reference_features("toy_cars", IMAGE_SIZE, n, self.net, "test")
             self.baseline_features[n] = fs
             scores = self.evaluate(fs)
             grain = self.real_grain[:n]
-            self.result["baselines"].append({"num_samples": n, **scores, "grain": float(grain.mean()), "grain_sem": _sem(grain)})
+            self.result["baselines"].append(
+                {"num_samples": n, **scores, "grain": float(grain.mean()), "grain_sem": _sem(grain)}
+            )
         self.save()
 
     def log(self, msg: str) -> None:
@@ -185,7 +212,9 @@ class Study:
         scores = self.evaluate(fs)
         grain = noise_level(saved)
         scores.update(grain=float(grain.mean()), grain_sem=_sem(grain))
-        smaller = sorted(n for n in {self.sizes.num_samples_long, self.sizes.num_samples_train} if n < len(fs))
+        smaller = sorted(
+            n for n in {self.sizes.num_samples_long, self.sizes.num_samples_train} if n < len(fs)
+        )
         if smaller:
             scores["at_n"] = {}
         for n in smaller:
@@ -194,20 +223,59 @@ class Study:
             scores["at_n"][str(n)] = subset
         return scores
 
-    def sample_and_score(self, study: str, model, diffusion: GaussianDiffusion, sampler: str, steps: int | None, eta: float | None,
-                         n: int, seed: int = 0, precision: str = "auto", clip_denoised: bool = True, **info) -> tuple[dict, torch.Tensor]:  # fmt: skip
-        s = generate(model, diffusion, n, IMAGE_SIZE, sampler=sampler, num_steps=steps, eta=1.0 if eta is None else eta, seed=seed,
-                     batch_size=self.sizes.batch_size, precision=precision, clip_denoised=clip_denoised)  # fmt: skip
-        row = {"study": study, "sampler": sampler, "steps": s.num_steps, "eta": eta, "variance": diffusion.variance_type,
-               "sampling_precision": s.precision.name, "clip_denoised": clip_denoised, "seed": seed, **info, "nfe": s.num_steps,
-               "seconds": round(s.seconds, 2),
-               "ms_per_evaluation": round(1000 * s.seconds / (n * s.num_steps), 3)}  # fmt: skip
+    def sample_and_score(
+        self,
+        study: str,
+        model,
+        diffusion: GaussianDiffusion,
+        sampler: str,
+        steps: int | None,
+        eta: float | None,
+        n: int,
+        seed: int = 0,
+        precision: str = "auto",
+        clip_denoised: bool = True,
+        **info,
+    ) -> tuple[dict, torch.Tensor]:
+        s = generate(
+            model,
+            diffusion,
+            n,
+            IMAGE_SIZE,
+            sampler=sampler,
+            num_steps=steps,
+            eta=1.0 if eta is None else eta,
+            seed=seed,
+            batch_size=self.sizes.batch_size,
+            precision=precision,
+            clip_denoised=clip_denoised,
+        )
+        row = {
+            "study": study,
+            "sampler": sampler,
+            "steps": s.num_steps,
+            "eta": eta,
+            "variance": diffusion.variance_type,
+            "sampling_precision": s.precision.name,
+            "clip_denoised": clip_denoised,
+            "seed": seed,
+            **info,
+            "nfe": s.num_steps,
+            "seconds": round(s.seconds, 2),
+            "ms_per_evaluation": round(1000 * s.seconds / (n * s.num_steps), 3),
+        }
         row.update(self.score(s.images))
         self.result["rows"].append(row)
-        label = f"{sampler.upper()}-{s.num_steps}" + ("" if eta is None else f" eta={eta:g}") + f" {diffusion.variance_type}"
+        label = (
+            f"{sampler.upper()}-{s.num_steps}"
+            + ("" if eta is None else f" eta={eta:g}")
+            + f" {diffusion.variance_type}"
+        )
         label += "" if clip_denoised else " no-clip"
-        self.log(f"{study:9s} {label:28s} {s.precision.name} N={n:4d} FID {row['fid']:7.2f} ± {(row['spread'] or {}).get('fid') or 0:5.2f} "
-                 f"P {row['precision']:.3f} R {row['recall']:.3f} grain {row['grain']:.4f} ({s.seconds:.0f} s)")  # fmt: skip
+        self.log(
+            f"{study:9s} {label:28s} {s.precision.name} N={n:4d} FID {row['fid']:7.2f} ± {(row['spread'] or {}).get('fid') or 0:5.2f} "
+            f"P {row['precision']:.3f} R {row['recall']:.3f} grain {row['grain']:.4f} ({s.seconds:.0f} s)"
+        )
         return row, s.images
 
     def save(self) -> None:
@@ -231,7 +299,9 @@ def write_json_atomic(path: Path, obj: dict) -> None:
         raise
 
 
-def bpd_summary(model, diffusion: GaussianDiffusion, num_images: int, num_timesteps: int, seed: int = 0) -> dict:
+def bpd_summary(
+    model, diffusion: GaussianDiffusion, num_images: int, num_timesteps: int, seed: int = 0
+) -> dict:
     """Bits/dim of held-out test images (Ho et al. 2020, Eq. 5) with its per-timestep terms, in float32."""
     x0 = from_uint8(load_dataset("toy_cars", IMAGE_SIZE, "test", num_images=num_images).images)
     steps = log_spaced_timesteps(diffusion.num_timesteps, num_timesteps)
@@ -259,12 +329,16 @@ def sampler_study(st: Study, model, diffusion: GaussianDiffusion) -> dict:
     kept = {}
     for steps in GRID_STEPS:
         for eta in ETAS:
-            _, images = st.sample_and_score("samplers", model, diffusion, "ddim", steps, eta, st.sizes.num_samples)
+            _, images = st.sample_and_score(
+                "samplers", model, diffusion, "ddim", steps, eta, st.sizes.num_samples
+            )
             if steps == 50 and eta in (0.0, 1.0):
                 kept[eta] = images
         st.save()
     for eta in ETAS:
-        st.sample_and_score("samplers", model, diffusion, "ddim", LONG_DDIM_STEPS, eta, st.sizes.num_samples_long)
+        st.sample_and_score(
+            "samplers", model, diffusion, "ddim", LONG_DDIM_STEPS, eta, st.sizes.num_samples_long
+        )
     st.save()
     large = GaussianDiffusion(diffusion.betas, variance_type="fixed_large")
     for d in (diffusion, large):
@@ -277,15 +351,29 @@ def precision_study(st: Study, model, diffusion: GaussianDiffusion, kept: dict) 
     """DDIM-50 at eta 0 and 1 in the precision "auto" did not choose, from the same noise; the paired differences."""
     pairs = []
     for eta, auto_images in kept.items():
-        auto_row = next(r for r in st.result["rows"] if r["study"] == "samplers" and r["steps"] == 50 and r["eta"] == eta)
+        auto_row = next(
+            r
+            for r in st.result["rows"]
+            if r["study"] == "samplers" and r["steps"] == 50 and r["eta"] == eta
+        )
         other = "fp32" if auto_row["sampling_precision"] != "fp32" else "bf16"
-        row, images = st.sample_and_score("precision", model, diffusion, "ddim", 50, eta, st.sizes.num_samples, precision=other)
+        row, images = st.sample_and_score(
+            "precision", model, diffusion, "ddim", 50, eta, st.sizes.num_samples, precision=other
+        )
         a, b = as_saved(auto_images), as_saved(images)
-        pairs.append({"eta": eta, "precisions": [auto_row["sampling_precision"], other],
-                      "mean_abs_pixel_difference": float((a - b).abs().mean()),  # in [-1, 1] units; one uint8 level is 2/255
-                      "share_of_pixels_differing": float((to_uint8(a) != to_uint8(b)).double().mean()),
-                      "grain_difference": auto_row["grain"] - row["grain"], "fid_difference": auto_row["fid"] - row["fid"],
-                      "speedup": row["ms_per_evaluation"] / auto_row["ms_per_evaluation"]})  # fmt: skip
+        pairs.append(
+            {
+                "eta": eta,
+                "precisions": [auto_row["sampling_precision"], other],
+                "mean_abs_pixel_difference": float(
+                    (a - b).abs().mean()
+                ),  # in [-1, 1] units; one uint8 level is 2/255
+                "share_of_pixels_differing": float((to_uint8(a) != to_uint8(b)).double().mean()),
+                "grain_difference": auto_row["grain"] - row["grain"],
+                "fid_difference": auto_row["fid"] - row["fid"],
+                "speedup": row["ms_per_evaluation"] / auto_row["ms_per_evaluation"],
+            }
+        )
     st.result["precision_pairs"] = pairs
     st.save()
 
@@ -294,7 +382,16 @@ def clipping_study(st: Study, model, diffusion: GaussianDiffusion) -> None:
     """DDIM-10 and DDIM-50 at eta 0 and 1 without clipping x0_pred at each step (the samplers' rows clip it)."""
     for steps in (10, 50):
         for eta in (0.0, 1.0):
-            st.sample_and_score("clipping", model, diffusion, "ddim", steps, eta, st.sizes.num_samples, clip_denoised=False)
+            st.sample_and_score(
+                "clipping",
+                model,
+                diffusion,
+                "ddim",
+                steps,
+                eta,
+                st.sizes.num_samples,
+                clip_denoised=False,
+            )
         st.save()
 
 
@@ -302,46 +399,126 @@ def seed_study(st: Study, model, diffusion: GaussianDiffusion) -> None:
     """DDIM-10 at eta 0 and 1 with other seeds: the std over independent sets, beside the bootstrap std."""
     for eta in (0.0, 1.0):
         for k in range(1, st.sizes.extra_seeds + 1):
-            st.sample_and_score("seeds", model, diffusion, "ddim", 10, eta, st.sizes.num_samples, seed=k * SEED_OFFSET)
+            st.sample_and_score(
+                "seeds",
+                model,
+                diffusion,
+                "ddim",
+                10,
+                eta,
+                st.sizes.num_samples,
+                seed=k * SEED_OFFSET,
+            )
         st.save()
 
 
 def training_study(st: Study) -> None:
     """Linear against cosine schedule at the same budget, each scored from its EMA and its raw weights (DDIM-50, eta 1; EMA at eta 0 too)."""
     sz = st.sizes
-    data = load_dataset("toy_cars", IMAGE_SIZE, "train", seed=0)  # what the trainer would load (num_images None, seed 0)
+    data = load_dataset(
+        "toy_cars", IMAGE_SIZE, "train", seed=0
+    )  # what the trainer would load (num_images None, seed 0)
     for schedule in ("linear", "cosine"):
-        cfg = TrainConfig.cpu_demo(**{**CPU_RECIPE_BEFORE_STUDY, "schedule": schedule}, max_steps=sz.train_steps)
+        cfg = TrainConfig.cpu_demo(
+            **{**CPU_RECIPE_BEFORE_STUDY, "schedule": schedule}, max_steps=sz.train_steps
+        )
         with tempfile.TemporaryDirectory(prefix="eval_study_") as tmp:
             trainer = Trainer(cfg, Path(tmp) / schedule, dataset=data, progress=False)
             t0 = time.perf_counter()
             history = trainer.fit(max_steps=sz.train_steps)
             train_seconds = time.perf_counter() - t0
         last = history[-max(1, len(history) // 5) :]  # the last fifth of the logged rows
-        info = {"schedule": schedule, "train_steps": trainer.step, "train_seconds": round(train_seconds, 1),
-                "train_precision": trainer.precision.name, "final_loss": sum(r["loss"] for r in last) / len(last)}  # fmt: skip
-        st.log(f"training  {schedule}: {trainer.step} steps in {train_seconds / 60:.1f} min, loss {info['final_loss']:.4f}")
+        info = {
+            "schedule": schedule,
+            "train_steps": trainer.step,
+            "train_seconds": round(train_seconds, 1),
+            "train_precision": trainer.precision.name,
+            "final_loss": sum(r["loss"] for r in last) / len(last),
+        }
+        st.log(
+            f"training  {schedule}: {trainer.step} steps in {train_seconds / 60:.1f} min, loss {info['final_loss']:.4f}"
+        )
         for weights, net in (("ema", trainer.ema.module), ("raw", trainer.model)):
             net = net.to(memory_format=torch.channels_last).eval()
-            row, _ = st.sample_and_score("training", net, trainer.diffusion, "ddim", 50, 1.0, sz.num_samples_train, weights=weights, **info)
-            row["bits_per_dim"] = bpd_summary(net, trainer.diffusion, sz.bpd_images_train, sz.bpd_timesteps_train)
+            row, _ = st.sample_and_score(
+                "training",
+                net,
+                trainer.diffusion,
+                "ddim",
+                50,
+                1.0,
+                sz.num_samples_train,
+                weights=weights,
+                **info,
+            )
+            row["bits_per_dim"] = bpd_summary(
+                net, trainer.diffusion, sz.bpd_images_train, sz.bpd_timesteps_train
+            )
             st.log(f"training  {schedule} {weights}: {row['bits_per_dim']['total']:.3f} bits/dim")
-            if weights == "ema":  # the same weights at eta 0: is the eta gap a matter of training length?
-                st.sample_and_score("training", net, trainer.diffusion, "ddim", 50, 0.0, sz.num_samples_train, weights=weights, **info)
+            if (
+                weights == "ema"
+            ):  # the same weights at eta 0: is the eta gap a matter of training length?
+                st.sample_and_score(
+                    "training",
+                    net,
+                    trainer.diffusion,
+                    "ddim",
+                    50,
+                    0.0,
+                    sz.num_samples_train,
+                    weights=weights,
+                    **info,
+                )
             st.save()
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/eval_study.json"), help="the JSON to write (default %(default)s)")
-    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of every path (minutes); overrides the sizes")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("benchmarks/eval_study.json"),
+        help="the JSON to write (default %(default)s)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes: a smoke run of every path (minutes); overrides the sizes",
+    )
     d = Sizes()
-    p.add_argument("--num-samples", type=int, default=d.num_samples, help="DDIM 10-100, precision and seed rows (default %(default)s)")
-    p.add_argument("--num-samples-long", type=int, default=d.num_samples_long, help="DDIM-250 and DDPM-1000 rows (default %(default)s)")
-    p.add_argument("--num-samples-train", type=int, default=d.num_samples_train, help="training-run rows (default %(default)s)")
-    p.add_argument("--train-steps", type=int, default=d.train_steps, help="optimiser steps per training run (default %(default)s)")
-    p.add_argument("--bootstrap", type=int, default=d.bootstrap, help="bootstrap resamples per row (default %(default)s)")
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        default=d.num_samples,
+        help="DDIM 10-100, precision and seed rows (default %(default)s)",
+    )
+    p.add_argument(
+        "--num-samples-long",
+        type=int,
+        default=d.num_samples_long,
+        help="DDIM-250 and DDPM-1000 rows (default %(default)s)",
+    )
+    p.add_argument(
+        "--num-samples-train",
+        type=int,
+        default=d.num_samples_train,
+        help="training-run rows (default %(default)s)",
+    )
+    p.add_argument(
+        "--train-steps",
+        type=int,
+        default=d.train_steps,
+        help="optimiser steps per training run (default %(default)s)",
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=d.bootstrap,
+        help="bootstrap resamples per row (default %(default)s)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
     p.add_argument(
         "--skip",
@@ -352,17 +529,32 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    sizes = QUICK if args.quick else Sizes(num_samples=args.num_samples, num_samples_long=args.num_samples_long,
-                                           num_samples_train=args.num_samples_train, train_steps=args.train_steps,
-                                           bootstrap=args.bootstrap)  # fmt: skip
-    if any(n % sizes.batch_size for n in (sizes.num_samples, sizes.num_samples_long, sizes.num_samples_train)):
-        p.error(f"sample counts must be multiples of the batch size {sizes.batch_size} (so that runs share their x_T batch by batch)")
+    sizes = (
+        QUICK
+        if args.quick
+        else Sizes(
+            num_samples=args.num_samples,
+            num_samples_long=args.num_samples_long,
+            num_samples_train=args.num_samples_train,
+            train_steps=args.train_steps,
+            bootstrap=args.bootstrap,
+        )
+    )
+    if any(
+        n % sizes.batch_size
+        for n in (sizes.num_samples, sizes.num_samples_long, sizes.num_samples_train)
+    ):
+        p.error(
+            f"sample counts must be multiples of the batch size {sizes.batch_size} (so that runs share their x_T batch by batch)"
+        )
     st = Study(sizes, args.out, argv)
     st.log(f"reference and baselines ready; {cpu_signature()}, torch {torch.__version__}")
     model, diffusion, cfg = load_ema_model(STUDY_MODEL)
     model = model.to(memory_format=torch.channels_last)
     if "bpd" not in args.skip:
-        st.result["bits_per_dim"] = bpd_summary(model, diffusion, sizes.bpd_images, sizes.bpd_timesteps)
+        st.result["bits_per_dim"] = bpd_summary(
+            model, diffusion, sizes.bpd_images, sizes.bpd_timesteps
+        )
         st.log(f"bits/dim of the pretrained model: {st.result['bits_per_dim']['total']:.3f}")
         st.save()
     kept = sampler_study(st, model, diffusion) if "samplers" not in args.skip else {}

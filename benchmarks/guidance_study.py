@@ -47,8 +47,12 @@ def score_set(images: torch.Tensor, labels: torch.Tensor, extractor, reference, 
     per_class = [correct[labels == c].float().mean().item() for c in range(int(labels.max()) + 1)]
     scores = evaluate_samples(feats, reference, extractor, baseline=held_out, bootstrap=0)
     keep = ("fid", "kid_mean", "precision", "recall", "class_tv")
-    return {"accuracy": correct.float().mean().item(), "per_class_accuracy": per_class, **{k: scores[k] for k in keep},
-            "baseline": {k: scores["baseline"][k] for k in keep}}  # fmt: skip
+    return {
+        "accuracy": correct.float().mean().item(),
+        "per_class_accuracy": per_class,
+        **{k: scores[k] for k in keep},
+        "baseline": {k: scores["baseline"][k] for k in keep},
+    }
 
 
 def summarise(sets: list[dict]) -> dict:
@@ -59,7 +63,9 @@ def summarise(sets: list[dict]) -> dict:
         if values:
             out[key] = statistics.fmean(values)
             out[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-    out["per_class_accuracy"] = [statistics.fmean(v) for v in zip(*(s["per_class_accuracy"] for s in sets))]
+    out["per_class_accuracy"] = [
+        statistics.fmean(v) for v in zip(*(s["per_class_accuracy"] for s in sets))
+    ]
     out["baseline"] = sets[0]["baseline"]
     return out
 
@@ -67,36 +73,87 @@ def summarise(sets: list[dict]) -> dict:
 def study(args, device) -> dict:
     extractor = load_feature_extractor()
     reference = reference_features("toy_cars", 32, args.num_reference, extractor)
-    held_out = compute_features(load_dataset("toy_cars", 32, "test", num_images=args.num_samples).images, extractor)
+    held_out = compute_features(
+        load_dataset("toy_cars", 32, "test", num_images=args.num_samples).images, extractor
+    )
     model, diffusion, cfg = load_ema_model(args.checkpoint, device)
     if not cfg.num_classes:
         raise SystemExit(f"{args.checkpoint} is not class-conditional")
     labels = torch.arange(args.num_samples) % cfg.num_classes
-    common = dict(num_steps=args.steps, eta=args.eta, batch_size=args.batch_size, precision=args.precision)
+    common = dict(
+        num_steps=args.steps, eta=args.eta, batch_size=args.batch_size, precision=args.precision
+    )
     visited = diffusion.sampling_timesteps("ddim", args.steps)
     rows = []
-    runs = [(w, None) for w in args.scales] + [(w, iv) for iv in args.intervals for w in args.interval_scales]
+    runs = [(w, None) for w in args.scales] + [
+        (w, iv) for iv in args.intervals for w in args.interval_scales
+    ]
     for w, interval in runs:
         sets = []
         for s in range(args.sets):
-            out = generate(model, diffusion, args.num_samples, cfg.image_size, seed=1000 * s, labels=labels, guidance_scale=w,
-                           guidance_interval=interval, **common)  # fmt: skip
+            out = generate(
+                model,
+                diffusion,
+                args.num_samples,
+                cfg.image_size,
+                seed=1000 * s,
+                labels=labels,
+                guidance_scale=w,
+                guidance_interval=interval,
+                **common,
+            )
             sets.append(score_set(out.images, labels, extractor, reference, held_out))
-        guided = sum(1 for t in visited if interval is None or interval[0] <= t <= interval[1]) if w else 0
-        row = {"guidance_scale": w, "guidance_interval": interval, "cost": 1 + guided / len(visited), **summarise(sets), "sets": sets}
+        guided = (
+            sum(1 for t in visited if interval is None or interval[0] <= t <= interval[1])
+            if w
+            else 0
+        )
+        row = {
+            "guidance_scale": w,
+            "guidance_interval": interval,
+            "cost": 1 + guided / len(visited),
+            **summarise(sets),
+            "sets": sets,
+        }
         rows.append(row)
-        print(f"w={w:<4} interval {interval} cost {row['cost']:.2f}x accuracy {row['accuracy']:.3f}±{row['accuracy_std']:.3f}  FID {row['fid']:.2f}±{row['fid_std']:.2f}  "
-              f"precision {row['precision']:.3f}  recall {row['recall']:.3f}±{row['recall_std']:.3f}", flush=True)  # fmt: skip
+        print(
+            f"w={w:<4} interval {interval} cost {row['cost']:.2f}x accuracy {row['accuracy']:.3f}±{row['accuracy_std']:.3f}  FID {row['fid']:.2f}±{row['fid_std']:.2f}  "
+            f"precision {row['precision']:.3f}  recall {row['recall']:.3f}±{row['recall_std']:.3f}",
+            flush=True,
+        )
     uncond_model, uncond_diffusion, ucfg = load_ema_model(args.uncond_checkpoint, device)
     usets = []
     for s in range(args.sets):
-        out = generate(uncond_model, uncond_diffusion, args.num_samples, ucfg.image_size, seed=1000 * s, **common)
-        usets.append(score_set(out.images, labels, extractor, reference, held_out))  # accuracy: chance level, 1/6
+        out = generate(
+            uncond_model,
+            uncond_diffusion,
+            args.num_samples,
+            ucfg.image_size,
+            seed=1000 * s,
+            **common,
+        )
+        usets.append(
+            score_set(out.images, labels, extractor, reference, held_out)
+        )  # accuracy: chance level, 1/6
     uncond = summarise(usets)
-    print(f"unconditional model: FID {uncond['fid']:.2f}  precision {uncond['precision']:.3f}  recall {uncond['recall']:.3f}")
-    return {"rows": rows, "unconditional": {**uncond, "checkpoint": Path(args.uncond_checkpoint).name, "step": load_checkpoint(args.uncond_checkpoint).get("step")},
-            "checkpoint": Path(args.checkpoint).name, "step": load_checkpoint(args.checkpoint).get("step"), "class_names": list(cfg.class_names),
-            "settings": {k: getattr(args, k) for k in ("num_samples", "sets", "steps", "eta", "num_reference", "precision")}}  # fmt: skip
+    print(
+        f"unconditional model: FID {uncond['fid']:.2f}  precision {uncond['precision']:.3f}  recall {uncond['recall']:.3f}"
+    )
+    return {
+        "rows": rows,
+        "unconditional": {
+            **uncond,
+            "checkpoint": Path(args.uncond_checkpoint).name,
+            "step": load_checkpoint(args.uncond_checkpoint).get("step"),
+        },
+        "checkpoint": Path(args.checkpoint).name,
+        "step": load_checkpoint(args.checkpoint).get("step"),
+        "class_names": list(cfg.class_names),
+        "settings": {
+            k: getattr(args, k)
+            for k in ("num_samples", "sets", "steps", "eta", "num_reference", "precision")
+        },
+    }
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -122,20 +179,45 @@ def timing(args, device) -> dict:
         def step(w, b=b, x=x, labels=labels):
             def run():
                 with choice.autocast():
-                    steps = diffusion.sample_progressive(model, (b, *shape), "ddim", 50, 1.0, x_T=x, labels=labels, guidance_scale=w)
+                    steps = diffusion.sample_progressive(
+                        model, (b, *shape), "ddim", 50, 1.0, x_T=x, labels=labels, guidance_scale=w
+                    )
                     next(steps)  # one step: the network pass and the update
 
             return run
 
-        plain, guided = _median_seconds(step(0.0), args.repeats), _median_seconds(step(3.0), args.repeats)
-        rows.append({"batch": b, "unguided_ms": 1000 * plain, "guided_ms": 1000 * guided, "ratio": guided / plain})
-        print(f"batch {b:>3}: unguided {1000 * plain:7.1f} ms, guided {1000 * guided:7.1f} ms per step ({guided / plain:.2f}x)", flush=True)
-    return {"rows": rows, "precision": choice.name, "threads": torch.get_num_threads(), "cpu": cpu_signature(), "device": str(device)}
+        plain, guided = (
+            _median_seconds(step(0.0), args.repeats),
+            _median_seconds(step(3.0), args.repeats),
+        )
+        rows.append(
+            {
+                "batch": b,
+                "unguided_ms": 1000 * plain,
+                "guided_ms": 1000 * guided,
+                "ratio": guided / plain,
+            }
+        )
+        print(
+            f"batch {b:>3}: unguided {1000 * plain:7.1f} ms, guided {1000 * guided:7.1f} ms per step ({guided / plain:.2f}x)",
+            flush=True,
+        )
+    return {
+        "rows": rows,
+        "precision": choice.name,
+        "threads": torch.get_num_threads(),
+        "cpu": cpu_signature(),
+        "device": str(device),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, default=CONDITIONAL, help="a class-conditional checkpoint")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--checkpoint", type=Path, default=CONDITIONAL, help="a class-conditional checkpoint"
+    )
     p.add_argument(
         "--uncond-checkpoint",
         type=Path,
@@ -143,18 +225,37 @@ def main(argv: list[str] | None = None) -> int:
         help="the unconditional model to compare recall with (the one the study measured: the evaluation study's)",
     )
     p.add_argument("--scales", type=float, nargs="+", default=[0, 0.5, 1, 2, 3, 4, 6, 8])
-    p.add_argument("--intervals", type=lambda v: tuple(int(x) for x in v.split(":")), nargs="*", default=[(600, 999), (300, 700), (0, 400)],
-                   help="guidance intervals LO:HI of timestep indices to measure at --interval-scales")  # fmt: skip
+    p.add_argument(
+        "--intervals",
+        type=lambda v: tuple(int(x) for x in v.split(":")),
+        nargs="*",
+        default=[(600, 999), (300, 700), (0, 400)],
+        help="guidance intervals LO:HI of timestep indices to measure at --interval-scales",
+    )
     p.add_argument("--interval-scales", type=float, nargs="*", default=[2, 4])
-    p.add_argument("--num-samples", type=int, default=600, help="images per set (a multiple of the class count keeps classes balanced)")
-    p.add_argument("--sets", type=int, default=3, help="independent sample sets per scale (error bars: their std)")
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        default=600,
+        help="images per set (a multiple of the class count keeps classes balanced)",
+    )
+    p.add_argument(
+        "--sets",
+        type=int,
+        default=3,
+        help="independent sample sets per scale (error bars: their std)",
+    )
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--eta", type=float, default=1.0)
     p.add_argument("--num-reference", type=int, default=5000)
     p.add_argument("--batch-size", type=int, default=300)
     p.add_argument("--precision", default="auto")
     p.add_argument("--device", default=None)
-    p.add_argument("--timing-only", action="store_true", help="measure the cost of a guided step only, keep the stored study")
+    p.add_argument(
+        "--timing-only",
+        action="store_true",
+        help="measure the cost of a guided step only, keep the stored study",
+    )
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 64])
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--out", type=Path, required=True)
@@ -166,9 +267,15 @@ def main(argv: list[str] | None = None) -> int:
         result["timing"] = timing(args, device)
     else:
         result["study"] = study(args, device)
-        result["study"]["meta"] = {"seconds": time.perf_counter() - start, "device": str(device), "cpu": cpu_signature(),
-                                   "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-                                   "torch": torch.__version__, "python": platform.python_version(), "argv": sys.argv[1:]}  # fmt: skip
+        result["study"]["meta"] = {
+            "seconds": time.perf_counter() - start,
+            "device": str(device),
+            "cpu": cpu_signature(),
+            "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "argv": sys.argv[1:],
+        }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out} in {time.perf_counter() - start:.0f} s")

@@ -12,5 +12,12 @@ from ddpm_lib.diffusion import GaussianDiffusion
 from ddpm_lib.schedules import make_betas, terminal_signal
 from ddpm_lib.unet import UNet, UNetConfig, build_model
 
-__all__ = ["GaussianDiffusion", "UNet", "UNetConfig", "build_model", "make_betas", "terminal_signal"]
+__all__ = [
+    "GaussianDiffusion",
+    "UNet",
+    "UNetConfig",
+    "build_model",
+    "make_betas",
+    "terminal_signal",
+]
 __version__ = "0.1.0"

@@ -26,8 +26,12 @@ from ddpm_lib.unet import build_model
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "loss.csv"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"  # shipped with the package
-PRETRAINED = WEIGHTS_DIR / "pretrained_toy_cars_32.pt"  # EMA weights of the toy-cars model (README: how it was trained)
-STUDY_MODEL = WEIGHTS_DIR / "study_toy_cars_32.pt"  # the toy-cars model shipped before the recipe study: eps, linear, T = 1000
+PRETRAINED = (
+    WEIGHTS_DIR / "pretrained_toy_cars_32.pt"
+)  # EMA weights of the toy-cars model (README: how it was trained)
+STUDY_MODEL = (
+    WEIGHTS_DIR / "study_toy_cars_32.pt"
+)  # the toy-cars model shipped before the recipe study: eps, linear, T = 1000
 
 
 class CheckpointError(ValueError):
@@ -62,7 +66,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """
     path = Path(path)
     if path.is_dir():
-        hint = f"; did you mean {path / CHECKPOINT_NAME}?" if (path / CHECKPOINT_NAME).is_file() else ""
+        hint = (
+            f"; did you mean {path / CHECKPOINT_NAME}?"
+            if (path / CHECKPOINT_NAME).is_file()
+            else ""
+        )
         raise CheckpointError(f"{path} is a folder, not a checkpoint file{hint}")
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
@@ -76,9 +84,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise CheckpointError(f"{path} is truncated or corrupt ({type(exc).__name__}); use an earlier copy") from exc
+        raise CheckpointError(
+            f"{path} is truncated or corrupt ({type(exc).__name__}); use an earlier copy"
+        ) from exc
     if damaged is not None:
-        raise CheckpointError(f"{path} is corrupt: its part {damaged!r} fails its checksum (a damaged copy or disk); use an earlier copy")
+        raise CheckpointError(
+            f"{path} is corrupt: its part {damaged!r} fails its checksum (a damaged copy or disk); use an earlier copy"
+        )
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -86,10 +98,18 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"refusing to load {path}: it holds Python objects beyond tensors and plain containers, and loading those can run code"
         ) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        raise CheckpointError(f"{path} is truncated or corrupt ({type(exc).__name__}); use an earlier copy") from exc
+        raise CheckpointError(
+            f"{path} is truncated or corrupt ({type(exc).__name__}); use an earlier copy"
+        ) from exc
     if not isinstance(ckpt, dict) or not {"config", "ema"} <= set(ckpt):
-        what = type(ckpt).__name__ if not isinstance(ckpt, dict) else f"a dict with keys {sorted(ckpt)[:6]}"
-        raise CheckpointError(f"{path} is not a ddpm_lib checkpoint: it holds {what}, expected 'config' and 'ema' (weights)")
+        what = (
+            type(ckpt).__name__
+            if not isinstance(ckpt, dict)
+            else f"a dict with keys {sorted(ckpt)[:6]}"
+        )
+        raise CheckpointError(
+            f"{path} is not a ddpm_lib checkpoint: it holds {what}, expected 'config' and 'ema' (weights)"
+        )
     _check_contents(ckpt, path)
     return ckpt
 
@@ -99,7 +119,9 @@ def _check_contents(ckpt: dict, path: Path) -> None:
     problems = []
     if not isinstance(ckpt["config"], dict):
         problems.append(f"'config' is a {type(ckpt['config']).__name__}, not a dict")
-    if not isinstance(ckpt["ema"], dict) or not all(isinstance(v, torch.Tensor) for v in ckpt["ema"].values()):
+    if not isinstance(ckpt["ema"], dict) or not all(
+        isinstance(v, torch.Tensor) for v in ckpt["ema"].values()
+    ):
         problems.append("'ema' is not a dict of tensors")
     args = ckpt.get("model_args")
     if args is not None and not isinstance(args, dict):
@@ -108,7 +130,10 @@ def _check_contents(ckpt: dict, path: Path) -> None:
         raise CheckpointError(f"{path} is not a usable ddpm_lib checkpoint: {'; '.join(problems)}")
     cfg = ckpt["config"]
     if args and cfg:
-        said = {"preset": (args.get("preset"), cfg.get("model")), "image_size": (args.get("image_size"), cfg.get("image_size"))}
+        said = {
+            "preset": (args.get("preset"), cfg.get("model")),
+            "image_size": (args.get("image_size"), cfg.get("image_size")),
+        }
         differ = [f"{k} {a!r} vs config {c!r}" for k, (a, c) in said.items() if a != c]
         if differ:
             raise CheckpointError(
@@ -119,7 +144,11 @@ def _check_contents(ckpt: dict, path: Path) -> None:
 
 def model_args(cfg: TrainConfig) -> dict:
     """The constructor arguments of the config's network: ``build_model(**model_args(cfg))`` rebuilds it."""
-    overrides = {} if cfg.dropout is None or cfg.model in ("simple", "resnet18") else {"dropout": cfg.dropout}
+    overrides = (
+        {}
+        if cfg.dropout is None or cfg.model in ("simple", "resnet18")
+        else {"dropout": cfg.dropout}
+    )
     for name in ("base_channels", "num_res_blocks", "attention_resolutions"):
         if getattr(cfg, name) is not None:
             overrides[name] = getattr(cfg, name)
@@ -140,13 +169,18 @@ def build_model_from_checkpoint(ckpt: dict) -> nn.Module:
 
 def diffusion_from_config(cfg: TrainConfig) -> GaussianDiffusion:
     """The noise process a run trained with: schedule, T, the reverse variance and what the network predicts."""
-    return GaussianDiffusion(make_betas(cfg.schedule, cfg.num_timesteps), cfg.variance_type, cfg.prediction_type)
+    return GaussianDiffusion(
+        make_betas(cfg.schedule, cfg.num_timesteps), cfg.variance_type, cfg.prediction_type
+    )
 
 
 def _state(weights: dict, dtype: torch.dtype | None = None) -> dict:
     """EMA state without AveragedModel's ``module.`` prefix and counter; floating tensors cast to ``dtype``."""
-    return {k.removeprefix("module."): v.to(dtype) if dtype is not None and v.is_floating_point() else v
-            for k, v in weights.items() if k != "n_averaged"}  # fmt: skip
+    return {
+        k.removeprefix("module."): v.to(dtype) if dtype is not None and v.is_floating_point() else v
+        for k, v in weights.items()
+        if k != "n_averaged"
+    }
 
 
 def load_ema_model(
@@ -166,31 +200,59 @@ def load_ema_model(
     try:
         model = build_model_from_checkpoint(ckpt)
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: cannot build its network from model_args {ckpt.get('model_args')!r}: {exc}") from exc
+        raise CheckpointError(
+            f"{path}: cannot build its network from model_args {ckpt.get('model_args')!r}: {exc}"
+        ) from exc
     state = _state(ckpt["ema"], torch.float32)
     mismatch = _state_mismatch(model.state_dict(), state)
     if mismatch:
-        raise CheckpointError(f"{path}: its weights do not fit a {cfg.model!r} network at {cfg.image_size}px ({mismatch})")
+        raise CheckpointError(
+            f"{path}: its weights do not fit a {cfg.model!r} network at {cfg.image_size}px ({mismatch})"
+        )
     model.load_state_dict(state)
-    return model.to(device, memory_format=torch.channels_last).eval(), diffusion_from_config(cfg), cfg
+    return (
+        model.to(device, memory_format=torch.channels_last).eval(),
+        diffusion_from_config(cfg),
+        cfg,
+    )
 
 
 def _state_mismatch(expected: dict, given: dict) -> str:
     """A one-line summary of how ``given`` differs from a network's ``expected`` state dict ('' when it fits)."""
     missing = [k for k in expected if k not in given]
     unexpected = [k for k in given if k not in expected]
-    shapes = [f"{k}: file {tuple(given[k].shape)}, network {tuple(v.shape)}" for k, v in expected.items()
-              if k in given and given[k].shape != v.shape]  # fmt: skip
-    parts = [f"{len(names)} {what} (first: {names[0]})" for names, what in
-             ((missing, "missing tensor(s)"), (unexpected, "unexpected tensor(s)"), (shapes, "shape mismatch(es)")) if names]  # fmt: skip
+    shapes = [
+        f"{k}: file {tuple(given[k].shape)}, network {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in given and given[k].shape != v.shape
+    ]
+    parts = [
+        f"{len(names)} {what} (first: {names[0]})"
+        for names, what in (
+            (missing, "missing tensor(s)"),
+            (unexpected, "unexpected tensor(s)"),
+            (shapes, "shape mismatch(es)"),
+        )
+        if names
+    ]
     return "; ".join(parts)
 
 
-def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, dtype: torch.dtype = torch.bfloat16) -> int:
+def export_weights(
+    checkpoint: str | os.PathLike, out: str | os.PathLike, dtype: torch.dtype = torch.bfloat16
+) -> int:
     """Write the EMA weights of ``checkpoint`` in ``dtype`` with its config and model args (a few MB); returns the size."""
     ckpt = load_checkpoint(checkpoint)
     args = checkpoint_model_args(ckpt)
-    save_atomic({"config": ckpt["config"], "model_args": args, "ema": _state(ckpt["ema"], dtype), "step": ckpt.get("step", 0)}, out)
+    save_atomic(
+        {
+            "config": ckpt["config"],
+            "model_args": args,
+            "ema": _state(ckpt["ema"], dtype),
+            "step": ckpt.get("step", 0),
+        },
+        out,
+    )
     return Path(out).stat().st_size
 
 
@@ -201,14 +263,18 @@ def prepare_run_dir(out_dir: str | os.PathLike | None, resume: bool) -> Path | N
             raise ValueError("resume=True needs out_dir, the folder that holds checkpoint.pt")
         return None
     if str(out_dir).strip() == "":
-        raise ValueError("the run folder (--out) is an empty string; name a folder, e.g. runs/toy32")
+        raise ValueError(
+            "the run folder (--out) is an empty string; name a folder, e.g. runs/toy32"
+        )
     path = Path(out_dir).expanduser()
     if path.exists() and not path.is_dir():
         raise ValueError(f"the run folder {path} is a file; choose a folder")
     if resume:
         return path
     if (path / CHECKPOINT_NAME).exists():
-        raise ValueError(f"{path} already holds a training run; resume it (resume=True, --resume) or choose another folder")
+        raise ValueError(
+            f"{path} already holds a training run; resume it (resume=True, --resume) or choose another folder"
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
@@ -216,7 +282,9 @@ def prepare_run_dir(out_dir: str | os.PathLike | None, resume: bool) -> Path | N
         probe.unlink()
     except OSError as exc:
         raise ValueError(f"cannot write to the run folder {path}: {exc.strerror or exc}") from exc
-    (path / LOG_NAME).unlink(missing_ok=True)  # a run that stopped before its first checkpoint: start it again
+    (path / LOG_NAME).unlink(
+        missing_ok=True
+    )  # a run that stopped before its first checkpoint: start it again
     return path
 
 

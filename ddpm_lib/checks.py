@@ -19,7 +19,9 @@ def check_choice(value: object, kind: object, what: str) -> None:
         raise ValueError(f"unknown {what} {value!r}; valid choices: {', '.join(map(str, choices))}")
 
 
-def check_int(value: object, what: str, minimum: int | None = None, maximum: int | None = None) -> int:
+def check_int(
+    value: object, what: str, minimum: int | None = None, maximum: int | None = None
+) -> int:
     """``value`` as an int, refusing bools, floats and values outside ``[minimum, maximum]``."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{what} must be an integer, got {value!r}")
@@ -57,7 +59,9 @@ def check_float(
         if maximum is not None:
             parts.append(f"<{'=' if max_inclusive else ''} {maximum:g}")
         allowed = (" and ".join(parts)) if parts else ""
-        raise ValueError(f"{what} must be a finite number{' ' + allowed if allowed else ''}, got {value}")
+        raise ValueError(
+            f"{what} must be a finite number{' ' + allowed if allowed else ''}, got {value}"
+        )
     return value
 
 
@@ -72,9 +76,15 @@ def _range_text(minimum: int | None, maximum: int | None) -> str:
 def check_image_range(x: torch.Tensor, what: str = "x0") -> None:
     """Refuse images that are not float tensors in [-1, 1] (uint8, or floats in 0..255), saying how to convert them."""
     if not x.is_floating_point():
-        raise ValueError(f"{what} must be a float tensor in [-1, 1], got {x.dtype}; convert uint8 images with ddpm_lib.data.from_uint8")
+        raise ValueError(
+            f"{what} must be a float tensor in [-1, 1], got {x.dtype}; convert uint8 images with ddpm_lib.data.from_uint8"
+        )
     lo, hi = float(x.min()), float(x.max())  # min and max propagate NaN
     if math.isnan(lo) or math.isnan(hi):
-        raise ValueError(f"{what} holds NaN values; check the images (a failed decode or a division by zero upstream)")
+        raise ValueError(
+            f"{what} holds NaN values; check the images (a failed decode or a division by zero upstream)"
+        )
     if lo < -1.001 or hi > 1.001:
-        raise ValueError(f"{what} must lie in [-1, 1], got values in [{lo:.3g}, {hi:.3g}]; scale images with x / 127.5 - 1 (from_uint8)")
+        raise ValueError(
+            f"{what} must lie in [-1, 1], got values in [{lo:.3g}, {hi:.3g}]; scale images with x / 127.5 - 1 (from_uint8)"
+        )

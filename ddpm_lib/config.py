@@ -28,26 +28,40 @@ class TrainConfig:
 
     # data
     dataset: DatasetName = "toy_cars"
-    data_root: str | None = None  # for stanford_cars (optional), cifar10 (optional), folder (required)
+    data_root: str | None = (
+        None  # for stanford_cars (optional), cifar10 (optional), folder (required)
+    )
     num_images: int | None = None  # toy_cars only: size of the train split (default 8,144)
     image_size: int = 32
     # model and diffusion
     model: str = "ddpm-cifar10"  # a preset of ddpm_lib.unet.build_model (MODEL_PRESETS)
     dropout: float | None = None  # None keeps the preset's dropout (0.1 in the paper's presets)
-    base_channels: int | None = None  # width: channels of the U-Net's first level (None: the preset's)
+    base_channels: int | None = (
+        None  # width: channels of the U-Net's first level (None: the preset's)
+    )
     num_res_blocks: int | None = None  # depth: ResBlocks per level (None: the preset's)
-    attention_resolutions: tuple[int, ...] | None = None  # feature-map sizes with self-attention, () for none (None: the preset's)
+    attention_resolutions: tuple[int, ...] | None = (
+        None  # feature-map sizes with self-attention, () for none (None: the preset's)
+    )
     schedule: ScheduleName = "linear"  # beta_1 = 1e-4 ... beta_T = 0.02
     num_timesteps: int = 1000  # T
-    variance_type: VarianceType = "fixed_small"  # sigma_t^2 = tilde-beta_t for the samples the engine draws
+    variance_type: VarianceType = (
+        "fixed_small"  # sigma_t^2 = tilde-beta_t for the samples the engine draws
+    )
     loss_type: LossType = "mse"  # L_simple, Eq. 14
-    prediction_type: PredictionType = "epsilon"  # the network predicts eps (the paper) or v (Salimans & Ho 2022)
-    snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (Hang et al. 2023; they use 5); None: L_simple's uniform weight
+    prediction_type: PredictionType = (
+        "epsilon"  # the network predicts eps (the paper) or v (Salimans & Ho 2022)
+    )
+    snr_gamma: float | None = (
+        None  # Min-SNR-gamma loss weighting (Hang et al. 2023; they use 5); None: L_simple's uniform weight
+    )
     # class conditioning with classifier-free guidance (Ho & Salimans 2022)
     class_cond: bool = False  # learn eps_theta(x_t, t, y) from the dataset's labels
     p_uncond: float = 0.1  # probability of replacing a label by the null label (the paper's 0.1 and 0.2 tie; 0.5 is worse)
     num_classes: int = 0  # set from the dataset when class_cond (6 body types for toy_cars)
-    class_names: tuple[str, ...] = ()  # the dataset's class names, kept so a checkpoint samples by name
+    class_names: tuple[
+        str, ...
+    ] = ()  # the dataset's class names, kept so a checkpoint samples by name
     # optimisation
     batch_size: int = 128  # global batch (split across processes under torchrun)
     lr: float = 2e-4
@@ -56,14 +70,18 @@ class TrainConfig:
     weight_decay: float = 0.0  # for adamw
     grad_clip: float = 1.0  # maximum gradient norm
     ema_decay: float = 0.9999
-    ema_warmup: bool = True  # decay_k = min(ema_decay, (1 + k) / (10 + k)): a useful EMA in short runs too
+    ema_warmup: bool = (
+        True  # decay_k = min(ema_decay, (1 + k) / (10 + k)): a useful EMA in short runs too
+    )
     # speed
     precision: Precision = "auto"  # auto: measured on CPUs (ddpm_lib.devices), bf16 or fp16 on CUDA
     channels_last: bool = True
     compile: bool = False  # torch.compile the model (minutes of compilation; pays off on long runs)
     deterministic: bool = False  # CUDA: deterministic kernels, so a resumed run matches an uninterrupted one bit for bit (slower)
     # budget, logging, checkpoints
-    max_steps: int = 800_000  # the run's total number of optimiser steps (a resumed run stops here too)
+    max_steps: int = (
+        800_000  # the run's total number of optimiser steps (a resumed run stops here too)
+    )
     max_minutes: float | None = None  # wall-clock budget of this invocation
     seed: int = 0
     log_every: int = 10  # loss CSV rows
@@ -86,7 +104,15 @@ class TrainConfig:
         check_choice(self.optimizer, Optimizer, "optimizer")
         check_choice(self.precision, Precision, "precision")
         check_choice(self.sample_sampler, Sampler, "sample_sampler")
-        for name in ("image_size", "num_timesteps", "batch_size", "max_steps", "log_every", "checkpoint_every", "num_sample_images"):
+        for name in (
+            "image_size",
+            "num_timesteps",
+            "batch_size",
+            "max_steps",
+            "log_every",
+            "checkpoint_every",
+            "num_sample_images",
+        ):
             check_int(getattr(self, name), name, minimum=8 if name == "image_size" else 1)
         for name in ("warmup_steps", "sample_every", "seed"):
             check_int(getattr(self, name), name, minimum=0)
@@ -105,31 +131,53 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 check_int(getattr(self, name), name, minimum=1)
         if self.attention_resolutions is not None:
-            object.__setattr__(self, "attention_resolutions", tuple(self.attention_resolutions))  # a list after a round trip
+            object.__setattr__(
+                self, "attention_resolutions", tuple(self.attention_resolutions)
+            )  # a list after a round trip
             for r in self.attention_resolutions:
                 check_int(r, "attention_resolutions entry (a feature-map size)", minimum=1)
-        shape_overrides = [n for n in ("base_channels", "num_res_blocks", "attention_resolutions") if getattr(self, n) is not None]
+        shape_overrides = [
+            n
+            for n in ("base_channels", "num_res_blocks", "attention_resolutions")
+            if getattr(self, n) is not None
+        ]
         if shape_overrides and self.model in ("simple", "resnet18"):
-            raise ValueError(f"{', '.join(shape_overrides)} change a DDPM U-Net preset; {self.model!r} has a fixed shape")
+            raise ValueError(
+                f"{', '.join(shape_overrides)} change a DDPM U-Net preset; {self.model!r} has a fixed shape"
+            )
         if self.max_minutes is not None:
             check_float(self.max_minutes, "max_minutes", 0, min_inclusive=False)
         check_float(self.p_uncond, "p_uncond", 0, 1, max_inclusive=False)
         check_int(self.num_classes, "num_classes", minimum=0)
-        object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))  # a list after a checkpoint round trip
+        object.__setattr__(
+            self, "class_names", tuple(str(c) for c in self.class_names)
+        )  # a list after a checkpoint round trip
         if self.class_cond and self.model in ("simple", "resnet18"):
-            raise ValueError(f"class_cond needs one of the DDPM U-Net presets; {self.model!r} takes no labels")
+            raise ValueError(
+                f"class_cond needs one of the DDPM U-Net presets; {self.model!r} takes no labels"
+            )
         if not self.class_cond and self.num_classes:
-            raise ValueError("num_classes is set only for a class-conditional run (class_cond=True)")
+            raise ValueError(
+                "num_classes is set only for a class-conditional run (class_cond=True)"
+            )
         for name in ("ema_warmup", "channels_last", "compile", "class_cond", "deterministic"):
             check_bool(getattr(self, name), name)
         if self.data_root is not None:
             if not isinstance(self.data_root, (str, os.PathLike)):
-                raise ValueError(f"data_root must be a path (str or pathlib.Path), got {self.data_root!r}")
-            object.__setattr__(self, "data_root", os.fspath(self.data_root))  # a str: checkpoints hold plain types only
+                raise ValueError(
+                    f"data_root must be a path (str or pathlib.Path), got {self.data_root!r}"
+                )
+            object.__setattr__(
+                self, "data_root", os.fspath(self.data_root)
+            )  # a str: checkpoints hold plain types only
         if self.dataset == "folder" and not self.data_root:
-            raise ValueError("dataset 'folder' needs data_root (--data-root), the directory that holds the images")
+            raise ValueError(
+                "dataset 'folder' needs data_root (--data-root), the directory that holds the images"
+            )
         if self.num_images is not None and self.dataset != "toy_cars":
-            raise ValueError(f"num_images sets the size of the generated toy_cars dataset; {self.dataset} has a fixed size")
+            raise ValueError(
+                f"num_images sets the size of the generated toy_cars dataset; {self.dataset} has a fixed size"
+            )
 
     @classmethod
     def cpu_demo(cls, **overrides) -> TrainConfig:
@@ -139,10 +187,24 @@ class TrainConfig:
         over T = 500 steps, v-prediction with Min-SNR-5 weighting: at 10 minutes of a 2-core CPU, FID 8.6 against
         20.7 for the recipe it replaced (the paper's loss and schedule with the same network and optimiser).
         """
-        base = dict(model="small", dropout=0.0, batch_size=64, lr=1e-3, warmup_steps=100, ema_decay=0.999, schedule="cosine",
-                    num_timesteps=500, prediction_type="v_prediction", snr_gamma=5.0, checkpoint_every=250, sample_every=0,
-                    log_every=10)  # fmt: skip
-        if overrides.get("model", "small") == "small":  # the study's network; another model keeps its own shape
+        base = dict(
+            model="small",
+            dropout=0.0,
+            batch_size=64,
+            lr=1e-3,
+            warmup_steps=100,
+            ema_decay=0.999,
+            schedule="cosine",
+            num_timesteps=500,
+            prediction_type="v_prediction",
+            snr_gamma=5.0,
+            checkpoint_every=250,
+            sample_every=0,
+            log_every=10,
+        )
+        if (
+            overrides.get("model", "small") == "small"
+        ):  # the study's network; another model keeps its own shape
             base["attention_resolutions"] = ()
         return cls(**{**base, **overrides})
 
@@ -154,29 +216,61 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> TrainConfig:
         """The inverse of :meth:`to_dict`; unknown keys (from newer versions) are ignored."""
         if not isinstance(d, dict):
-            raise ValueError(f"a training config must be a dict of field values, got {type(d).__name__}")
+            raise ValueError(
+                f"a training config must be a dict of field values, got {type(d).__name__}"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def resumed_with(self, given: TrainConfig) -> TrainConfig:
         """This (a checkpoint's) config with the fields of ``given`` that may change on resume; raises on any other difference."""
-        changed = {f.name for f in dataclasses.fields(TrainConfig) if getattr(self, f.name) != getattr(given, f.name)}
+        changed = {
+            f.name
+            for f in dataclasses.fields(TrainConfig)
+            if getattr(self, f.name) != getattr(given, f.name)
+        }
         if not given.num_classes:  # not given: the run keeps the classes it found in its data
             changed -= {"num_classes", "class_names"}
         conflicting = sorted(changed - RESUMABLE_OVERRIDES)
         if conflicting:
-            detail = ", ".join(f"{k}: checkpoint {getattr(self, k)!r} vs now {getattr(given, k)!r}" for k in conflicting)
-            raise ValueError(f"cannot resume with a different configuration ({detail}); start a new run folder instead")
+            detail = ", ".join(
+                f"{k}: checkpoint {getattr(self, k)!r} vs now {getattr(given, k)!r}"
+                for k in conflicting
+            )
+            raise ValueError(
+                f"cannot resume with a different configuration ({detail}); start a new run folder instead"
+            )
         return dataclasses.replace(self, **{k: getattr(given, k) for k in changed})
 
 
 # TrainConfig.cpu_demo(**CPU_RECIPE_BEFORE_STUDY) is the CPU recipe before benchmarks/recipe.py chose the current one
 # (attention at 16x16, the paper's linear schedule, T = 1000, eps loss): the baseline of that study and the recipe of
 # ddpm_lib/weights/study_toy_cars_32.pt.
-CPU_RECIPE_BEFORE_STUDY = dict(attention_resolutions=None, schedule="linear", num_timesteps=1000, prediction_type="epsilon", snr_gamma=None)
+CPU_RECIPE_BEFORE_STUDY = dict(
+    attention_resolutions=None,
+    schedule="linear",
+    num_timesteps=1000,
+    prediction_type="epsilon",
+    snr_gamma=None,
+)
 
 # Fields that may change when a run is resumed; every other field must match the checkpoint. lr may change so that
 # a diverged run continues from its last checkpoint with a lower learning rate (the exact resume would diverge again).
-RESUMABLE_OVERRIDES = frozenset({"max_steps", "max_minutes", "checkpoint_every", "sample_every", "log_every", "num_sample_images",
-                                 "sample_sampler", "sample_steps", "sample_eta", "compile", "data_root", "precision", "lr",
-                                 "deterministic"})  # fmt: skip
+RESUMABLE_OVERRIDES = frozenset(
+    {
+        "max_steps",
+        "max_minutes",
+        "checkpoint_every",
+        "sample_every",
+        "log_every",
+        "num_sample_images",
+        "sample_sampler",
+        "sample_steps",
+        "sample_eta",
+        "compile",
+        "data_root",
+        "precision",
+        "lr",
+        "deterministic",
+    }
+)

@@ -37,7 +37,9 @@ Split = Literal["train", "test"]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 STANFORD_CARS_HANDLE = "jutrera/stanford-car-dataset-by-classes-folder/versions/2"
 STANFORD_CARS_TRAIN_SIZE = 8144
-NETWORK_TIMEOUT_S = 10.0  # seconds without an answer (or without download progress) before giving up
+NETWORK_TIMEOUT_S = (
+    10.0  # seconds without an answer (or without download progress) before giving up
+)
 _R = TypeVar("_R")
 
 
@@ -50,7 +52,9 @@ class ImageTensorDataset(Dataset):
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str] = ()):
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+            raise ValueError(
+                f"images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}"
+            )
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images, self.labels, self.classes = images, labels.long(), list(classes)
@@ -61,7 +65,9 @@ class ImageTensorDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return from_uint8(self.images[index]), int(self.labels[index])
 
-    def batch(self, indices: torch.Tensor, device: torch.device | str = "cpu", flip: bool = False) -> torch.Tensor:
+    def batch(
+        self, indices: torch.Tensor, device: torch.device | str = "cpu", flip: bool = False
+    ) -> torch.Tensor:
         """x_0 for ``indices`` ``(B,)``: float ``(B, 3, H, W)`` in [-1, 1] on ``device``.
 
         With ``flip``, each image is mirrored left-right with probability 1/2, drawn from the global
@@ -94,7 +100,9 @@ class UnsupportedPixelsError(ValueError):
 def _load_rgb(path: Path, size: int) -> np.ndarray:
     """Decode an image file, convert it to RGB, resize its shorter side to ``size`` and centre-crop: ``(3, size, size)``."""
     with Image.open(path) as img:
-        img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when the file is much larger
+        img.draft(
+            "RGB", (size, size)
+        )  # JPEG: decode at a reduced scale when the file is much larger
         if img.mode == "F" or img.mode == "I" or img.mode.startswith("I;16"):
             img = _high_bit_to_8bit(img)
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
@@ -134,13 +142,21 @@ def _high_bit_to_8bit(img: Image.Image) -> Image.Image:
 def _resize_crop(img: Image.Image, size: int) -> np.ndarray:
     w, h = img.size
     scale = size / min(w, h)
-    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    img = img.resize(
+        (max(size, round(w * scale)), max(size, round(h * scale))),
+        Image.Resampling.BICUBIC,
+        reducing_gap=3.0,
+    )
     w, h = img.size
     left, top = (w - size) // 2, (h - size) // 2
-    return np.array(img.crop((left, top, left + size, top + size)), dtype=np.uint8).transpose(2, 0, 1)
+    return np.array(img.crop((left, top, left + size, top + size)), dtype=np.uint8).transpose(
+        2, 0, 1
+    )
 
 
-def _decode_files(files: Sequence[Path], labels: Sequence[int], size: int, classes: Sequence[str], source: str) -> ImageTensorDataset:
+def _decode_files(
+    files: Sequence[Path], labels: Sequence[int], size: int, classes: Sequence[str], source: str
+) -> ImageTensorDataset:
     images, kept, bad = [], [], []
     for path, label in zip(files, labels, strict=True):
         try:
@@ -154,17 +170,27 @@ def _decode_files(files: Sequence[Path], labels: Sequence[int], size: int, class
         shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
         warnings.warn(f"skipped {len(bad)} image(s) in {source}: {shown}", stacklevel=3)
     if not images:
-        raise DatasetUnavailableError(f"no readable images in {source} ({len(bad)} file(s) failed to decode; the first: {bad[0]})")
+        raise DatasetUnavailableError(
+            f"no readable images in {source} ({len(bad)} file(s) failed to decode; the first: {bad[0]})"
+        )
     return ImageTensorDataset(torch.from_numpy(np.stack(images)), torch.tensor(kept), classes)
 
 
 def _image_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(
+        p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
 
 
 # ---------------------------------------------------------------------------------- sources
-def _toy_cars(image_size: int, split: Split, num_images: int | None = None, seed: int = 0) -> ImageTensorDataset:
-    n = STANFORD_CARS_TRAIN_SIZE if num_images is None else check_int(num_images, "num_images", minimum=1)
+def _toy_cars(
+    image_size: int, split: Split, num_images: int | None = None, seed: int = 0
+) -> ImageTensorDataset:
+    n = (
+        STANFORD_CARS_TRAIN_SIZE
+        if num_images is None
+        else check_int(num_images, "num_images", minimum=1)
+    )
     check_int(seed, "seed", minimum=0)
     images, labels = toy_cars.generate(n, image_size, seed=seed, split=split)
     return ImageTensorDataset(images, labels, toy_cars.BODY_TYPES)
@@ -178,10 +204,17 @@ def _folder(image_size: int, root: str | os.PathLike | None) -> ImageTensorDatas
         raise DatasetUnavailableError(f"image folder {root} does not exist or is not a directory")
     files = _image_files(root)
     if not files:
-        raise DatasetUnavailableError(f"image folder {root} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
-    classes = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
+        raise DatasetUnavailableError(
+            f"image folder {root} holds no image files ({', '.join(IMAGE_EXTENSIONS)})"
+        )
+    classes = sorted(
+        {p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1}
+    )
     index = {c: i for i, c in enumerate(classes)}
-    labels = [index.get(p.relative_to(root).parts[0], 0) if len(p.relative_to(root).parts) > 1 else 0 for p in files]
+    labels = [
+        index.get(p.relative_to(root).parts[0], 0) if len(p.relative_to(root).parts) > 1 else 0
+        for p in files
+    ]
     return _decode_files(files, labels, image_size, classes, f"image folder {root}")
 
 
@@ -206,7 +239,9 @@ class _NoAnswer(TimeoutError):
     """A call that made no progress within its deadline."""
 
 
-def _call_with_deadline(fn: Callable[[], _R], seconds: float, progress: Callable[[], object] | None = None) -> _R:
+def _call_with_deadline(
+    fn: Callable[[], _R], seconds: float, progress: Callable[[], object] | None = None
+) -> _R:
     """``fn()`` run in a daemon thread; raise :class:`_NoAnswer` when it runs ``seconds`` without progress.
 
     A client that passes no timeout to ``requests`` ignores the socket default and can wait forever.
@@ -258,14 +293,20 @@ def _find_stanford_root(base: Path) -> Path | None:
     return None
 
 
-def _stanford_cars(image_size: int, split: Split, root: str | os.PathLike | None) -> ImageTensorDataset:
+def _stanford_cars(
+    image_size: int, split: Split, root: str | os.PathLike | None
+) -> ImageTensorDataset:
     if root is None:
         try:
             import kagglehub
 
             with _network_timeout(NETWORK_TIMEOUT_S):
                 download = functools.partial(kagglehub.dataset_download, STANFORD_CARS_HANDLE)
-                base = Path(_call_with_deadline(download, NETWORK_TIMEOUT_S, progress=_kagglehub_dataset_bytes))
+                base = Path(
+                    _call_with_deadline(
+                        download, NETWORK_TIMEOUT_S, progress=_kagglehub_dataset_bytes
+                    )
+                )
         except _NoAnswer:
             raise _unavailable(
                 "Stanford Cars",
@@ -275,7 +316,9 @@ def _stanford_cars(image_size: int, split: Split, root: str | os.PathLike | None
                 "https://www.kaggle.com/datasets/jutrera/stanford-car-dataset-by-classes-folder yourself and pass "
                 "root='path/to/it' (--data-root with python -m ddpm_lib.train)",
             ) from None
-        except Exception as exc:  # kagglehub raises many types offline: connection, auth, HTTP errors
+        except (
+            Exception
+        ) as exc:  # kagglehub raises many types offline: connection, auth, HTTP errors
             raise _unavailable(
                 "Stanford Cars",
                 f"kagglehub could not download {STANFORD_CARS_HANDLE!r} and it is not in the kagglehub cache ({type(exc).__name__}: {exc})",
@@ -297,15 +340,21 @@ def _stanford_cars(image_size: int, split: Split, root: str | os.PathLike | None
     index = {c: i for i, c in enumerate(classes)}
     files = _image_files(split_dir)
     if not files:
-        raise _unavailable("Stanford Cars", f"{split_dir} holds no images", "re-download the dataset or fix root=")
+        raise _unavailable(
+            "Stanford Cars", f"{split_dir} holds no images", "re-download the dataset or fix root="
+        )
     labels = [index[p.relative_to(split_dir).parts[0]] for p in files]
     return _decode_files(files, labels, image_size, classes, f"Stanford Cars {split_dir}")
 
 
-def _cifar10(image_size: int, split: Split, root: str | os.PathLike | None, download: bool) -> ImageTensorDataset:
+def _cifar10(
+    image_size: int, split: Split, root: str | os.PathLike | None, download: bool
+) -> ImageTensorDataset:
     from torchvision.datasets import CIFAR10
 
-    root = Path(root if root is not None else Path.home() / ".cache" / "ddpm_lib" / "cifar10").expanduser()
+    root = Path(
+        root if root is not None else Path.home() / ".cache" / "ddpm_lib" / "cifar10"
+    ).expanduser()
     try:
         with _network_timeout(NETWORK_TIMEOUT_S), contextlib.redirect_stdout(None):
             ds = CIFAR10(str(root), train=(split == "train"), download=download)
@@ -316,9 +365,13 @@ def _cifar10(image_size: int, split: Split, root: str | os.PathLike | None, down
             "connect to the internet and pass download=True, or put cifar-10-batches-py/ (from "
             "https://www.cs.toronto.edu/~kriz/cifar.html) under root=",
         ) from exc
-    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 32, 32, 3) -> (N, 3, 32, 32)
+    images = (
+        torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+    )  # (N, 32, 32, 3) -> (N, 3, 32, 32)
     if image_size != images.shape[-1]:
-        images = torch.stack([torch.from_numpy(_resize_crop(Image.fromarray(a), image_size)) for a in ds.data])
+        images = torch.stack(
+            [torch.from_numpy(_resize_crop(Image.fromarray(a), image_size)) for a in ds.data]
+        )
     return ImageTensorDataset(images, torch.tensor(ds.targets), ds.classes)
 
 
@@ -336,7 +389,9 @@ def load_dataset(
     saying how to get it.
     """
     if name not in get_args(DatasetName):
-        raise ValueError(f"unknown dataset {name!r}; valid choices: {', '.join(get_args(DatasetName))}")
+        raise ValueError(
+            f"unknown dataset {name!r}; valid choices: {', '.join(get_args(DatasetName))}"
+        )
     if split not in get_args(Split):
         raise ValueError(f"unknown split {split!r}; valid choices: {', '.join(get_args(Split))}")
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
@@ -344,7 +399,9 @@ def load_dataset(
     allowed = {"toy_cars": {"num_images", "seed"}, "cifar10": {"download"}}.get(name, set())
     unknown = set(options) - allowed
     if unknown:
-        raise ValueError(f"unknown option(s) {sorted(unknown)} for dataset {name!r}; valid: {sorted(allowed) or 'none'}")
+        raise ValueError(
+            f"unknown option(s) {sorted(unknown)} for dataset {name!r}; valid: {sorted(allowed) or 'none'}"
+        )
     if name == "toy_cars":
         if root is not None:
             raise ValueError("toy_cars is generated, not read from disk: drop root=")

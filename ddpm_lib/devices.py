@@ -52,11 +52,21 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} was asked for but this machine has no CUDA GPU; use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"device {device} does not exist: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+        raise ValueError(
+            f"device {device} was asked for but this machine has no CUDA GPU; use --device cpu"
+        )
+    if (
+        device.type == "cuda"
+        and device.index is not None
+        and device.index >= torch.cuda.device_count()
+    ):
+        raise ValueError(
+            f"device {device} does not exist: this machine has {torch.cuda.device_count()} CUDA GPU(s)"
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("device mps was asked for but Apple's MPS backend is not available here; use --device cpu")
+        raise ValueError(
+            "device mps was asked for but Apple's MPS backend is not available here; use --device cpu"
+        )
     if device.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"unsupported device {device}; use cpu, cuda, cuda:N or mps")
     return device
@@ -90,7 +100,11 @@ class PrecisionChoice:
     def __str__(self) -> str:
         if self.speedup is None:
             return f"{self.name} ({self.source})"
-        ratio = f"{self.speedup:.2f}x faster" if self.speedup >= 1 else f"{1 / self.speedup:.1f}x slower"
+        ratio = (
+            f"{self.speedup:.2f}x faster"
+            if self.speedup >= 1
+            else f"{1 / self.speedup:.1f}x slower"
+        )
         return f"{self.name}: {self.reduced} measured {ratio} than fp32 ({self.source})"
 
 
@@ -138,8 +152,14 @@ def _write_cache(key: str, value: dict) -> None:
         os.replace(tmp, path)
 
 
-def time_step(model: nn.Module, example_shape: tuple[int, ...], kind: StepKind, device: torch.device, batch: int = 8,
-              reps: int = 2) -> Callable[[torch.dtype], float]:  # fmt: skip
+def time_step(
+    model: nn.Module,
+    example_shape: tuple[int, ...],
+    kind: StepKind,
+    device: torch.device,
+    batch: int = 8,
+    reps: int = 2,
+) -> Callable[[torch.dtype], float]:
     """A timer ``dtype -> seconds`` of one step of ``model`` on a batch of ``example_shape`` ``(C, H, W)``.
 
     ``"sample"`` times a forward pass without gradients (eval mode); ``"train"`` a forward and backward
@@ -149,7 +169,10 @@ def time_step(model: nn.Module, example_shape: tuple[int, ...], kind: StepKind, 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, *example_shape, generator=g).to(device)
     t = torch.randint(0, 1000, (batch,), generator=g).to(device)
-    if next(model.parameters(), torch.empty(0)).is_contiguous(memory_format=torch.channels_last) and x.dim() == 4:
+    if (
+        next(model.parameters(), torch.empty(0)).is_contiguous(memory_format=torch.channels_last)
+        and x.dim() == 4
+    ):
         x = x.contiguous(memory_format=torch.channels_last)
 
     def call(dtype: torch.dtype) -> None:
@@ -217,17 +240,27 @@ def resolve_precision(
         check_choice(precision, Precision, f"precision in ${PRECISION_ENV}")
     if precision != "auto":
         if precision == "fp16" and device.type == "cpu":
-            raise ValueError("precision 'fp16' is for GPUs; on the CPU use 'bf16', 'fp32' or 'auto'")
+            raise ValueError(
+                "precision 'fp16' is for GPUs; on the CPU use 'bf16', 'fp32' or 'auto'"
+            )
         if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ValueError(f"this GPU ({torch.cuda.get_device_name(device)}) has no bfloat16; use 'fp16', 'fp32' or 'auto'")
+            raise ValueError(
+                f"this GPU ({torch.cuda.get_device_name(device)}) has no bfloat16; use 'fp16', 'fp32' or 'auto'"
+            )
         return PrecisionChoice(precision, device.type, source)
     if device.type == "cuda":
-        return PrecisionChoice("bf16" if torch.cuda.is_bf16_supported() else "fp16", "cuda", "device")
+        return PrecisionChoice(
+            "bf16" if torch.cuda.is_bf16_supported() else "fp16", "cuda", "device"
+        )
     reduced = torch.bfloat16 if device.type == "cpu" else torch.float16
     if model is None and timer is None:
-        raise ValueError("precision 'auto' on a CPU or MPS is measured on the model: pass model= (or choose fp32/bf16)")
+        raise ValueError(
+            "precision 'auto' on a CPU or MPS is measured on the model: pass model= (or choose fp32/bf16)"
+        )
     key = f"{device.type}|{cpu_signature()}|torch {torch.__version__}|{NAMES[reduced]}"
-    key += "|" + (_model_key(model, (batch, *example_shape), kind) if model is not None else f"timer-{kind}")
+    key += "|" + (
+        _model_key(model, (batch, *example_shape), kind) if model is not None else f"timer-{kind}"
+    )
     cached = _read_cache().get(key) if use_cache else None
     if cached is not None:
         speedup, source = float(cached["speedup"]), "cached"
@@ -235,12 +268,18 @@ def resolve_precision(
         if timer is not None:
             speedup = measure_speedup(timer, reduced)
         else:  # a quick look on 4 images first: an emulated dtype (10x slower and more) is refused without the full timing
-            speedup = measure_speedup(time_step(model, example_shape, kind, device, batch=min(4, batch), reps=1), reduced)
+            speedup = measure_speedup(
+                time_step(model, example_shape, kind, device, batch=min(4, batch), reps=1), reduced
+            )
             if speedup > 1 / 3:
-                speedup = measure_speedup(time_step(model, example_shape, kind, device, batch=batch), reduced)
+                speedup = measure_speedup(
+                    time_step(model, example_shape, kind, device, batch=batch), reduced
+                )
         source = "measured"
         if use_cache:
-            _write_cache(key, {"speedup": speedup, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")})
+            _write_cache(
+                key, {"speedup": speedup, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+            )
     name = NAMES[reduced] if speedup >= MIN_SPEEDUP else "fp32"
     return PrecisionChoice(name, device.type, source, speedup, NAMES[reduced])
 
@@ -253,8 +292,16 @@ def device_report(device: torch.device, choice: PrecisionChoice | None = None) -
     elif device.type == "mps":
         where = "Apple GPU (MPS)"
     else:
-        bf16 = "with bf16 instructions" if any(f in cpu_signature() for f in ("avx512_bf16", "amx_bf16")) else "without bf16 instructions"
-        limit = f", kernels limited to {os.environ['ONEDNN_MAX_CPU_ISA']}" if os.environ.get("ONEDNN_MAX_CPU_ISA") else ""
+        bf16 = (
+            "with bf16 instructions"
+            if any(f in cpu_signature() for f in ("avx512_bf16", "amx_bf16"))
+            else "without bf16 instructions"
+        )
+        limit = (
+            f", kernels limited to {os.environ['ONEDNN_MAX_CPU_ISA']}"
+            if os.environ.get("ONEDNN_MAX_CPU_ISA")
+            else ""
+        )
         where = f"CPU ({torch.backends.cpu.get_cpu_capability().upper()}, {bf16}{limit}), {torch.get_num_threads()} threads"
     return f"{where}, {choice if choice is not None else 'precision not chosen yet'}, torch {torch.__version__}"
 

@@ -40,8 +40,12 @@ class SampleStep(NamedTuple):
     x_prev: torch.Tensor
 
 
-def classifier_free(model: Callable[..., torch.Tensor], labels: torch.Tensor, guidance_scale: float = 0.0,
-                    interval: tuple[int, int] | None = None) -> Model:  # fmt: skip
+def classifier_free(
+    model: Callable[..., torch.Tensor],
+    labels: torch.Tensor,
+    guidance_scale: float = 0.0,
+    interval: tuple[int, int] | None = None,
+) -> Model:
     """The guided noise prediction of classifier-free guidance (Ho & Salimans 2022, Eq. 6), as a ``Model``.
 
     ``eps~(x_t, t) = (1 + w) eps(x_t, t, y) - w eps(x_t, t, null)`` with ``w = guidance_scale`` (the paper's
@@ -57,17 +61,23 @@ def classifier_free(model: Callable[..., torch.Tensor], labels: torch.Tensor, gu
     if interval is not None:
         lo, hi = (check_int(v, "guidance_interval bound (a timestep index)", 0) for v in interval)
         if lo > hi:
-            raise ValueError(f"guidance_interval must be (lo, hi) with lo <= hi, got {tuple(interval)}")
+            raise ValueError(
+                f"guidance_interval must be (lo, hi) with lo <= hi, got {tuple(interval)}"
+            )
     num_classes = getattr(model, "num_classes", None)
     if not num_classes:
-        raise ValueError("labels need a class-conditional model (trained with --class-cond); this one takes no labels")
+        raise ValueError(
+            "labels need a class-conditional model (trained with --class-cond); this one takes no labels"
+        )
     null = torch.full_like(labels, num_classes)
 
     def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         y = labels.to(x.device)
         if w == 0 or (interval is not None and not lo <= int(t[0]) <= hi):
             return model(x, t, y)
-        both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null.to(x.device)]))  # one forward pass, 2B images
+        both = model(
+            torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null.to(x.device)])
+        )  # one forward pass, 2B images
         cond, uncond = both.chunk(2)
         return cond + w * (cond - uncond)  # = (1 + w) cond - w uncond
 
@@ -101,13 +111,20 @@ class GaussianDiffusion:
     sqrt(bar-alpha_t) eps - sqrt(1 - bar-alpha_t) x_0 (Salimans & Ho 2022, App. D); samplers use eps (:meth:`eps_from_output`).
     """
 
-    def __init__(self, betas: torch.Tensor, variance_type: VarianceType = "fixed_small", prediction_type: PredictionType = "epsilon"):
+    def __init__(
+        self,
+        betas: torch.Tensor,
+        variance_type: VarianceType = "fixed_small",
+        prediction_type: PredictionType = "epsilon",
+    ):
         check_choice(variance_type, VarianceType, "variance_type")
         check_choice(prediction_type, PredictionType, "prediction_type")
         self.prediction_type = prediction_type
         betas = torch.as_tensor(betas, dtype=torch.float64)
         if betas.dim() != 1:
-            raise ValueError(f"betas must be a 1-D tensor of shape (T,), got shape {tuple(betas.shape)}")
+            raise ValueError(
+                f"betas must be a 1-D tensor of shape (T,), got shape {tuple(betas.shape)}"
+            )
         if betas.numel() < 1 or not bool(((betas > 0) & (betas < 1)).all()):
             raise ValueError("betas must be a non-empty 1-D tensor with every value in (0, 1)")
         self.variance_type = variance_type
@@ -115,7 +132,9 @@ class GaussianDiffusion:
         self.betas = betas
         self.alphas = 1.0 - betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
-        self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
+        self.alphas_cumprod_prev = torch.cat(
+            [torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]]
+        )
         # Eq. 4: q(x_t | x_0) = N(sqrt(bar-alpha_t) x_0, (1 - bar-alpha_t) I)
         self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
         self.sqrt_one_minus_alphas_cumprod = (1.0 - self.alphas_cumprod).sqrt()
@@ -123,9 +142,15 @@ class GaussianDiffusion:
         self.sqrt_recip_alphas_cumprod = (1.0 / self.alphas_cumprod).sqrt()
         self.sqrt_recipm1_alphas_cumprod = (1.0 / self.alphas_cumprod - 1.0).sqrt()
         # Eq. 7: tilde-beta_t and the two coefficients of tilde-mu_t(x_t, x_0)
-        self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
-        self.posterior_mean_coef1 = betas * self.alphas_cumprod_prev.sqrt() / (1.0 - self.alphas_cumprod)
-        self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * self.alphas.sqrt() / (1.0 - self.alphas_cumprod)
+        self.posterior_variance = (
+            betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        )
+        self.posterior_mean_coef1 = (
+            betas * self.alphas_cumprod_prev.sqrt() / (1.0 - self.alphas_cumprod)
+        )
+        self.posterior_mean_coef2 = (
+            (1.0 - self.alphas_cumprod_prev) * self.alphas.sqrt() / (1.0 - self.alphas_cumprod)
+        )
         self._cache: dict[tuple, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ helpers
@@ -141,16 +166,24 @@ class GaussianDiffusion:
         """Turn an int or tensor ``t`` into a LongTensor of shape ``(B,)`` and check its range."""
         t = torch.as_tensor(t, device=x.device)
         if t.is_floating_point():
-            raise ValueError("t must hold integer timesteps in [0, T-1], got a floating-point tensor")
+            raise ValueError(
+                "t must hold integer timesteps in [0, T-1], got a floating-point tensor"
+            )
         t = t.long().expand(x.shape[0]) if t.dim() == 0 else t.long()
         if t.shape != (x.shape[0],):
-            raise ValueError(f"t must have shape ({x.shape[0]},) to match the batch, got {tuple(t.shape)}")
+            raise ValueError(
+                f"t must have shape ({x.shape[0]},) to match the batch, got {tuple(t.shape)}"
+            )
         if int(t.min()) < 0 or int(t.max()) >= self.num_timesteps:
-            raise ValueError(f"t must lie in [0, {self.num_timesteps - 1}], got values in [{int(t.min())}, {int(t.max())}]")
+            raise ValueError(
+                f"t must lie in [0, {self.num_timesteps - 1}], got values in [{int(t.min())}, {int(t.max())}]"
+            )
         return t
 
     # ------------------------------------------------------------------ forward process
-    def q_sample(self, x0: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor | None = None) -> torch.Tensor:
+    def q_sample(
+        self, x0: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Sample x_t ~ q(x_t | x_0) in closed form (Ho et al. 2020, Eq. 4).
 
         ``x_t = sqrt(bar-alpha_t) x_0 + sqrt(1 - bar-alpha_t) noise``; x0 and noise ``(B, C, H, W)``,
@@ -160,35 +193,61 @@ class GaussianDiffusion:
         if noise is None:
             noise = torch.randn_like(x0)
         elif noise.shape != x0.shape:
-            raise ValueError(f"noise has shape {tuple(noise.shape)}, expected x0's shape {tuple(x0.shape)}")
-        return self._extract("sqrt_alphas_cumprod", t, x0) * x0 + self._extract("sqrt_one_minus_alphas_cumprod", t, x0) * noise
+            raise ValueError(
+                f"noise has shape {tuple(noise.shape)}, expected x0's shape {tuple(x0.shape)}"
+            )
+        return (
+            self._extract("sqrt_alphas_cumprod", t, x0) * x0
+            + self._extract("sqrt_one_minus_alphas_cumprod", t, x0) * noise
+        )
 
-    def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
+    def q_posterior(
+        self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance of the posterior q(x_{t-1} | x_t, x_0) (Ho et al. 2020, Eqs. 6-7).
 
         Returns ``(mean, variance)``: mean ``(B, C, H, W)``; variance tilde-beta_t of shape
         ``(B, 1, 1, 1)``, broadcastable against the mean. At t = 0 the variance is 0 (x_0 is known).
         """
         t = self._as_timesteps(t, x_t)
-        mean = self._extract("posterior_mean_coef1", t, x_t) * x0 + self._extract("posterior_mean_coef2", t, x_t) * x_t
+        mean = (
+            self._extract("posterior_mean_coef1", t, x_t) * x0
+            + self._extract("posterior_mean_coef2", t, x_t) * x_t
+        )
         return mean, self._extract("posterior_variance", t, x_t)
 
-    def predict_x0_from_noise(self, x_t: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor) -> torch.Tensor:
+    def predict_x0_from_noise(
+        self, x_t: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor
+    ) -> torch.Tensor:
         """hat-x_0 = (x_t - sqrt(1 - bar-alpha_t) eps) / sqrt(bar-alpha_t), Eq. 4 solved for x_0 (cf. Eq. 15)."""
         t = self._as_timesteps(t, x_t)
-        return self._extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t - self._extract("sqrt_recipm1_alphas_cumprod", t, x_t) * noise
+        return (
+            self._extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t
+            - self._extract("sqrt_recipm1_alphas_cumprod", t, x_t) * noise
+        )
 
-    def predict_noise_from_x0(self, x_t: torch.Tensor, t: torch.Tensor | int, x0: torch.Tensor) -> torch.Tensor:
+    def predict_noise_from_x0(
+        self, x_t: torch.Tensor, t: torch.Tensor | int, x0: torch.Tensor
+    ) -> torch.Tensor:
         """The eps consistent with x_t and a (clipped) x_0: Eq. 4 solved for eps."""
         t = self._as_timesteps(t, x_t)
-        return (self._extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t - x0) / self._extract("sqrt_recipm1_alphas_cumprod", t, x_t)
+        return (self._extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t - x0) / self._extract(
+            "sqrt_recipm1_alphas_cumprod", t, x_t
+        )
 
-    def velocity(self, x0: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor) -> torch.Tensor:
+    def velocity(
+        self, x0: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor
+    ) -> torch.Tensor:
         """v = sqrt(bar-alpha_t) eps - sqrt(1 - bar-alpha_t) x_0 (Salimans & Ho 2022, App. D), ``(B, C, H, W)``."""
         t = self._as_timesteps(t, x0)
-        return self._extract("sqrt_alphas_cumprod", t, x0) * noise - self._extract("sqrt_one_minus_alphas_cumprod", t, x0) * x0
+        return (
+            self._extract("sqrt_alphas_cumprod", t, x0) * noise
+            - self._extract("sqrt_one_minus_alphas_cumprod", t, x0) * x0
+        )
 
-    def eps_from_output(self, x_t: torch.Tensor, t: torch.Tensor | int, output: torch.Tensor) -> torch.Tensor:
+    def eps_from_output(
+        self, x_t: torch.Tensor, t: torch.Tensor | int, output: torch.Tensor
+    ) -> torch.Tensor:
         """The noise estimate eps_theta from the network's output, ``(B, C, H, W)``.
 
         For ``"epsilon"`` the output itself; for ``"v_prediction"`` eps = sqrt(1 - bar-alpha_t) x_t +
@@ -197,16 +256,29 @@ class GaussianDiffusion:
         if self.prediction_type == "epsilon":
             return output
         t = self._as_timesteps(t, x_t)
-        return self._extract("sqrt_one_minus_alphas_cumprod", t, x_t) * x_t + self._extract("sqrt_alphas_cumprod", t, x_t) * output
+        return (
+            self._extract("sqrt_one_minus_alphas_cumprod", t, x_t) * x_t
+            + self._extract("sqrt_alphas_cumprod", t, x_t) * output
+        )
 
     def snr(self, t: torch.Tensor | int) -> torch.Tensor:
         """SNR(t) = bar-alpha_t / (1 - bar-alpha_t) (Kingma et al. 2021), float64 ``(B,)``."""
-        return (self.alphas_cumprod / (1.0 - self.alphas_cumprod))[torch.as_tensor(t, dtype=torch.long).reshape(-1).cpu()]
+        return (self.alphas_cumprod / (1.0 - self.alphas_cumprod))[
+            torch.as_tensor(t, dtype=torch.long).reshape(-1).cpu()
+        ]
 
     # ------------------------------------------------------------------ loss
-    def training_loss(self, model: Model, x0: torch.Tensor, loss_type: LossType = "mse", t: torch.Tensor | None = None,
-                      noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                      labels: torch.Tensor | None = None, snr_gamma: float | None = None) -> torch.Tensor:  # fmt: skip
+    def training_loss(
+        self,
+        model: Model,
+        x0: torch.Tensor,
+        loss_type: LossType = "mse",
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        labels: torch.Tensor | None = None,
+        snr_gamma: float | None = None,
+    ) -> torch.Tensor:
         """The simplified objective L_simple (Ho et al. 2020, Eq. 14; Algorithm 1, lines 2-5).
 
         Draws ``t ~ Uniform{0..T-1}`` and ``noise ~ N(0, I)`` unless given, and returns the scalar mean over all
@@ -225,11 +297,21 @@ class GaussianDiffusion:
             t = torch.randint(0, self.num_timesteps, (B,), generator=generator, device=rng_device)
         t = self._as_timesteps(t, x0)
         if noise is None:
-            noise = torch.randn(x0.shape, generator=generator, device=rng_device, dtype=x0.dtype).to(x0.device)
+            noise = torch.randn(
+                x0.shape, generator=generator, device=rng_device, dtype=x0.dtype
+            ).to(x0.device)
         x_t = self.q_sample(x0, t, noise)
         output = (model(x_t, t) if labels is None else model(x_t, t, labels)).float()
-        target = noise.float() if self.prediction_type == "epsilon" else self.velocity(x0.float(), t, noise.float())
-        loss_fn = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": functools.partial(F.huber_loss, delta=1.0)}[loss_type]
+        target = (
+            noise.float()
+            if self.prediction_type == "epsilon"
+            else self.velocity(x0.float(), t, noise.float())
+        )
+        loss_fn = {
+            "mse": F.mse_loss,
+            "l1": F.l1_loss,
+            "huber": functools.partial(F.huber_loss, delta=1.0),
+        }[loss_type]
         if snr_gamma is None:
             return loss_fn(output, target)
         check_float(snr_gamma, "snr_gamma", 0, min_inclusive=False)
@@ -251,7 +333,9 @@ class GaussianDiffusion:
         t = self._as_timesteps(t, x_t)
         output = model(x_t, t).to(x_t.dtype)
         if output.shape != x_t.shape:
-            raise ValueError(f"model returned shape {tuple(output.shape)}, expected x_t's shape {tuple(x_t.shape)}")
+            raise ValueError(
+                f"model returned shape {tuple(output.shape)}, expected x_t's shape {tuple(x_t.shape)}"
+            )
         eps_pred = self.eps_from_output(x_t, t, output)
         x0_pred = self.predict_x0_from_noise(x_t, t, eps_pred)
         if clip_denoised:
@@ -272,8 +356,14 @@ class GaussianDiffusion:
         return out["mean"] + nonzero * out["variance"].sqrt() * noise, out["x0_pred"]
 
     @torch.no_grad()
-    def p_sample(self, model: Model, x_t: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor | None = None,
-                 clip_denoised: bool = True) -> torch.Tensor:  # fmt: skip
+    def p_sample(
+        self,
+        model: Model,
+        x_t: torch.Tensor,
+        t: torch.Tensor | int,
+        noise: torch.Tensor | None = None,
+        clip_denoised: bool = True,
+    ) -> torch.Tensor:
         """One step of ancestral sampling (Ho et al. 2020, Algorithm 2, lines 3-4): x_t -> x_{t-1}.
 
         ``x_{t-1} = mu_theta(x_t, t) + sigma_t z`` with ``z = noise`` when given (else drawn), and
@@ -284,15 +374,30 @@ class GaussianDiffusion:
 
     def ddim_timesteps(self, num_steps: int) -> list[int]:
         """The ``num_steps`` timesteps DDIM visits, evenly spaced from T-1 down to 0 (both included)."""
-        check_int(num_steps, f"num_steps (DDIM steps, at most T={self.num_timesteps})", 1, self.num_timesteps)
+        check_int(
+            num_steps,
+            f"num_steps (DDIM steps, at most T={self.num_timesteps})",
+            1,
+            self.num_timesteps,
+        )
         if num_steps == 1:
             return [self.num_timesteps - 1]
-        steps = np.unique(np.round(np.linspace(0, self.num_timesteps - 1, num_steps)).astype(np.int64))
+        steps = np.unique(
+            np.round(np.linspace(0, self.num_timesteps - 1, num_steps)).astype(np.int64)
+        )
         return [int(s) for s in steps[::-1]]
 
     @torch.no_grad()
-    def ddim_step(self, model: Model, x_t: torch.Tensor, t: int, t_prev: int, eta: float = 0.0, noise: torch.Tensor | None = None,
-                  clip_denoised: bool = True) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def ddim_step(
+        self,
+        model: Model,
+        x_t: torch.Tensor,
+        t: int,
+        t_prev: int,
+        eta: float = 0.0,
+        noise: torch.Tensor | None = None,
+        clip_denoised: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One DDIM update x_t -> x_{t_prev} (Song et al. 2021, Eq. 12, sigma from Eq. 16).
 
         ``t_prev = -1`` means the final step to x_0 (bar-alpha = 1, no noise). eta = 0 is
@@ -313,7 +418,9 @@ class GaussianDiffusion:
             x_prev = x_prev + sigma * (torch.randn_like(x_t) if noise is None else noise)
         return x_prev, x0_pred
 
-    def sampling_timesteps(self, sampler: Sampler = "ddpm", num_steps: int | None = None) -> list[int]:
+    def sampling_timesteps(
+        self, sampler: Sampler = "ddpm", num_steps: int | None = None
+    ) -> list[int]:
         """The indices a sampler visits, from T-1 down to 0.
 
         ``"ddpm"`` runs all T steps: ``num_steps`` must be None or T. ``"ddim"`` runs ``num_steps``
@@ -322,15 +429,28 @@ class GaussianDiffusion:
         check_choice(sampler, Sampler, "sampler")
         if sampler == "ddpm":
             if num_steps not in (None, self.num_timesteps):
-                raise ValueError(f"the ddpm sampler runs all T={self.num_timesteps} steps; use sampler='ddim' for num_steps={num_steps}")
+                raise ValueError(
+                    f"the ddpm sampler runs all T={self.num_timesteps} steps; use sampler='ddim' for num_steps={num_steps}"
+                )
             return list(range(self.num_timesteps - 1, -1, -1))
         return self.ddim_timesteps(min(50, self.num_timesteps) if num_steps is None else num_steps)
 
-    def sample_progressive(self, model: Model, shape: tuple[int, ...], sampler: Sampler = "ddpm", num_steps: int | None = None,
-                           eta: float = 0.0, generator: torch.Generator | None = None, clip_denoised: bool = True,
-                           progress: bool = False, x_T: torch.Tensor | None = None, allow_eta_above_one: bool = False,
-                           labels: torch.Tensor | None = None, guidance_scale: float = 0.0,
-                           guidance_interval: tuple[int, int] | None = None) -> Iterator[SampleStep]:  # fmt: skip
+    def sample_progressive(
+        self,
+        model: Model,
+        shape: tuple[int, ...],
+        sampler: Sampler = "ddpm",
+        num_steps: int | None = None,
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+        clip_denoised: bool = True,
+        progress: bool = False,
+        x_T: torch.Tensor | None = None,
+        allow_eta_above_one: bool = False,
+        labels: torch.Tensor | None = None,
+        guidance_scale: float = 0.0,
+        guidance_interval: tuple[int, int] | None = None,
+    ) -> Iterator[SampleStep]:
         """Run the reverse process from x_T ~ N(0, I) of ``shape`` ``(B, C, H, W)``, yielding every step.
 
         ``sampler="ddpm"``: Algorithm 2 of Ho et al. 2020 over all T steps. ``sampler="ddim"``: Song et
@@ -346,7 +466,9 @@ class GaussianDiffusion:
         check_float(eta, "eta", 0, None if allow_eta_above_one else 1)
         device = model_device(model)
         if generator is not None and generator.device.type != device.type:
-            raise ValueError(f"the generator is on {generator.device} but the model is on {device}; make the generator on {device}")
+            raise ValueError(
+                f"the generator is on {generator.device} but the model is on {device}; make the generator on {device}"
+            )
         shape = tuple(shape)
         if x_T is not None and tuple(x_T.shape) != shape:
             raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {shape}")
@@ -357,7 +479,9 @@ class GaussianDiffusion:
         net = model
         if labels is not None:
             if tuple(labels.shape) != shape[:1]:
-                raise ValueError(f"labels must have shape ({shape[0]},), one per image, got {tuple(labels.shape)}")
+                raise ValueError(
+                    f"labels must have shape ({shape[0]},), one per image, got {tuple(labels.shape)}"
+                )
             net = classifier_free(model, labels.to(device), guidance_scale, guidance_interval)
         elif guidance_scale:
             raise ValueError("guidance_scale needs labels: the classes to guide towards")
@@ -369,7 +493,9 @@ class GaussianDiffusion:
         else:
             timesteps_iter = timesteps
         for i, t in enumerate(timesteps_iter):
-            with eval_mode(model):  # per step: no grad mode or train flag leaks to the caller between yields
+            with eval_mode(
+                model
+            ):  # per step: no grad mode or train flag leaks to the caller between yields
                 if sampler == "ddpm":
                     noise = randn() if t > 0 else torch.zeros_like(x)  # Algorithm 2, line 3
                     x_prev, x0_pred = self._p_sample(net, x, t, noise, clip_denoised)
@@ -380,15 +506,24 @@ class GaussianDiffusion:
             yield SampleStep(t, x, x0_pred, x_prev)
             x = x_prev
 
-    def sample(self, model: Model, shape: tuple[int, ...], sampler: Sampler = "ddpm", num_steps: int | None = None, eta: float = 0.0,
-               **options) -> torch.Tensor:  # fmt: skip
+    def sample(
+        self,
+        model: Model,
+        shape: tuple[int, ...],
+        sampler: Sampler = "ddpm",
+        num_steps: int | None = None,
+        eta: float = 0.0,
+        **options,
+    ) -> torch.Tensor:
         """x_0 of ``shape`` ``(B, C, H, W)``, clamped to [-1, 1]: the last step of :meth:`sample_progressive`.
 
         ``options`` are those of :meth:`sample_progressive` (``generator``, ``clip_denoised``,
         ``progress``, ``x_T``, ``labels``, ``guidance_scale``, ``guidance_interval``). In full precision; :func:`ddpm_lib.sampling.generate` adds the measured
         precision, batching and seeding that the command line, the trainer and the notebooks use.
         """
-        (last,) = collections.deque(self.sample_progressive(model, shape, sampler, num_steps, eta, **options), maxlen=1)
+        (last,) = collections.deque(
+            self.sample_progressive(model, shape, sampler, num_steps, eta, **options), maxlen=1
+        )
         return last.x_prev.clamp(-1.0, 1.0)
 
 

@@ -30,7 +30,13 @@ import numpy as np
 import torch
 
 from ddpm_lib.data import DatasetName, DatasetUnavailableError, from_uint8, load_dataset
-from ddpm_lib.metrics import InceptionUnavailableError, as_uint8_images, compute_features, evaluate_samples, reference_features
+from ddpm_lib.metrics import (
+    InceptionUnavailableError,
+    as_uint8_images,
+    compute_features,
+    evaluate_samples,
+    reference_features,
+)
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 MIN_SAMPLES = 10
@@ -47,12 +53,16 @@ def load_samples_npz(path: Path) -> np.ndarray:
     try:
         with np.load(path, allow_pickle=False) as npz:
             if "arr_0" not in npz.files:
-                raise EvaluationInputError(f"{path} has no arr_0 (it holds {', '.join(npz.files) or 'nothing'}); expected ADM's format")
+                raise EvaluationInputError(
+                    f"{path} has no arr_0 (it holds {', '.join(npz.files) or 'nothing'}); expected ADM's format"
+                )
             images = npz["arr_0"]
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         if isinstance(exc, EvaluationInputError):
             raise
-        raise EvaluationInputError(f"{path} is not a readable .npz file ({type(exc).__name__})") from exc
+        raise EvaluationInputError(
+            f"{path} is not a readable .npz file ({type(exc).__name__})"
+        ) from exc
     check_samples(images, str(path))
     return images
 
@@ -60,43 +70,107 @@ def load_samples_npz(path: Path) -> np.ndarray:
 def check_samples(images: np.ndarray, what: str) -> None:
     """Refuse anything but uint8 ``(N, H, W, 3)`` square images with N >= ``MIN_SAMPLES``."""
     if images.dtype != np.uint8:
-        raise EvaluationInputError(f"{what}: arr_0 must be uint8 (N, H, W, 3) in [0, 255], got dtype {images.dtype}")
+        raise EvaluationInputError(
+            f"{what}: arr_0 must be uint8 (N, H, W, 3) in [0, 255], got dtype {images.dtype}"
+        )
     if images.ndim != 4 or images.shape[-1] != 3:
-        raise EvaluationInputError(f"{what}: arr_0 must be uint8 (N, H, W, 3) with 3 colour channels last, got shape {images.shape}")
+        raise EvaluationInputError(
+            f"{what}: arr_0 must be uint8 (N, H, W, 3) with 3 colour channels last, got shape {images.shape}"
+        )
     if images.shape[1] != images.shape[2] or images.shape[1] < 8:
-        raise EvaluationInputError(f"{what}: images must be square and at least 8 px, got {images.shape[1]}x{images.shape[2]}")
+        raise EvaluationInputError(
+            f"{what}: images must be square and at least 8 px, got {images.shape[1]}x{images.shape[2]}"
+        )
     if len(images) < MIN_SAMPLES:
-        raise EvaluationInputError(f"{what}: {len(images)} samples; at least {MIN_SAMPLES} are needed")
+        raise EvaluationInputError(
+            f"{what}: {len(images)} samples; at least {MIN_SAMPLES} are needed"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
-    p = argparse.ArgumentParser(prog="python -m ddpm_lib.evaluate", description=__doc__, formatter_class=fmt)
+    p = argparse.ArgumentParser(
+        prog="python -m ddpm_lib.evaluate", description=__doc__, formatter_class=fmt
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--samples", type=Path, help="a .npz of samples (arr_0: uint8 (N, H, W, 3))")
-    src.add_argument("--checkpoint", type=Path, nargs="?", const="pretrained",
-                     help="sample from this checkpoint first (alone: the shipped pretrained toy-cars model)")  # fmt: skip
+    src.add_argument(
+        "--checkpoint",
+        type=Path,
+        nargs="?",
+        const="pretrained",
+        help="sample from this checkpoint first (alone: the shipped pretrained toy-cars model)",
+    )
     g = p.add_argument_group("sampling (with --checkpoint)")
     g.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
     g.add_argument("--steps", type=int, default=50, help="DDIM steps (ddpm runs all T)")
-    g.add_argument("--eta", type=float, default=1.0, help="DDIM stochasticity: 0 deterministic, 1 = DDPM variance")
+    g.add_argument(
+        "--eta",
+        type=float,
+        default=1.0,
+        help="DDIM stochasticity: 0 deterministic, 1 = DDPM variance",
+    )
     g.add_argument("--num-samples", type=int, default=1000)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--batch-size", type=int, default=256)
     g.add_argument("--precision", choices=PRECISIONS, default="auto")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the best available)")
-    g.add_argument("--save-samples", type=Path, default=None, help="also write the samples drawn to this .npz")
-    g.add_argument("--bpd-images", type=int, default=64, help="held-out test images for bits/dim (0: skip; default %(default)s)")
-    g.add_argument("--bpd-timesteps", type=int, default=50,
-                   help="log-spaced timesteps for bits/dim, an estimate within a few per cent (0: all T, exact; default %(default)s)")  # fmt: skip
+    g.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:N or mps (default: the best available)"
+    )
+    g.add_argument(
+        "--save-samples", type=Path, default=None, help="also write the samples drawn to this .npz"
+    )
+    g.add_argument(
+        "--bpd-images",
+        type=int,
+        default=64,
+        help="held-out test images for bits/dim (0: skip; default %(default)s)",
+    )
+    g.add_argument(
+        "--bpd-timesteps",
+        type=int,
+        default=50,
+        help="log-spaced timesteps for bits/dim, an estimate within a few per cent (0: all T, exact; default %(default)s)",
+    )
     r = p.add_argument_group("reference and metrics")
-    r.add_argument("--dataset", default=None, help=f"{', '.join(get_args(DatasetName))} (default: the checkpoint's, else toy_cars)")
-    r.add_argument("--data-root", default=None, help="where the dataset lives (stanford_cars, cifar10, folder)")
-    r.add_argument("--image-size", type=int, default=None, help="reference image size (default: the samples'; must match them)")
-    r.add_argument("--num-reference", type=int, default=5000, help="reference images from the train split (default %(default)s)")
-    r.add_argument("--features", type=Path, default=None, help="toy-cars feature-network weights (default: the shipped file)")
-    r.add_argument("--inception-weights", type=Path, default=None, help="weights-inception-2015-12-05-6726825d.pth, for other datasets")
-    r.add_argument("--bootstrap", type=int, default=10, help="bootstrap resamples for the spread (0: none; default %(default)s)")
+    r.add_argument(
+        "--dataset",
+        default=None,
+        help=f"{', '.join(get_args(DatasetName))} (default: the checkpoint's, else toy_cars)",
+    )
+    r.add_argument(
+        "--data-root", default=None, help="where the dataset lives (stanford_cars, cifar10, folder)"
+    )
+    r.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="reference image size (default: the samples'; must match them)",
+    )
+    r.add_argument(
+        "--num-reference",
+        type=int,
+        default=5000,
+        help="reference images from the train split (default %(default)s)",
+    )
+    r.add_argument(
+        "--features",
+        type=Path,
+        default=None,
+        help="toy-cars feature-network weights (default: the shipped file)",
+    )
+    r.add_argument(
+        "--inception-weights",
+        type=Path,
+        default=None,
+        help="weights-inception-2015-12-05-6726825d.pth, for other datasets",
+    )
+    r.add_argument(
+        "--bootstrap",
+        type=int,
+        default=10,
+        help="bootstrap resamples for the spread (0: none; default %(default)s)",
+    )
     r.add_argument("--kid-subsets", type=int, default=100)
     r.add_argument("--kid-subset-size", type=int, default=1000)
     r.add_argument("--no-baseline", action="store_true", help="skip the real-vs-real baseline")
@@ -116,30 +190,76 @@ def _sample(args, model, diffusion, cfg, path) -> tuple[np.ndarray, dict]:
     """Draw ``--num-samples`` through the project's one sampling path: uint8 NHWC and how they were made."""
     from ddpm_lib.sampling import generate
 
-    samples = generate(model, diffusion, args.num_samples, cfg.image_size, sampler=args.sampler,
-                       num_steps=None if args.sampler == "ddpm" else args.steps, eta=args.eta, seed=args.seed,
-                       batch_size=args.batch_size, precision=args.precision, progress=True)  # fmt: skip
-    info = {"checkpoint": str(path), "sampler": samples.sampler, "num_steps": samples.num_steps, "eta": samples.eta,
-            "sampling_precision": samples.precision.name, "seed": args.seed, "sampling_seconds": round(samples.seconds, 1)}  # fmt: skip
+    samples = generate(
+        model,
+        diffusion,
+        args.num_samples,
+        cfg.image_size,
+        sampler=args.sampler,
+        num_steps=None if args.sampler == "ddpm" else args.steps,
+        eta=args.eta,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        progress=True,
+    )
+    info = {
+        "checkpoint": str(path),
+        "sampler": samples.sampler,
+        "num_steps": samples.num_steps,
+        "eta": samples.eta,
+        "sampling_precision": samples.precision.name,
+        "seed": args.seed,
+        "sampling_seconds": round(samples.seconds, 1),
+    }
     return samples.to_uint8_nhwc(), info
 
 
-def estimate_bits_per_dim(model, diffusion, dataset: str, image_size: int, root, num_images: int, num_timesteps: int, seed: int) -> dict:
+def estimate_bits_per_dim(
+    model,
+    diffusion,
+    dataset: str,
+    image_size: int,
+    root,
+    num_images: int,
+    num_timesteps: int,
+    seed: int,
+) -> dict:
     """Mean bits/dim (Ho et al. 2020, Eq. 5) of ``num_images`` test images, in float32; an estimate with a timestep subset."""
     from ddpm_lib.objective import bits_per_dim, log_spaced_timesteps
 
     if dataset == "toy_cars":
         images = load_dataset("toy_cars", image_size, "test", num_images=num_images).images
     else:
-        ds = load_dataset(dataset, image_size, "test" if dataset != "folder" else "train", root=root)
-        images = ds.images[torch.randperm(len(ds.images), generator=torch.Generator().manual_seed(seed))[:num_images]]
+        ds = load_dataset(
+            dataset, image_size, "test" if dataset != "folder" else "train", root=root
+        )
+        images = ds.images[
+            torch.randperm(len(ds.images), generator=torch.Generator().manual_seed(seed))[
+                :num_images
+            ]
+        ]
     T = diffusion.num_timesteps
-    steps = None if num_timesteps == 0 or num_timesteps >= T else log_spaced_timesteps(T, num_timesteps)
+    steps = (
+        None if num_timesteps == 0 or num_timesteps >= T else log_spaced_timesteps(T, num_timesteps)
+    )
     device = next(model.parameters()).device
-    out = bits_per_dim(diffusion, model, from_uint8(images).to(device), torch.Generator(device).manual_seed(seed), steps, progress=True)
+    out = bits_per_dim(
+        diffusion,
+        model,
+        from_uint8(images).to(device),
+        torch.Generator(device).manual_seed(seed),
+        steps,
+        progress=True,
+    )
     total = out["total"].double().cpu()
-    return {"bits_per_dim": float(total.mean()), "bits_per_dim_sem": float(total.std() / math.sqrt(len(total))) if len(total) > 1 else None,
-            "bpd_images": len(total), "bpd_timesteps": len(out["timesteps"]), "bpd_exact": steps is None}  # fmt: skip
+    return {
+        "bits_per_dim": float(total.mean()),
+        "bits_per_dim_sem": float(total.std() / math.sqrt(len(total))) if len(total) > 1 else None,
+        "bpd_images": len(total),
+        "bpd_timesteps": len(out["timesteps"]),
+        "bpd_exact": steps is None,
+    }
 
 
 def _feature_extractor(dataset: str, args, device: torch.device):
@@ -159,14 +279,26 @@ def _fmt(x) -> str:
 def format_table(result: dict) -> str:
     """The figures as a text table: metric, value, +- spread, real-vs-real baseline."""
     spread, base = result.get("spread") or {}, result.get("baseline") or {}
-    rows = [("FID", "fid", spread.get("fid")), ("KID", "kid_mean", result.get("kid_std")), ("precision (k=3)", "precision", spread.get("precision")),
-            ("recall (k=3)", "recall", spread.get("recall")), ("class TV", "class_tv", spread.get("class_tv"))]  # fmt: skip
+    rows = [
+        ("FID", "fid", spread.get("fid")),
+        ("KID", "kid_mean", result.get("kid_std")),
+        ("precision (k=3)", "precision", spread.get("precision")),
+        ("recall (k=3)", "recall", spread.get("recall")),
+        ("class TV", "class_tv", spread.get("class_tv")),
+    ]
     lines = [f"{'metric':<16} {'value':>10} {'± spread':>10} {'real-vs-real':>13}"]
-    lines += [f"{name:<16} {_fmt(result.get(key)):>10} {_fmt(sd):>10} {_fmt(base.get(key)):>13}" for name, key, sd in rows]
+    lines += [
+        f"{name:<16} {_fmt(result.get(key)):>10} {_fmt(sd):>10} {_fmt(base.get(key)):>13}"
+        for name, key, sd in rows
+    ]
     if "bits_per_dim" in result:
-        lines.append(f"{'bits/dim':<16} {_fmt(result['bits_per_dim']):>10} {_fmt(result.get('bits_per_dim_sem')):>10} {'-':>13}")
-    lines.append(f"{result['num_samples']} samples against {result['num_reference']} reference images ({result['features']}); "
-                 "spread: std over bootstrap resamples (KID: std over subsets; bits/dim: standard error)")  # fmt: skip
+        lines.append(
+            f"{'bits/dim':<16} {_fmt(result['bits_per_dim']):>10} {_fmt(result.get('bits_per_dim_sem')):>10} {'-':>13}"
+        )
+    lines.append(
+        f"{result['num_samples']} samples against {result['num_reference']} reference images ({result['features']}); "
+        "spread: std over bootstrap resamples (KID: std over subsets; bits/dim: standard error)"
+    )
     return "\n".join(lines)
 
 
@@ -176,7 +308,9 @@ def run(args) -> dict:
 
     for name in ("num_samples", "batch_size", "num_reference", "kid_subsets", "kid_subset_size"):
         if getattr(args, name) < 1:
-            raise EvaluationInputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+            raise EvaluationInputError(
+                f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}"
+            )
     if args.bootstrap < 0 or args.bpd_images < 0 or args.bpd_timesteps < 0:
         raise EvaluationInputError("--bootstrap, --bpd-images and --bpd-timesteps must be >= 0")
     device = select_device(args.device)
@@ -188,12 +322,20 @@ def run(args) -> dict:
     else:
         trained = _load_model(args, device)  # (model, diffusion, cfg, path)
         cfg = trained[2]
-        size, dataset, root = cfg.image_size, args.dataset or cfg.dataset, args.data_root or cfg.data_root
+        size, dataset, root = (
+            cfg.image_size,
+            args.dataset or cfg.dataset,
+            args.data_root or cfg.data_root,
+        )
     # every check before the slow part (sampling, the reference)
     if dataset not in get_args(DatasetName):
-        raise EvaluationInputError(f"unknown dataset {dataset!r}; valid choices: {', '.join(get_args(DatasetName))}")
+        raise EvaluationInputError(
+            f"unknown dataset {dataset!r}; valid choices: {', '.join(get_args(DatasetName))}"
+        )
     if args.image_size is not None and args.image_size != size:
-        raise EvaluationInputError(f"the samples are {size}x{size} but the reference is {args.image_size}x{args.image_size}")
+        raise EvaluationInputError(
+            f"the samples are {size}x{size} but the reference is {args.image_size}x{args.image_size}"
+        )
     extractor, features_name = _feature_extractor(dataset, args, device)
     if trained is not None:
         images, info = _sample(args, *trained)
@@ -206,13 +348,39 @@ def run(args) -> dict:
     if not args.no_baseline and dataset != "folder":
         baseline = reference_features(dataset, size, len(images), extractor, "test", root, seed=1)
     samples = compute_features(as_uint8_images(images), extractor)
-    result = evaluate_samples(samples, reference, extractor, baseline=baseline, bootstrap=args.bootstrap, kid_subsets=args.kid_subsets,
-                              kid_subset_size=args.kid_subset_size, seed=args.seed)  # fmt: skip
+    result = evaluate_samples(
+        samples,
+        reference,
+        extractor,
+        baseline=baseline,
+        bootstrap=args.bootstrap,
+        kid_subsets=args.kid_subsets,
+        kid_subset_size=args.kid_subset_size,
+        seed=args.seed,
+    )
     seconds = round(time.perf_counter() - t1, 1)
-    result.update(dataset=dataset, image_size=size, features=features_name, bootstrap=args.bootstrap, scoring_seconds=seconds, **info)
+    result.update(
+        dataset=dataset,
+        image_size=size,
+        features=features_name,
+        bootstrap=args.bootstrap,
+        scoring_seconds=seconds,
+        **info,
+    )
     if trained is not None and args.bpd_images > 0:
         model, diffusion = trained[:2]
-        result.update(estimate_bits_per_dim(model, diffusion, dataset, size, root, args.bpd_images, args.bpd_timesteps, args.seed))
+        result.update(
+            estimate_bits_per_dim(
+                model,
+                diffusion,
+                dataset,
+                size,
+                root,
+                args.bpd_images,
+                args.bpd_timesteps,
+                args.seed,
+            )
+        )
     result["seconds"] = round(time.perf_counter() - t0, 1)
     return result
 
@@ -221,8 +389,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = run(args)
-    except (EvaluationInputError, DatasetUnavailableError, InceptionUnavailableError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever the message
+    except (
+        EvaluationInputError,
+        DatasetUnavailableError,
+        InceptionUnavailableError,
+        FileNotFoundError,
+        ValueError,
+    ) as exc:
+        print(
+            f"error: {' '.join(str(exc).split())}", file=sys.stderr
+        )  # one line, whatever the message
         return 2
     except FloatingPointError as exc:  # a diverged model: not bad input, but no traceback either
         print(f"error: {exc}", file=sys.stderr)

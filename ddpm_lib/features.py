@@ -37,8 +37,12 @@ from ddpm_lib import toy_cars
 from ddpm_lib.data import from_uint8
 
 WEIGHTS_NAME = "toy_cars_classifier.pt"
-PACKAGE_WEIGHTS = Path(__file__).resolve().parent / "weights" / WEIGHTS_NAME  # shipped inside the package, when installed so
-REPO_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / WEIGHTS_NAME  # the repository's assets/ folder beside the package
+PACKAGE_WEIGHTS = (
+    Path(__file__).resolve().parent / "weights" / WEIGHTS_NAME
+)  # shipped inside the package, when installed so
+REPO_WEIGHTS = (
+    Path(__file__).resolve().parent.parent / "assets" / WEIGHTS_NAME
+)  # the repository's assets/ folder beside the package
 TRAIN_COMMAND = "python -m ddpm_lib.features --out ddpm_lib/weights/toy_cars_classifier.pt"
 NUM_DRAWING_PARAMS = toy_cars.NUM_PARAMS - 1  # every parameter but the body type (column 0)
 # auxiliary targets (parameter columns 1..) that a horizontal flip changes: facing is negated, the centre x mirrored
@@ -49,7 +53,11 @@ FLIP_NEGATE, FLIP_MIRROR = toy_cars.PARAM_INDEX["facing"] - 1, toy_cars.PARAM_IN
 class FeatureNetConfig:
     """Architecture of :class:`ToyCarsFeatureNet` (saved in the weights file)."""
 
-    widths: tuple[int, ...] = (32, 64, 128)  # channels of the three stages (two 3x3 convs each, then 2x2 max-pool)
+    widths: tuple[int, ...] = (
+        32,
+        64,
+        128,
+    )  # channels of the three stages (two 3x3 convs each, then 2x2 max-pool)
     image_size: int = 32  # inputs of another size are resized to this
     num_classes: int = len(toy_cars.BODY_TYPES)  # body types
     num_aux: int = NUM_DRAWING_PARAMS  # drawing parameters regressed by the auxiliary head
@@ -70,12 +78,18 @@ class ToyCarsFeatureNet(nn.Module):
         layers, c_in = [], 3
         for c in cfg.widths:
             for c_a, c_b in ((c_in, c), (c, c)):
-                layers += [nn.Conv2d(c_a, c_b, 3, padding=1, bias=False), nn.BatchNorm2d(c_b), nn.ReLU(inplace=True)]
+                layers += [
+                    nn.Conv2d(c_a, c_b, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(c_b),
+                    nn.ReLU(inplace=True),
+                ]
             layers.append(nn.MaxPool2d(2))
             c_in = c
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(c_in, cfg.num_classes)  # body type
-        self.aux_head = nn.Linear(c_in, cfg.num_aux)  # standardized drawing parameters (training only)
+        self.aux_head = nn.Linear(
+            c_in, cfg.num_aux
+        )  # standardized drawing parameters (training only)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [0, 255] or float [-1, 1] ``(B, 3, H, W)`` -> float [-1, 1] ``(B, 3, 32, 32)`` on the weights' device."""
@@ -85,7 +99,13 @@ class ToyCarsFeatureNet(nn.Module):
         x = images.to(w.device)
         x = (from_uint8(x) if x.dtype == torch.uint8 else x).to(w.dtype)
         if x.shape[-2:] != (self.cfg.image_size,) * 2:
-            x = F.interpolate(x, size=(self.cfg.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False)
+            x = F.interpolate(
+                x,
+                size=(self.cfg.image_size,) * 2,
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
+            )
         return x
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -119,7 +139,9 @@ def default_weights_path() -> Path:
     return PACKAGE_WEIGHTS if PACKAGE_WEIGHTS.is_file() else REPO_WEIGHTS
 
 
-def load_feature_extractor(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> FrozenFeatureNet:
+def load_feature_extractor(
+    path: str | os.PathLike | None = None, device: str | torch.device = "cpu"
+) -> FrozenFeatureNet:
     """The shipped feature network, frozen, in eval mode, float32, on ``device``.
 
     Usable as torchmetrics' ``FrechetInceptionDistance(feature=net)`` (it has ``num_features``): it maps
@@ -129,37 +151,57 @@ def load_feature_extractor(path: str | os.PathLike | None = None, device: str | 
     path = Path(path) if path is not None else default_weights_path()
     if not path.is_file():
         where = f"{path}" if path != REPO_WEIGHTS else f"{PACKAGE_WEIGHTS} nor {REPO_WEIGHTS}"
-        raise FileNotFoundError(f"no feature-network weights at {where}; train them (a few minutes on a CPU) with: {TRAIN_COMMAND}")
+        raise FileNotFoundError(
+            f"no feature-network weights at {where}; train them (a few minutes on a CPU) with: {TRAIN_COMMAND}"
+        )
     saved = torch.load(path, map_location="cpu", weights_only=True)
     arch = saved["config"]
     net = FrozenFeatureNet(FeatureNetConfig(**{**arch, "widths": tuple(arch["widths"])}))
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in saved["state_dict"].items()})
+    net.load_state_dict(
+        {k: v.float() if v.is_floating_point() else v for k, v in saved["state_dict"].items()}
+    )
     net.test_accuracy = float(saved.get("test_accuracy", float("nan")))
     return net.requires_grad_(False).to(device).eval()
 
 
 # ---------------------------------------------------------------------------------- training
-def _toy_cars_with_params(n: int, split: str, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _toy_cars_with_params(
+    n: int, split: str, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``images`` uint8 ``(n, 3, 32, 32)``, ``labels`` ``(n,)`` and drawing parameters ``(n, NUM_DRAWING_PARAMS)``."""
     images, labels = toy_cars.generate(n, 32, seed=seed, split=split)
-    params = torch.from_numpy(np.stack([toy_cars.sample_params(seed, split, i) for i in range(n)])[:, 1:]).float()
+    params = torch.from_numpy(
+        np.stack([toy_cars.sample_params(seed, split, i) for i in range(n)])[:, 1:]
+    ).float()
     return images, labels, params
 
 
 @torch.no_grad()
-def accuracy(net: ToyCarsFeatureNet, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
+def accuracy(
+    net: ToyCarsFeatureNet, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500
+) -> float:
     """Fraction of ``images`` ``(N, 3, H, W)`` whose body type ``net`` predicts right."""
     was_training = net.training
     net.eval()
     right = sum(
-        int((net.classify(images[i : i + batch_size]) == labels[i : i + batch_size]).sum()) for i in range(0, len(images), batch_size)
+        int((net.classify(images[i : i + batch_size]) == labels[i : i + batch_size]).sum())
+        for i in range(0, len(images), batch_size)
     )
     net.train(was_training)
     return right / len(images)
 
 
-def train_feature_net(num_train: int = 8144, num_test: int = 2000, epochs: int = 5, batch_size: int = 128, lr: float = 3e-3,
-                      aux_weight: float = 0.5, seed: int = 0, data_seed: int = 0, log=print) -> tuple[ToyCarsFeatureNet, float]:  # fmt: skip
+def train_feature_net(
+    num_train: int = 8144,
+    num_test: int = 2000,
+    epochs: int = 5,
+    batch_size: int = 128,
+    lr: float = 3e-3,
+    aux_weight: float = 0.5,
+    seed: int = 0,
+    data_seed: int = 0,
+    log=print,
+) -> tuple[ToyCarsFeatureNet, float]:
     """Train on the toy-cars train split with random flips; returns ``(net, held-out test accuracy)``.
 
     Loss: cross-entropy on the body type + ``aux_weight`` x mean squared error on the standardized
@@ -180,49 +222,102 @@ def train_feature_net(num_train: int = 8144, num_test: int = 2000, epochs: int =
         order = torch.randperm(num_train, generator=g)
         for i in range(num_train // batch_size):
             idx = order[i * batch_size : (i + 1) * batch_size]
-            x, y, p = images[idx], labels[idx], params[idx].clone()  # (B, 3, 32, 32) uint8, (B,), (B, 29)
+            x, y, p = (
+                images[idx],
+                labels[idx],
+                params[idx].clone(),
+            )  # (B, 3, 32, 32) uint8, (B,), (B, 29)
             flip = torch.rand(len(idx), generator=g) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
             p[flip, FLIP_NEGATE] = -p[flip, FLIP_NEGATE]
             p[flip, FLIP_MIRROR] = 1.0 - p[flip, FLIP_MIRROR]
             feats = net(x)
-            loss = F.cross_entropy(net.head(feats), y) + aux_weight * F.mse_loss(net.aux_head(feats), (p - mean) / std)
+            loss = F.cross_entropy(net.head(feats), y) + aux_weight * F.mse_loss(
+                net.aux_head(feats), (p - mean) / std
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-        log(f"epoch {epoch + 1}/{epochs}: loss {loss.item():.4f}, test accuracy {accuracy(net, test_images, test_labels):.4f}")
+        log(
+            f"epoch {epoch + 1}/{epochs}: loss {loss.item():.4f}, test accuracy {accuracy(net, test_images, test_labels):.4f}"
+        )
     return net.eval(), accuracy(net, test_images, test_labels)
 
 
-def save_feature_net(net: ToyCarsFeatureNet, path: str | os.PathLike, test_accuracy: float, command: str, dtype=torch.float16) -> int:
+def save_feature_net(
+    net: ToyCarsFeatureNet,
+    path: str | os.PathLike,
+    test_accuracy: float,
+    command: str,
+    dtype=torch.float16,
+) -> int:
     """Write weights (``dtype``), architecture, held-out accuracy and the training command; returns the file size."""
     arch = {**asdict(net.cfg), "widths": list(net.cfg.widths)}
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in net.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"config": arch, "state_dict": state, "test_accuracy": test_accuracy, "command": command,
-                "classes": list(toy_cars.BODY_TYPES)}, path)  # fmt: skip
+    torch.save(
+        {
+            "config": arch,
+            "state_dict": state,
+            "test_accuracy": test_accuracy,
+            "command": command,
+            "classes": list(toy_cars.BODY_TYPES),
+        },
+        path,
+    )
     return path.stat().st_size
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m ddpm_lib.features", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m ddpm_lib.features",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", type=Path, default=REPO_WEIGHTS, help="weights file to write (default: %(default)s)")
-    p.add_argument("--num-train", type=int, default=8144, help="toy-cars train images (default: %(default)s)")
-    p.add_argument("--num-test", type=int, default=2000, help="held-out toy-cars test images (default: %(default)s)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=REPO_WEIGHTS,
+        help="weights file to write (default: %(default)s)",
+    )
+    p.add_argument(
+        "--num-train", type=int, default=8144, help="toy-cars train images (default: %(default)s)"
+    )
+    p.add_argument(
+        "--num-test",
+        type=int,
+        default=2000,
+        help="held-out toy-cars test images (default: %(default)s)",
+    )
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the one-cycle schedule")
-    p.add_argument("--aux-weight", type=float, default=0.5, help="weight of the drawing-parameter regression (0: classifier only)")
+    p.add_argument(
+        "--lr", type=float, default=3e-3, help="peak learning rate of the one-cycle schedule"
+    )
+    p.add_argument(
+        "--aux-weight",
+        type=float,
+        default=0.5,
+        help="weight of the drawing-parameter regression (0: classifier only)",
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     t0 = time.perf_counter()
-    net, acc = train_feature_net(args.num_train, args.num_test, args.epochs, args.batch_size, args.lr, args.aux_weight, args.seed)
+    net, acc = train_feature_net(
+        args.num_train,
+        args.num_test,
+        args.epochs,
+        args.batch_size,
+        args.lr,
+        args.aux_weight,
+        args.seed,
+    )
     minutes = (time.perf_counter() - t0) / 60
-    command = "python -m ddpm_lib.features " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    command = "python -m ddpm_lib.features " + " ".join(
+        argv if argv is not None else __import__("sys").argv[1:]
+    )
     size = save_feature_net(net, args.out, acc, command.strip())
     print(
         f"held-out accuracy {acc:.4f} on {args.num_test} test images; trained in {minutes:.1f} min; wrote {args.out} ({size / 1024:.0f} KiB)"

@@ -19,29 +19,44 @@ import torch
 from ddpm_lib.checks import check_image_range
 from ddpm_lib.diffusion import GaussianDiffusion, Model, eval_mode
 
-BIN_HALF_WIDTH = 1.0 / 255.0  # pixels in [-1, 1] take 256 values, 2/255 apart (Ho et al. 2020, Eq. 13)
+BIN_HALF_WIDTH = (
+    1.0 / 255.0
+)  # pixels in [-1, 1] take 256 values, 2/255 apart (Ho et al. 2020, Eq. 13)
 EDGE = 1.0 - BIN_HALF_WIDTH / 2  # values beyond +-EDGE fall in the edge bins, which extend to +-inf
 
 
-def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:
+def normal_kl(
+    mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor
+) -> torch.Tensor:
     """Elementwise KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))) in nats; all arguments broadcast.
 
     The closed form behind Eq. 5's KL terms:
     ``0.5 * (logvar2 - logvar1 + exp(logvar1 - logvar2) + (mean1 - mean2)^2 exp(-logvar2) - 1)``.
     Returns a tensor of the broadcast shape.
     """
-    return 0.5 * (logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2) - 1.0)
+    return 0.5 * (
+        logvar2
+        - logvar1
+        + torch.exp(logvar1 - logvar2)
+        + (mean1 - mean2) ** 2 * torch.exp(-logvar2)
+        - 1.0
+    )
 
 
 def _log_diff_normal_cdf(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """log(Phi(b) - Phi(a)) for a < b, accurate in both tails (the upper tail is mirrored to the lower one)."""
     upper = (a + b) > 0
-    lo, hi = torch.where(upper, -b, a), torch.where(upper, -a, b)  # Phi(b) - Phi(a) = Phi(-a) - Phi(-b)
+    lo, hi = (
+        torch.where(upper, -b, a),
+        torch.where(upper, -a, b),
+    )  # Phi(b) - Phi(a) = Phi(-a) - Phi(-b)
     log_hi, log_lo = torch.special.log_ndtr(hi), torch.special.log_ndtr(lo)
     return log_hi + torch.log(-torch.expm1((log_lo - log_hi).clamp(max=-1e-12)))
 
 
-def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
+def discretized_gaussian_log_likelihood(
+    x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor
+) -> torch.Tensor:
     """Elementwise log-probability (nats) of the bin of ``x`` under N(means, exp(log_scales)^2) (Ho et al. 2020, Eq. 13).
 
     The data are pixels in [-1, 1] quantised to 256 values; the bin of x is ``[x - 1/255, x + 1/255]``, except
@@ -61,7 +76,9 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, lo
 
 def _check_images(x0: torch.Tensor) -> None:
     if not isinstance(x0, torch.Tensor) or x0.dim() < 2:
-        raise ValueError(f"x0 must be a tensor of shape (B, C, H, W), got {getattr(x0, 'shape', type(x0).__name__)}")
+        raise ValueError(
+            f"x0 must be a tensor of shape (B, C, H, W), got {getattr(x0, 'shape', type(x0).__name__)}"
+        )
     check_image_range(x0)  # a float tensor in [-1, 1]; the message says how to scale uint8 images
 
 
@@ -120,7 +137,9 @@ def _vlb_terms(diffusion, model, x0, t, noise, clip_denoised) -> dict[str, torch
     variance = torch.where(variance > 0, variance, _decoder_variance(diffusion).to(variance))
     log_var = torch.log(variance)
     # L_{t-1}: true_var is 0 at t = 0, where the KL is not used; clamp so that it stays finite
-    kl = _mean_bits(normal_kl(true_mean, torch.log(true_var.clamp(min=1e-20)), out["mean"], log_var))
+    kl = _mean_bits(
+        normal_kl(true_mean, torch.log(true_var.clamp(min=1e-20)), out["mean"], log_var)
+    )
     decoder_nll = -_mean_bits(discretized_gaussian_log_likelihood(x0, out["mean"], 0.5 * log_var))
     return {"output": torch.where(t == 0, decoder_nll, kl), "x0_pred": out["x0_pred"]}
 
@@ -130,8 +149,14 @@ def _check_timesteps(diffusion: GaussianDiffusion, timesteps) -> list[int]:
     if timesteps is None:
         return list(range(T))
     steps = [int(s) for s in timesteps]
-    if len(steps) == 0 or any(s != v for s, v in zip(steps, timesteps)) or not all(0 <= s < T for s in steps):
-        raise ValueError(f"timesteps must be a non-empty list of integers in [0, {T - 1}], got {timesteps!r}")
+    if (
+        len(steps) == 0
+        or any(s != v for s, v in zip(steps, timesteps))
+        or not all(0 <= s < T for s in steps)
+    ):
+        raise ValueError(
+            f"timesteps must be a non-empty list of integers in [0, {T - 1}], got {timesteps!r}"
+        )
     if len(set(steps)) != len(steps):
         raise ValueError("timesteps must not repeat")
     return sorted(set(steps) | {0})  # L_0 is always computed exactly
@@ -141,7 +166,9 @@ def log_spaced_timesteps(num_timesteps: int, num: int) -> list[int]:
     """About ``num`` distinct indices from 0 to T-1, spaced geometrically: dense at small t, where the bound's mass sits."""
     if not 2 <= num <= num_timesteps:
         raise ValueError(f"num must be in [2, {num_timesteps}], got {num}")
-    steps = torch.logspace(0, math.log10(num_timesteps), num, dtype=torch.float64).round().long() - 1
+    steps = (
+        torch.logspace(0, math.log10(num_timesteps), num, dtype=torch.float64).round().long() - 1
+    )
     return sorted({int(s) for s in steps})
 
 
@@ -157,7 +184,9 @@ def sum_weights(timesteps: torch.Tensor, num_timesteps: int) -> torch.Tensor:
     if len(k) > 2 and int(k[-1]) == num_timesteps - 1 and k[-2] < k[-1] - 1:
         # the last index stands alone: a clipped schedule (cosine's beta_T = 0.999) makes its term far larger than
         # its neighbours', and interpolating it across the last gap would count it hundreds of times
-        return torch.cat([sum_weights(timesteps[:-1], num_timesteps - 1), torch.ones(1, dtype=torch.float64)])
+        return torch.cat(
+            [sum_weights(timesteps[:-1], num_timesteps - 1), torch.ones(1, dtype=torch.float64)]
+        )
     w = torch.zeros_like(k)
     w[0] = 1.0  # the decoder L_0
     if len(k) > 1:
@@ -205,7 +234,9 @@ def bits_per_dim(
     terms = []
     with eval_mode(model):
         for s in iterator:
-            noise = torch.randn(x0.shape, generator=generator, device=rng_device, dtype=x0.dtype).to(x0.device)
+            noise = torch.randn(
+                x0.shape, generator=generator, device=rng_device, dtype=x0.dtype
+            ).to(x0.device)
             t = torch.full((x0.shape[0],), s, dtype=torch.long, device=x0.device)
             terms.append(_vlb_terms(diffusion, model, x0, t, noise, clip_denoised=False)["output"])
         prior = prior_bpd(diffusion, x0)
@@ -213,7 +244,14 @@ def bits_per_dim(
     timesteps = torch.tensor(steps, dtype=torch.long)
     weights = sum_weights(timesteps, diffusion.num_timesteps)
     total = prior + terms @ weights.to(terms)
-    return {"total": total, "prior": prior, "decoder": terms[:, 0], "terms": terms, "timesteps": timesteps, "weights": weights}
+    return {
+        "total": total,
+        "prior": prior,
+        "decoder": terms[:, 0],
+        "terms": terms,
+        "timesteps": timesteps,
+        "weights": weights,
+    }
 
 
 def eps_weights(diffusion: GaussianDiffusion) -> torch.Tensor:

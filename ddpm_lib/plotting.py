@@ -24,11 +24,15 @@ def to_numpy_image(x: torch.Tensor, nrow: int | None = None, padding: int = 1) -
     """A float tensor in [-1, 1] or a uint8 one, ``(3, H, W)`` or ``(B, 3, H, W)``, as a uint8 ``(H, W, 3)`` array (a grid for a batch)."""
     x = from_uint8(x.cpu()) if x.dtype == torch.uint8 else x.detach().float().cpu()
     if x.dim() == 4:
-        x = make_grid(x, nrow=nrow or int(math.ceil(math.sqrt(len(x)))), padding=padding, pad_value=1.0)
+        x = make_grid(
+            x, nrow=nrow or int(math.ceil(math.sqrt(len(x)))), padding=padding, pad_value=1.0
+        )
     return to_uint8(x).permute(1, 2, 0).numpy()
 
 
-def show_images(x: torch.Tensor, nrow: int | None = None, title: str | None = None, ax=None, scale: float = 0.5):
+def show_images(
+    x: torch.Tensor, nrow: int | None = None, title: str | None = None, ax=None, scale: float = 0.5
+):
     """Show one image or a grid; returns the Figure."""
     img = to_numpy_image(x, nrow)
     if ax is None:
@@ -41,7 +45,12 @@ def show_images(x: torch.Tensor, nrow: int | None = None, title: str | None = No
     return ax.figure
 
 
-def plot_schedules(num_timesteps: int = 1000, names: Sequence[str] = SCHEDULES, highlight: str | None = None, axes=None):
+def plot_schedules(
+    num_timesteps: int = 1000,
+    names: Sequence[str] = SCHEDULES,
+    highlight: str | None = None,
+    axes=None,
+):
     """beta_t, bar-alpha_t, sqrt(bar-alpha_t) vs sqrt(1 - bar-alpha_t) and log-SNR for several schedules.
 
     ``axes``: four Axes to draw on (a row of a larger figure); None makes a new 1x4 Figure.
@@ -52,11 +61,17 @@ def plot_schedules(num_timesteps: int = 1000, names: Sequence[str] = SCHEDULES, 
     for name in names:
         betas = make_betas(name, num_timesteps)
         ac = alphas_cumprod_from_betas(betas)
-        kw = dict(lw=2.5 if name == highlight else 1.5, alpha=1.0 if highlight in (None, name) else 0.4, label=name)
+        kw = dict(
+            lw=2.5 if name == highlight else 1.5,
+            alpha=1.0 if highlight in (None, name) else 0.4,
+            label=name,
+        )
         axes[0].plot(t, betas, **kw)
         axes[1].plot(t, ac, **kw)
         (line,) = axes[2].plot(t, ac.sqrt(), **kw)
-        axes[2].plot(t, (1 - ac).sqrt(), ls="--", color=line.get_color(), lw=kw["lw"], alpha=kw["alpha"])
+        axes[2].plot(
+            t, (1 - ac).sqrt(), ls="--", color=line.get_color(), lw=kw["lw"], alpha=kw["alpha"]
+        )
         axes[3].plot(t, log_snr(betas), **kw)
     titles = [
         r"$\beta_t$ (log scale: cosine's clipped last step is 0.999)",
@@ -75,7 +90,12 @@ def plot_schedules(num_timesteps: int = 1000, names: Sequence[str] = SCHEDULES, 
     return fig
 
 
-def forward_strip(diffusion: GaussianDiffusion, x0: torch.Tensor, timesteps: Sequence[int], noise: torch.Tensor | None = None):
+def forward_strip(
+    diffusion: GaussianDiffusion,
+    x0: torch.Tensor,
+    timesteps: Sequence[int],
+    noise: torch.Tensor | None = None,
+):
     """Rows: images of ``x0`` ``(B, 3, H, W)``; columns: x_t at each of ``timesteps`` (Eq. 4, same noise per row)."""
     noise = torch.randn_like(x0) if noise is None else noise
     cols = [diffusion.q_sample(x0, torch.full((len(x0),), t), noise) for t in timesteps]
@@ -105,7 +125,11 @@ def plot_loss(history: Sequence[dict] | str | Path, smooth: int = 10, ax=None):
         _, ax = plt.subplots(figsize=(7, 3.2))
     ax.plot(steps, loss, alpha=0.35, label="loss (per log window)")
     if len(loss) >= smooth:
-        ax.plot(steps[smooth - 1 :], np.convolve(loss, np.ones(smooth) / smooth, mode="valid"), label=f"moving average of {smooth}")
+        ax.plot(
+            steps[smooth - 1 :],
+            np.convolve(loss, np.ones(smooth) / smooth, mode="valid"),
+            label=f"moving average of {smooth}",
+        )
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel(r"$L_{simple}$")
@@ -115,8 +139,14 @@ def plot_loss(history: Sequence[dict] | str | Path, smooth: int = 10, ax=None):
     return ax.figure
 
 
-def save_denoising_animation(trajectory: dict, path: str | Path, frames: int = 40, nrow: int | None = None, scale: int = 3,
-                             duration_ms: int = 80) -> Path:  # fmt: skip
+def save_denoising_animation(
+    trajectory: dict,
+    path: str | Path,
+    frames: int = 40,
+    nrow: int | None = None,
+    scale: int = 3,
+    duration_ms: int = 80,
+) -> Path:
     """A GIF of the reverse process from :func:`ddpm_lib.sampling.trajectory`: x_t (left) and the predicted x_0 (right)."""
     from PIL import Image
 
@@ -128,7 +158,9 @@ def save_denoising_animation(trajectory: dict, path: str | Path, frames: int = 4
         right = to_numpy_image(trajectory["x0_pred"][i], nrow)
         gap = np.full((left.shape[0], 4, 3), 255, np.uint8)
         frame = Image.fromarray(np.concatenate([left, gap, right], 1))
-        images.append(frame.resize((frame.width * scale, frame.height * scale), Image.Resampling.NEAREST))
+        images.append(
+            frame.resize((frame.width * scale, frame.height * scale), Image.Resampling.NEAREST)
+        )
     durations = [duration_ms] * (len(images) - 1) + [2000]  # rest on the result
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,18 +175,32 @@ def plot_recipe_study(study: dict, budget: str = "budget_10min", highlight: Sequ
     section = study[budget]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [1.25, 1]})
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    runs = {**section["runs"], **{f"{n} (CPU clock)": r | {"seeds": [r]} for n, r in section.get("cpu_runs", {}).items()}}
+    runs = {
+        **section["runs"],
+        **{f"{n} (CPU clock)": r | {"seeds": [r]} for n, r in section.get("cpu_runs", {}).items()},
+    }
     for name, run in runs.items():
         for i, seed in enumerate(run["seeds"]):
             x = [p["cpu_minutes"] for p in seed["curve"]]
             y = [p["fid"] for p in seed["curve"]]
             style = dict(color="0.75", lw=0.8, zorder=1)
             if name == "default":
-                style = dict(color="black", lw=1.6, zorder=3, label="default (cpu_demo before the study), 3 seeds" if i == 0 else None)
+                style = dict(
+                    color="black",
+                    lw=1.6,
+                    zorder=3,
+                    label="default (cpu_demo before the study), 3 seeds" if i == 0 else None,
+                )
             elif name in highlight:
                 k = list(highlight).index(name)
-                style = dict(color=colours[k % len(colours)], lw=2, zorder=4, label=name if i == 0 else None,
-                             marker="o" if "CPU clock" in name else None, ls="--" if "CPU clock" in name else "-")  # fmt: skip
+                style = dict(
+                    color=colours[k % len(colours)],
+                    lw=2,
+                    zorder=4,
+                    label=name if i == 0 else None,
+                    marker="o" if "CPU clock" in name else None,
+                    ls="--" if "CPU clock" in name else "-",
+                )
             ax.plot(x, y, **style)
         last = run["seeds"][0]["curve"][-1]
         final = np.mean([s["curve"][-1]["fid"] for s in run["seeds"]])
@@ -162,7 +208,13 @@ def plot_recipe_study(study: dict, budget: str = "budget_10min", highlight: Sequ
         p = np.mean([s["curve"][-1]["precision"] for s in run["seeds"]]) / base["precision"]
         r = np.mean([s["curve"][-1]["recall"] for s in run["seeds"]]) / base["recall"]
         shown = name == "default" or name in highlight
-        colour = "black" if name == "default" else colours[list(highlight).index(name) % len(colours)] if name in highlight else "0.6"
+        colour = (
+            "black"
+            if name == "default"
+            else colours[list(highlight).index(name) % len(colours)]
+            if name in highlight
+            else "0.6"
+        )
         ax2.scatter(r, p, s=40 if shown else 14, color=colour, zorder=3)
         if shown or final < 17:
             ax2.annotate(name, (r, p), fontsize=7, xytext=(3, 2), textcoords="offset points")
@@ -175,7 +227,9 @@ def plot_recipe_study(study: dict, budget: str = "budget_10min", highlight: Sequ
     ax2.axvline(0.6, color="C3", lw=0.8, ls=":")
     ax2.set_xlabel("recall / real-vs-real recall")
     ax2.set_ylabel("precision / real-vs-real precision")
-    ax2.set_title(f"after {budget.removeprefix('budget_').removesuffix('min')} minutes (dotted: the 75% / 60% targets)")
+    ax2.set_title(
+        f"after {budget.removeprefix('budget_').removesuffix('min')} minutes (dotted: the 75% / 60% targets)"
+    )
     ax2.set_xlim(0, 1)
     ax2.set_ylim(0, 1)
     fig.tight_layout()

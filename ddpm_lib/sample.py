@@ -28,33 +28,76 @@ from ddpm_lib.sampling import Samples, generate
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ddpm_lib.sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m ddpm_lib.sample",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument(
-        "--checkpoint", type=Path, default=None, help=f"checkpoint.pt or exported weights (default: the shipped {PRETRAINED.name})"
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help=f"checkpoint.pt or exported weights (default: the shipped {PRETRAINED.name})",
     )
     p.add_argument("--num-samples", type=int, default=64)
     p.add_argument("--sampler", choices=get_args(Sampler), default="ddim")
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps, at most T (default: min(50, T)); ddpm always runs all T")
-    p.add_argument("--eta", type=float, default=1.0, help="DDIM stochasticity in [0, 1]: 0 deterministic, 1 = DDPM's variance")
-    p.add_argument("--class", dest="classes", nargs="+", default=None, metavar="CLASS",
-                   help="class names or indices of a class-conditional checkpoint, cycled over the samples (default: all classes in turn)")  # fmt: skip
     p.add_argument(
-        "--guidance-scale", type=float, default=0.0, help="classifier-free guidance w >= 0 (0: none; needs a class-conditional model)"
+        "--steps",
+        type=int,
+        default=None,
+        help="DDIM steps, at most T (default: min(50, T)); ddpm always runs all T",
     )
-    p.add_argument("--guidance-interval", type=int, nargs=2, default=None, metavar=("LO", "HI"),
-                   help="guide only at timestep indices LO..HI (0..T-1); the other steps cost one network pass")  # fmt: skip
+    p.add_argument(
+        "--eta",
+        type=float,
+        default=1.0,
+        help="DDIM stochasticity in [0, 1]: 0 deterministic, 1 = DDPM's variance",
+    )
+    p.add_argument(
+        "--class",
+        dest="classes",
+        nargs="+",
+        default=None,
+        metavar="CLASS",
+        help="class names or indices of a class-conditional checkpoint, cycled over the samples (default: all classes in turn)",
+    )
+    p.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=0.0,
+        help="classifier-free guidance w >= 0 (0: none; needs a class-conditional model)",
+    )
+    p.add_argument(
+        "--guidance-interval",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("LO", "HI"),
+        help="guide only at timestep indices LO..HI (0..T-1); the other steps cost one network pass",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: a GPU when present)")
-    p.add_argument("--precision", choices=get_args(Precision), default="auto", help="auto: measured on this machine (see README)")
-    p.add_argument("--out", type=Path, required=True, help="a .png grid or a .npz batch (arr_0, uint8 NHWC)")
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:N or mps (default: a GPU when present)"
+    )
+    p.add_argument(
+        "--precision",
+        choices=get_args(Precision),
+        default="auto",
+        help="auto: measured on this machine (see README)",
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, help="a .png grid or a .npz batch (arr_0, uint8 NHWC)"
+    )
     return p
 
 
 def check_writable(path: Path) -> None:
     """Refuse an output path that cannot be written, before any sampling work."""
     if str(path).strip() in ("", "."):
-        raise ValueError("--out is empty; give a file name ending in .png or .npz, e.g. samples.png")
+        raise ValueError(
+            "--out is empty; give a file name ending in .png or .npz, e.g. samples.png"
+        )
     if path.suffix not in (".png", ".npz"):
         raise ValueError(f"--out must end in .png or .npz, got {path}")
     if path.is_dir():
@@ -66,12 +109,16 @@ def check_writable(path: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ValueError(f"cannot create the folder of --out {path}: {exc.strerror or exc}") from exc
+        raise ValueError(
+            f"cannot create the folder of --out {path}: {exc.strerror or exc}"
+        ) from exc
     if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise ValueError(f"cannot write --out {path}: permission denied")
 
 
-def parse_classes(given: list[str] | None, class_names: tuple[str, ...], num_classes: int, num_samples: int) -> torch.Tensor | None:
+def parse_classes(
+    given: list[str] | None, class_names: tuple[str, ...], num_classes: int, num_samples: int
+) -> torch.Tensor | None:
     """Labels ``(num_samples,)`` cycling over the ``--class`` names or indices; every class in turn when none are given."""
     if not num_classes:
         if given:
@@ -87,8 +134,10 @@ def parse_classes(given: list[str] | None, class_names: tuple[str, ...], num_cla
         elif name.isdigit() and int(name) < num_classes:
             indices.append(int(name))
         else:
-            raise ValueError(f"unknown class {name!r}; this checkpoint knows {', '.join(names[:20])}{' ...' if len(names) > 20 else ''} "
-                             f"(or indices 0-{num_classes - 1})")  # fmt: skip
+            raise ValueError(
+                f"unknown class {name!r}; this checkpoint knows {', '.join(names[:20])}{' ...' if len(names) > 20 else ''} "
+                f"(or indices 0-{num_classes - 1})"
+            )
     return torch.tensor(indices).repeat(num_samples // len(indices) + 1)[:num_samples]
 
 
@@ -99,7 +148,9 @@ def _write_samples(samples: Samples, out: Path) -> None:
     else:
         from torchvision.utils import save_image
 
-        save_image((samples.images + 1) / 2, out, nrow=int(math.ceil(math.sqrt(len(samples.images)))))
+        save_image(
+            (samples.images + 1) / 2, out, nrow=int(math.ceil(math.sqrt(len(samples.images))))
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,19 +162,48 @@ def main(argv: list[str] | None = None) -> int:
         model, diffusion, cfg = load_ema_model(checkpoint, device)
         labels = parse_classes(args.classes, cfg.class_names, cfg.num_classes, args.num_samples)
         if args.guidance_scale and labels is None:
-            raise ValueError("--guidance-scale needs a class-conditional checkpoint (trained with --class-cond)")
+            raise ValueError(
+                "--guidance-scale needs a class-conditional checkpoint (trained with --class-cond)"
+            )
         batch = min(args.batch_size, max(args.num_samples, 1), 32)
-        precision = resolve_precision(args.precision, device, model, "sample", (3, cfg.image_size, cfg.image_size), batch=batch)
+        precision = resolve_precision(
+            args.precision,
+            device,
+            model,
+            "sample",
+            (3, cfg.image_size, cfg.image_size),
+            batch=batch,
+        )
         print(device_report(device, precision), file=sys.stderr)
-        samples = generate(model, diffusion, args.num_samples, cfg.image_size, sampler=args.sampler, num_steps=args.steps,
-                           eta=args.eta, seed=args.seed, batch_size=args.batch_size, precision=precision, progress=True,
-                           labels=labels, guidance_scale=args.guidance_scale, guidance_interval=args.guidance_interval)  # fmt: skip
+        samples = generate(
+            model,
+            diffusion,
+            args.num_samples,
+            cfg.image_size,
+            sampler=args.sampler,
+            num_steps=args.steps,
+            eta=args.eta,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            precision=precision,
+            progress=True,
+            labels=labels,
+            guidance_scale=args.guidance_scale,
+            guidance_interval=args.guidance_interval,
+        )
         _write_samples(samples, args.out)
-    except (OSError, ValueError, RuntimeError, FloatingPointError) as exc:  # OSError: FileNotFoundError, a full disk
+    except (
+        OSError,
+        ValueError,
+        RuntimeError,
+        FloatingPointError,
+    ) as exc:  # OSError: FileNotFoundError, a full disk
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {args.num_samples} samples to {args.out} ({args.sampler}, {samples.num_steps} steps, {samples.precision.name}, "
-          f"{samples.seconds:.1f} s, {samples.images_per_second:.1f} img/s) from {checkpoint}")  # fmt: skip
+    print(
+        f"wrote {args.num_samples} samples to {args.out} ({args.sampler}, {samples.num_steps} steps, {samples.precision.name}, "
+        f"{samples.seconds:.1f} s, {samples.images_per_second:.1f} img/s) from {checkpoint}"
+    )
     return 0
 
 

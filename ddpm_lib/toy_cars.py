@@ -40,12 +40,37 @@ _SKIES = [  # (top colour, horizon colour) in RGB 0..1
 # The entries of one image's parameter vector, in order (sizes in car lengths, positions in image fractions,
 # colours RGB in 0..1): read by name through PARAM_INDEX, never by position.
 PARAM_NAMES: tuple[str, ...] = (
-    "body_type", "length", "cx", "ground", "facing",
-    "body_r", "body_g", "body_b", "sky_top_r", "sky_top_g", "sky_top_b", "sky_bottom_r", "sky_bottom_g", "sky_bottom_b",
-    "road", "verge_r", "verge_g", "verge_b", "horizon",
-    "wheel", "body_height", "cabin_rear_bottom", "cabin_rear_top", "cabin_front_top", "cabin_front_bottom", "cabin_height",
-    "wheel_rear_x", "wheel_front_x", "hub", "tint",
-)  # fmt: skip
+    "body_type",
+    "length",
+    "cx",
+    "ground",
+    "facing",
+    "body_r",
+    "body_g",
+    "body_b",
+    "sky_top_r",
+    "sky_top_g",
+    "sky_top_b",
+    "sky_bottom_r",
+    "sky_bottom_g",
+    "sky_bottom_b",
+    "road",
+    "verge_r",
+    "verge_g",
+    "verge_b",
+    "horizon",
+    "wheel",
+    "body_height",
+    "cabin_rear_bottom",
+    "cabin_rear_top",
+    "cabin_front_top",
+    "cabin_front_bottom",
+    "cabin_height",
+    "wheel_rear_x",
+    "wheel_front_x",
+    "hub",
+    "tint",
+)
 PARAM_INDEX = {name: i for i, name in enumerate(PARAM_NAMES)}
 NUM_PARAMS = len(PARAM_NAMES)
 
@@ -71,27 +96,53 @@ def sample_params(seed: int, split: str, index: int) -> np.ndarray:
     sky_top = np.clip(np.array(sky_top) * j(0.12), 0, 1)
     sky_bottom = np.clip(np.array(sky_bottom) * j(0.08), 0, 1)
     road = rng.uniform(0.22, 0.48)
-    verge = np.clip(np.array([0.35, 0.55, 0.25]) * j(0.25) if rng.random() < 0.6 else np.array([0.6, 0.55, 0.45]) * j(0.2), 0, 1)
+    verge = np.clip(
+        np.array([0.35, 0.55, 0.25]) * j(0.25)
+        if rng.random() < 0.6
+        else np.array([0.6, 0.55, 0.45]) * j(0.2),
+        0,
+        1,
+    )
     rb, rt, ft, fb, ch = geo["cabin"]
     wheel = geo["wheel"] * j(0.12)
     return np.array(
         [
-            body_type, length, cx, ground, facing, *body,
-            *sky_top, *sky_bottom, road, *verge, horizon,
-            wheel, geo["body"] * j(0.1), rb * j(0.08), rt * j(0.08), ft * j(0.04), fb * j(0.03), ch * j(0.1),
-            rng.uniform(0.16, 0.22), rng.uniform(0.78, 0.83),  # rear and front wheel positions
+            body_type,
+            length,
+            cx,
+            ground,
+            facing,
+            *body,
+            *sky_top,
+            *sky_bottom,
+            road,
+            *verge,
+            horizon,
+            wheel,
+            geo["body"] * j(0.1),
+            rb * j(0.08),
+            rt * j(0.08),
+            ft * j(0.04),
+            fb * j(0.03),
+            ch * j(0.1),
+            rng.uniform(0.16, 0.22),
+            rng.uniform(0.78, 0.83),  # rear and front wheel positions
             rng.uniform(0.55, 0.85),  # hub brightness
             rng.uniform(0.55, 0.8),  # window tint
         ],
         dtype=np.float64,
-    )  # fmt: skip
+    )
 
 
 def _box(u, v, x0, x1, y0, y1, r):
     """Signed distance to a rounded box [x0, x1] x [y0, y1] with corner radius r."""
     cx, cy, hx, hy = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2 - r, (y1 - y0) / 2 - r
     qx, qy = (u - cx).abs() - hx, (v - cy).abs() - hy
-    return torch.sqrt(qx.clamp(min=0) ** 2 + qy.clamp(min=0) ** 2) + torch.maximum(qx, qy).clamp(max=0) - r
+    return (
+        torch.sqrt(qx.clamp(min=0) ** 2 + qy.clamp(min=0) ** 2)
+        + torch.maximum(qx, qy).clamp(max=0)
+        - r
+    )
 
 
 def _circle(u, v, x, y, r):
@@ -115,7 +166,9 @@ def render(params: np.ndarray, image_size: int, supersample: int = 2) -> torch.T
     p = torch.as_tensor(params, dtype=torch.float32)
     col = lambda name: p[:, PARAM_INDEX[name] : PARAM_INDEX[name] + 3, None, None]  # noqa: E731  (N, 3, 1, 1) colour from its _r entry
     one = lambda name: p[:, PARAM_INDEX[name], None, None]  # noqa: E731  (N, 1, 1) scalar
-    body_type, length, cx, ground, facing = (one(n) for n in ("body_type", "length", "cx", "ground", "facing"))
+    body_type, length, cx, ground, facing = (
+        one(n) for n in ("body_type", "length", "cx", "ground", "facing")
+    )
     grid = (torch.arange(S, dtype=torch.float32) + 0.5) / S
     py, px = grid[None, :, None], grid[None, None, :]  # image coordinates, y down
     # car coordinates: u from the rear (0) to the front (1), v up from the ground, both in car lengths
@@ -137,20 +190,41 @@ def render(params: np.ndarray, image_size: int, supersample: int = 2) -> torch.T
 
     wheel, body_h = one("wheel"), one("body_height")
     rb, rt, ft, fb, cabin_h = (
-        one(n) for n in ("cabin_rear_bottom", "cabin_rear_top", "cabin_front_top", "cabin_front_bottom", "cabin_height")
+        one(n)
+        for n in (
+            "cabin_rear_bottom",
+            "cabin_rear_top",
+            "cabin_front_top",
+            "cabin_front_bottom",
+            "cabin_height",
+        )
     )
     xr, xf, hub, tint = (one(n) for n in ("wheel_rear_x", "wheel_front_x", "hub", "tint"))
     clearance = wheel * 0.9
     body = col("body_r")
     dark = body * 0.55
     # shadow under the car
-    img = paint(img, ((u - 0.5) ** 2 / 0.36 + (v / 0.035) ** 2).sqrt() * 0.035 - 0.035, torch.zeros(1, 3, 1, 1), 0.45)
+    img = paint(
+        img,
+        ((u - 0.5) ** 2 / 0.36 + (v / 0.035) ** 2).sqrt() * 0.035 - 0.035,
+        torch.zeros(1, 3, 1, 1),
+        0.45,
+    )
     # cabin (body colour) and its windows
     top = body_h + cabin_h
     cabin = _quad(u, v, [(rb, body_h - 0.02), (fb, body_h - 0.02), (ft, top), (rt, top)])
     img = paint(img, cabin - 0.01, body)
     m = 0.022
-    windows = _quad(u, v, [(rb + 2 * m, body_h + 0.005), (fb - 2.2 * m, body_h + 0.005), (ft - m * 0.6, top - m), (rt + m * 0.6, top - m)])
+    windows = _quad(
+        u,
+        v,
+        [
+            (rb + 2 * m, body_h + 0.005),
+            (fb - 2.2 * m, body_h + 0.005),
+            (ft - m * 0.6, top - m),
+            (rt + m * 0.6, top - m),
+        ],
+    )
     pillar = (u - (rt + ft) / 2).abs() - 0.012
     glass = torch.stack([tint * 0.75, tint * 0.85, tint], 1)
     img = paint(img, torch.maximum(windows, -pillar), glass)
@@ -158,15 +232,29 @@ def render(params: np.ndarray, image_size: int, supersample: int = 2) -> torch.T
     img = paint(img, _box(u, v, 0.0, 1.0, clearance, body_h, 0.045), body)
     img = paint(img, _box(u, v, 0.01, 0.99, clearance, clearance + 0.025, 0.01), dark, 0.6)  # sill
     is_pickup = (body_type == BODY_TYPES.index("pickup")).float()
-    img = paint(img, _box(u, v, 0.03, rb - 0.02, body_h - 0.025, body_h - 0.012, 0.005), dark, is_pickup)  # bed rail
+    img = paint(
+        img, _box(u, v, 0.03, rb - 0.02, body_h - 0.025, body_h - 0.012, 0.005), dark, is_pickup
+    )  # bed rail
     # lights
-    img = paint(img, _box(u, v, 0.955, 1.0, body_h - 0.07, body_h - 0.035, 0.012), torch.tensor([1.0, 0.95, 0.7]).view(1, 3, 1, 1))
-    img = paint(img, _box(u, v, 0.0, 0.03, body_h - 0.07, body_h - 0.035, 0.008), torch.tensor([0.85, 0.1, 0.1]).view(1, 3, 1, 1))
+    img = paint(
+        img,
+        _box(u, v, 0.955, 1.0, body_h - 0.07, body_h - 0.035, 0.012),
+        torch.tensor([1.0, 0.95, 0.7]).view(1, 3, 1, 1),
+    )
+    img = paint(
+        img,
+        _box(u, v, 0.0, 0.03, body_h - 0.07, body_h - 0.035, 0.008),
+        torch.tensor([0.85, 0.1, 0.1]).view(1, 3, 1, 1),
+    )
     # wheels: arch, tyre, hub
     for x in (xr, xf):
         img = paint(img, _circle(u, v, x, wheel, wheel * 1.18), dark * 0.5)
         img = paint(img, _circle(u, v, x, wheel, wheel), torch.full((1, 3, 1, 1), 0.08))
-        img = paint(img, _circle(u, v, x, wheel, wheel * 0.55), torch.cat([hub, hub, hub * 1.02], 1)[:, :, None].view(-1, 3, 1, 1))
+        img = paint(
+            img,
+            _circle(u, v, x, wheel, wheel * 0.55),
+            torch.cat([hub, hub, hub * 1.02], 1)[:, :, None].view(-1, 3, 1, 1),
+        )
         img = paint(img, _circle(u, v, x, wheel, wheel * 0.18), torch.full((1, 3, 1, 1), 0.3))
     img = F.avg_pool2d(img, supersample)
     return (img.clamp(0, 1) * 255).round().to(torch.uint8)
@@ -179,9 +267,15 @@ def generate(num_images: int, image_size: int, seed: int = 0, split: str = "trai
     """
     if split not in SPLIT_IDS:
         raise ValueError(f"unknown split {split!r}; valid choices: {', '.join(SPLIT_IDS)}")
-    params = np.stack([sample_params(seed, split, start + i) for i in range(num_images)]) if num_images else np.zeros((0, NUM_PARAMS))
+    params = (
+        np.stack([sample_params(seed, split, start + i) for i in range(num_images)])
+        if num_images
+        else np.zeros((0, NUM_PARAMS))
+    )
     images = torch.empty(num_images, 3, image_size, image_size, dtype=torch.uint8)
-    chunk = max(1, 2**19 // (2 * image_size) ** 2)  # ~0.5M fine pixels per batch keeps the work in cache
+    chunk = max(
+        1, 2**19 // (2 * image_size) ** 2
+    )  # ~0.5M fine pixels per batch keeps the work in cache
     for i in range(0, num_images, chunk):
         images[i : i + chunk] = render(params[i : i + chunk], image_size)
     return images, torch.as_tensor(params[:, 0], dtype=torch.int64)
@@ -205,7 +299,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from torchvision.utils import save_image
 
-    parser = argparse.ArgumentParser(description="Save a preview grid of the toy-cars dataset: one row per body type.")
+    parser = argparse.ArgumentParser(
+        description="Save a preview grid of the toy-cars dataset: one row per body type."
+    )
     parser.add_argument("--out", default="assets/toy_cars_preview.png", help="PNG file to write")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--per-type", type=int, default=12, help="images per body type (columns)")

@@ -29,33 +29,82 @@ PRESETS = {"paper": TrainConfig, "cpu": TrainConfig.cpu_demo}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ddpm_lib.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m ddpm_lib.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, loss.csv, samples/")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (model options must match)")
-    p.add_argument("--preset", choices=list(PRESETS), default="cpu",
-                   help="defaults to start from: 'paper' (Ho et al. 2020, CIFAR-10) or 'cpu' (small U-Net, fast on a CPU)")  # fmt: skip
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/checkpoint.pt (model options must match)",
+    )
+    p.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default="cpu",
+        help="defaults to start from: 'paper' (Ho et al. 2020, CIFAR-10) or 'cpu' (small U-Net, fast on a CPU)",
+    )
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)"
+    )
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=get_args(DatasetName))
     g.add_argument("--data-root", help="folder of the data (required for --dataset folder)")
-    g.add_argument("--num-images", type=int, help="toy_cars: number of training images (default 8144)")
+    g.add_argument(
+        "--num-images", type=int, help="toy_cars: number of training images (default 8144)"
+    )
     g.add_argument("--image-size", type=int)
     g = p.add_argument_group("model and diffusion")
     g.add_argument("--model", choices=MODEL_PRESETS)
     g.add_argument("--dropout", type=float)
-    g.add_argument("--base-channels", type=int, help="U-Net width: channels of the first level (default: the preset's)")
-    g.add_argument("--num-res-blocks", type=int, help="U-Net depth: ResBlocks per level (default: the preset's)")
-    g.add_argument("--attention-resolutions", type=int, nargs="*", metavar="SIZE",
-                   help="feature-map sizes with self-attention; none given: no attention (default: the preset's)")  # fmt: skip
+    g.add_argument(
+        "--base-channels",
+        type=int,
+        help="U-Net width: channels of the first level (default: the preset's)",
+    )
+    g.add_argument(
+        "--num-res-blocks",
+        type=int,
+        help="U-Net depth: ResBlocks per level (default: the preset's)",
+    )
+    g.add_argument(
+        "--attention-resolutions",
+        type=int,
+        nargs="*",
+        metavar="SIZE",
+        help="feature-map sizes with self-attention; none given: no attention (default: the preset's)",
+    )
     g.add_argument("--schedule", choices=SCHEDULES)
     g.add_argument("--num-timesteps", type=int, help="T")
     g.add_argument("--loss-type", choices=get_args(LossType))
-    g.add_argument("--prediction-type", choices=get_args(PredictionType), help="what the network predicts: eps (default) or v")
-    g.add_argument("--snr-gamma", type=float, help="Min-SNR-gamma loss weighting (Hang et al. 2023 use 5; default: none)")
-    g.add_argument("--variance-type", choices=get_args(VarianceType), help="reverse variance of the sample grids")
-    g.add_argument("--class-cond", action="store_true", default=None,
-                   help="class-conditional on the dataset's labels (toy_cars: body type; a folder: its sub-folders)")  # fmt: skip
-    g.add_argument("--p-uncond", type=float, help="probability of dropping a label, for classifier-free guidance (default 0.1)")
+    g.add_argument(
+        "--prediction-type",
+        choices=get_args(PredictionType),
+        help="what the network predicts: eps (default) or v",
+    )
+    g.add_argument(
+        "--snr-gamma",
+        type=float,
+        help="Min-SNR-gamma loss weighting (Hang et al. 2023 use 5; default: none)",
+    )
+    g.add_argument(
+        "--variance-type",
+        choices=get_args(VarianceType),
+        help="reverse variance of the sample grids",
+    )
+    g.add_argument(
+        "--class-cond",
+        action="store_true",
+        default=None,
+        help="class-conditional on the dataset's labels (toy_cars: body type; a folder: its sub-folders)",
+    )
+    g.add_argument(
+        "--p-uncond",
+        type=float,
+        help="probability of dropping a label, for classifier-free guidance (default 0.1)",
+    )
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, help="global batch size")
     g.add_argument("--lr", type=float)
@@ -69,16 +118,28 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--precision", choices=get_args(Precision))
     g.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None)
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    g.add_argument("--deterministic", action="store_true", default=None,
-                   help="CUDA: deterministic kernels, so a resumed run matches an uninterrupted one exactly (slower)")  # fmt: skip
+    g.add_argument(
+        "--deterministic",
+        action="store_true",
+        default=None,
+        help="CUDA: deterministic kernels, so a resumed run matches an uninterrupted one exactly (slower)",
+    )
     g = p.add_argument_group("budget and outputs")
-    g.add_argument("--max-steps", type=int, help="total optimiser steps of the run (a resumed run stops here too)")
+    g.add_argument(
+        "--max-steps",
+        type=int,
+        help="total optimiser steps of the run (a resumed run stops here too)",
+    )
     g.add_argument("--max-minutes", type=float, help="wall-clock budget of this invocation")
     g.add_argument("--log-every", type=int)
-    g.add_argument("--sample-every", type=int, help="save a sample grid every N steps (0: at the end only)")
+    g.add_argument(
+        "--sample-every", type=int, help="save a sample grid every N steps (0: at the end only)"
+    )
     g.add_argument("--checkpoint-every", type=int)
     g.add_argument("--num-sample-images", type=int, help="images in each sample grid")
-    g.add_argument("--sample-sampler", choices=get_args(Sampler), help="sampler of the grids (default ddim)")
+    g.add_argument(
+        "--sample-sampler", choices=get_args(Sampler), help="sampler of the grids (default ddim)"
+    )
     g.add_argument("--sample-steps", type=int, help="DDIM steps of the grids (default min(50, T))")
     g.add_argument("--sample-eta", type=float, help="DDIM eta of the grids (default 1)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -96,18 +157,29 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
-        trainer = Trainer(config, args.out, resume=args.resume, device=args.device, progress=not args.no_progress)
+        trainer = Trainer(
+            config, args.out, resume=args.resume, device=args.device, progress=not args.no_progress
+        )
         if trainer.is_main:
             print(device_report(trainer.device, trainer.precision))
             print(trainer.describe(), flush=True)
         trainer.fit()
-    except (ValueError, OSError, RuntimeError, TrainingDiverged) as exc:  # OSError: FileNotFoundError, a full disk
+    except (
+        ValueError,
+        OSError,
+        RuntimeError,
+        TrainingDiverged,
+    ) as exc:  # OSError: FileNotFoundError, a full disk
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if trainer.is_main:
         last = trainer.history[-1] if trainer.history else {}
-        print(f"stopped at step {trainer.step}; loss {last.get('loss', float('nan')):.4f}; checkpoint {args.out}/checkpoint.pt")
-    if trainer.distributed:  # leave the process group before exit: gloo aborts a process that exits inside one
+        print(
+            f"stopped at step {trainer.step}; loss {last.get('loss', float('nan')):.4f}; checkpoint {args.out}/checkpoint.pt"
+        )
+    if (
+        trainer.distributed
+    ):  # leave the process group before exit: gloo aborts a process that exits inside one
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return 0

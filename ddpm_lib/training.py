@@ -60,15 +60,24 @@ class Trainer:
     sample grids and checkpoints.
     """
 
-    def __init__(self, config: TrainConfig, out_dir: str | os.PathLike | None = None, resume: bool = False,
-                 device: str | torch.device | None = None, dataset: ImageTensorDataset | None = None, progress: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        config: TrainConfig,
+        out_dir: str | os.PathLike | None = None,
+        resume: bool = False,
+        device: str | torch.device | None = None,
+        dataset: ImageTensorDataset | None = None,
+        progress: bool = True,
+    ):
         self.distributed = init_distributed()
         self.rank, self.world_size, local_rank = dist_info()
         self.is_main = self.rank == 0
         if device is None and self.distributed and torch.cuda.is_available():
             device = f"cuda:{local_rank}"
         self.device = select_device(device)
-        self.out_dir = prepare_run_dir(out_dir, resume) if self.is_main or out_dir is None else Path(out_dir)
+        self.out_dir = (
+            prepare_run_dir(out_dir, resume) if self.is_main or out_dir is None else Path(out_dir)
+        )
         ckpt = None
         if resume:
             ckpt = load_checkpoint(self.out_dir / CHECKPOINT_NAME)
@@ -79,34 +88,55 @@ class Trainer:
             config = TrainConfig.from_dict(ckpt["config"]).resumed_with(config)
         self.config = cfg = config
         if cfg.batch_size % self.world_size:
-            raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {self.world_size} processes")
+            raise ValueError(
+                f"batch_size {cfg.batch_size} must be divisible by the {self.world_size} processes"
+            )
         self.local_batch = cfg.batch_size // self.world_size
         self.progress = progress and self.is_main
-        if self.device.type == "cuda":  # the fastest kernels by default; cuDNN's autotuner may pick others in a resumed run
+        if (
+            self.device.type == "cuda"
+        ):  # the fastest kernels by default; cuDNN's autotuner may pick others in a resumed run
             torch.backends.cudnn.benchmark = not cfg.deterministic
             torch.backends.cudnn.deterministic = cfg.deterministic
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-            if cfg.deterministic:  # also the embedding's backward (atomic adds) and cuBLAS's workspace
+            if (
+                cfg.deterministic
+            ):  # also the embedding's backward (atomic adds) and cuBLAS's workspace
                 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
                 torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.manual_seed(cfg.seed + self.rank)  # model init is identical on every rank (DDP broadcasts rank 0's)
+        torch.manual_seed(
+            cfg.seed + self.rank
+        )  # model init is identical on every rank (DDP broadcasts rank 0's)
 
         self.dataset = dataset if dataset is not None else self._load_data()
-        if self.device.type != "cpu" and self.dataset.images.numel() < 2**31:  # small enough: keep the uint8 images on the GPU
-            self.dataset = ImageTensorDataset(self.dataset.images.to(self.device), self.dataset.labels, self.dataset.classes)
+        if (
+            self.device.type != "cpu" and self.dataset.images.numel() < 2**31
+        ):  # small enough: keep the uint8 images on the GPU
+            self.dataset = ImageTensorDataset(
+                self.dataset.images.to(self.device), self.dataset.labels, self.dataset.classes
+            )
         if tuple(self.dataset.images.shape[-2:]) != (cfg.image_size, cfg.image_size):
-            raise ValueError(f"the dataset's images are {tuple(self.dataset.images.shape[-2:])} but image_size is {cfg.image_size}; "
-                             f"load it with image_size={cfg.image_size}")  # fmt: skip
+            raise ValueError(
+                f"the dataset's images are {tuple(self.dataset.images.shape[-2:])} but image_size is {cfg.image_size}; "
+                f"load it with image_size={cfg.image_size}"
+            )
         if cfg.class_cond:
             self.config = cfg = self._with_classes(cfg)
         self.sampler = DistributedSampler(
-            self.dataset, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=cfg.seed, drop_last=True
+            self.dataset,
+            num_replicas=self.world_size,
+            rank=self.rank,
+            shuffle=True,
+            seed=cfg.seed,
+            drop_last=True,
         )
         self.steps_per_epoch = len(self.sampler) // self.local_batch
         self._epoch_order: tuple[int, torch.Tensor] = (-1, torch.empty(0, dtype=torch.long))
         if self.steps_per_epoch < 1:
-            raise ValueError(f"the dataset has {len(self.dataset)} images, fewer than one batch of {cfg.batch_size}; lower batch_size")
+            raise ValueError(
+                f"the dataset has {len(self.dataset)} images, fewer than one batch of {cfg.batch_size}; lower batch_size"
+            )
 
         self.diffusion = diffusion_from_config(cfg)
         model = build_model(**model_args(cfg)).to(self.device)
@@ -114,16 +144,25 @@ class Trainer:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         shape, batch = (3, cfg.image_size, cfg.image_size), min(self.local_batch, 32)
-        self.precision = resolve_precision(cfg.precision, self.device, model, "train", shape, batch=batch)
+        self.precision = resolve_precision(
+            cfg.precision, self.device, model, "train", shape, batch=batch
+        )
         if self.distributed:  # every rank uses rank 0's choice
             choice = [self.precision]
             dist.broadcast_object_list(choice, src=0)
             self.precision = choice[0]
-        self.sample_precision = resolve_precision(cfg.precision, self.device, model, "sample", shape, batch=min(cfg.num_sample_images, 32))
+        self.sample_precision = resolve_precision(
+            cfg.precision, self.device, model, "sample", shape, batch=min(cfg.num_sample_images, 32)
+        )
         self.ema = AveragedModel(model, multi_avg_fn=self._ema_update, use_buffers=True)
         self.ema.requires_grad_(False)
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=self.device.type == "cpu" or None)
+        self.optimizer = opt_cls(
+            model.parameters(),
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            fused=self.device.type == "cpu" or None,
+        )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.name == "fp16")
         self.step = 0
         self.train_model: nn.Module = model
@@ -133,7 +172,9 @@ class Trainer:
         if cfg.compile:
             self.train_model = torch.compile(self.train_model)
         g = torch.Generator().manual_seed(cfg.seed + 12345)  # fixed noise for the sample grids
-        self.fixed_noise = torch.randn(cfg.num_sample_images, 3, cfg.image_size, cfg.image_size, generator=g)
+        self.fixed_noise = torch.randn(
+            cfg.num_sample_images, 3, cfg.image_size, cfg.image_size, generator=g
+        )
         self.history: list[dict[str, float]] = []
         if ckpt is not None:
             self._restore(ckpt)
@@ -141,13 +182,20 @@ class Trainer:
     # -------------------------------------------------------------- construction helpers
     def _load_data(self) -> ImageTensorDataset:
         cfg = self.config
-        options = {"num_images": cfg.num_images, "seed": cfg.seed} if cfg.dataset == "toy_cars" else {}
+        options = (
+            {"num_images": cfg.num_images, "seed": cfg.seed} if cfg.dataset == "toy_cars" else {}
+        )
         if cfg.dataset == "cifar10":
             options["download"] = self.is_main
         if self.distributed and cfg.dataset == "cifar10" and not self.is_main:
             dist.barrier()  # let rank 0 download first
-        ds = load_dataset(cfg.dataset, image_size=cfg.image_size, split="train", root=cfg.data_root,
-                          **{k: v for k, v in options.items() if v is not None})  # fmt: skip
+        ds = load_dataset(
+            cfg.dataset,
+            image_size=cfg.image_size,
+            split="train",
+            root=cfg.data_root,
+            **{k: v for k, v in options.items() if v is not None},
+        )
         if self.distributed and cfg.dataset == "cifar10" and self.is_main:
             dist.barrier()
         return ds
@@ -156,16 +204,26 @@ class Trainer:
         """The config with the dataset's classes (a resumed run must see the same ones)."""
         classes = tuple(self.dataset.classes)
         if len(classes) < 2:
-            raise ValueError(f"class_cond needs labelled data with at least two classes; {cfg.dataset} has {len(classes)} "
-                             "(an image folder needs one sub-folder per class)")  # fmt: skip
+            raise ValueError(
+                f"class_cond needs labelled data with at least two classes; {cfg.dataset} has {len(classes)} "
+                "(an image folder needs one sub-folder per class)"
+            )
         if cfg.num_classes and (cfg.num_classes, cfg.class_names) != (len(classes), classes):
-            raise ValueError(f"the run was trained on {cfg.num_classes} classes {list(cfg.class_names)[:6]}, the data has {len(classes)}")
+            raise ValueError(
+                f"the run was trained on {cfg.num_classes} classes {list(cfg.class_names)[:6]}, the data has {len(classes)}"
+            )
         return dataclasses.replace(cfg, num_classes=len(classes), class_names=classes)
 
-    def _ema_update(self, ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged) -> None:
+    def _ema_update(
+        self, ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged
+    ) -> None:
         """EMA with warm-up: decay_k = min(decay, (1 + k) / (10 + k)) after k updates."""
         k = int(num_averaged)
-        decay = min(self.config.ema_decay, (1 + k) / (10 + k)) if self.config.ema_warmup else self.config.ema_decay
+        decay = (
+            min(self.config.ema_decay, (1 + k) / (10 + k))
+            if self.config.ema_warmup
+            else self.config.ema_decay
+        )
         floats = [(e, p) for e, p in zip(ema_params, params) if e.is_floating_point()]
         if floats:
             torch._foreach_lerp_([e for e, _ in floats], [p for _, p in floats], 1 - decay)
@@ -193,7 +251,9 @@ class Trainer:
         w = self.config.warmup_steps
         return self.config.lr * min(1.0, (step + 1) / w) if w else self.config.lr
 
-    def train_step(self, x0: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> float:
+    def train_step(
+        self, x0: torch.Tensor | None = None, labels: torch.Tensor | None = None
+    ) -> float:
         """One step of Algorithm 1 (lines 2-6) plus the EMA update; returns the loss (float32).
 
         A class-conditional run replaces each label ``(B,)`` by the null label with probability ``p_uncond``
@@ -205,14 +265,20 @@ class Trainer:
             labels = self.dataset.labels[self.batch_indices(self.step)] if cfg.class_cond else None
         if cfg.class_cond:
             if labels is None:
-                raise ValueError("a class-conditional run needs the batch's labels: train_step(x0, labels)")
-            drop = torch.rand(len(labels)) < cfg.p_uncond  # the CPU RNG: part of the checkpoint, so a resume is exact
+                raise ValueError(
+                    "a class-conditional run needs the batch's labels: train_step(x0, labels)"
+                )
+            drop = (
+                torch.rand(len(labels)) < cfg.p_uncond
+            )  # the CPU RNG: part of the checkpoint, so a resume is exact
             labels = torch.where(drop, cfg.num_classes, labels.cpu().long()).to(self.device)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
         self.train_model.train()
         with self.precision.autocast():
-            loss = self.diffusion.training_loss(self.train_model, x0, cfg.loss_type, labels=labels, snr_gamma=cfg.snr_gamma)
+            loss = self.diffusion.training_loss(
+                self.train_model, x0, cfg.loss_type, labels=labels, snr_gamma=cfg.snr_gamma
+            )
         value = loss.item()
         if not math.isfinite(value):
             self._diverged(f"the loss is {value}")
@@ -220,7 +286,9 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        if not self.scaler.is_enabled() and not torch.isfinite(grad_norm):  # fp16's scaler skips such steps by itself
+        if not self.scaler.is_enabled() and not torch.isfinite(
+            grad_norm
+        ):  # fp16's scaler skips such steps by itself
             self._diverged(f"the gradient norm is {grad_norm.item()}")
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -233,15 +301,23 @@ class Trainer:
         if ckpt is not None and ckpt.exists():
             kept = f"the checkpoint {ckpt} (step {load_checkpoint(ckpt)['step']}) is kept; continue with --resume and a lower --lr"
         else:
-            kept = "no checkpoint was written; start again with a lower --lr" + (" in the same folder" if ckpt else "")
-        raise TrainingDiverged(f"training diverged at step {self.step}: {what}. Nothing was saved after it: {kept} "
-                               f"(lr now {self.config.lr:g}{'' if self.precision.name == 'fp32' else f'; precision {self.precision.name}, or try fp32'}).")  # fmt: skip
+            kept = "no checkpoint was written; start again with a lower --lr" + (
+                " in the same folder" if ckpt else ""
+            )
+        raise TrainingDiverged(
+            f"training diverged at step {self.step}: {what}. Nothing was saved after it: {kept} "
+            f"(lr now {self.config.lr:g}{'' if self.precision.name == 'fp32' else f'; precision {self.precision.name}, or try fp32'})."
+        )
 
     def weights_finite(self) -> bool:
         """True when every weight of the model and of its EMA is finite (checked before each checkpoint)."""
-        return all(bool(torch.isfinite(p).all()) for m in (self.model, self.ema) for p in m.parameters())
+        return all(
+            bool(torch.isfinite(p).all()) for m in (self.model, self.ema) for p in m.parameters()
+        )
 
-    def fit(self, max_steps: int | None = None, max_minutes: float | None = None, callback=None) -> list[dict[str, float]]:
+    def fit(
+        self, max_steps: int | None = None, max_minutes: float | None = None, callback=None
+    ) -> list[dict[str, float]]:
         """Train until ``max_steps`` (the run's total) or ``max_minutes`` of wall clock, whichever first.
 
         Writes (main process, when out_dir is set) ``loss.csv``, sample grids ``samples/step_NNNNNN.png``
@@ -254,7 +330,13 @@ class Trainer:
         max_minutes = cfg.max_minutes if max_minutes is None else max_minutes
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=max_steps, initial=self.step, desc="training", disable=not self.progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=max_steps,
+            initial=self.step,
+            desc="training",
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
         start = time.perf_counter()
         window_start, window_steps, window_loss = start, 0, 0.0
         try:
@@ -267,8 +349,13 @@ class Trainer:
                 window_loss += loss
                 if self.step % cfg.log_every == 0 or self.step == max_steps:
                     now = time.perf_counter()
-                    row = {"step": self.step, "loss": window_loss / window_steps, "lr": self.lr_at(self.step - 1),
-                           "img_per_s": window_steps * cfg.batch_size / (now - window_start), "elapsed_s": now - start}  # fmt: skip
+                    row = {
+                        "step": self.step,
+                        "loss": window_loss / window_steps,
+                        "lr": self.lr_at(self.step - 1),
+                        "img_per_s": window_steps * cfg.batch_size / (now - window_start),
+                        "elapsed_s": now - start,
+                    }
                     self.history.append(row)
                     if self.is_main and self.out_dir:
                         append_log_row(self.out_dir / LOG_NAME, row)
@@ -287,7 +374,9 @@ class Trainer:
             self.save_checkpoint()
             bar.close()
             if self.is_main:
-                print(f"interrupted at step {self.step}; checkpoint saved, resume with resume=True / --resume")
+                print(
+                    f"interrupted at step {self.step}; checkpoint saved, resume with resume=True / --resume"
+                )
             raise
         bar.close()
         self.save_checkpoint()
@@ -295,8 +384,16 @@ class Trainer:
         return self.history
 
     # -------------------------------------------------------------- sampling
-    def sample(self, num_images: int | None = None, sampler: str | None = None, num_steps: int | None = None,
-               eta: float | None = None, noise: torch.Tensor | None = None, seed: int = 0, guidance_scale: float = 0.0) -> torch.Tensor:  # fmt: skip
+    def sample(
+        self,
+        num_images: int | None = None,
+        sampler: str | None = None,
+        num_steps: int | None = None,
+        eta: float | None = None,
+        noise: torch.Tensor | None = None,
+        seed: int = 0,
+        guidance_scale: float = 0.0,
+    ) -> torch.Tensor:
         """Samples from the EMA weights in [-1, 1], ``(N, 3, H, W)`` on the CPU, through :func:`ddpm_lib.sampling.generate`.
 
         Defaults come from the config (``sample_sampler``, ``sample_steps``, ``sample_eta``,
@@ -309,9 +406,20 @@ class Trainer:
             num_steps = cfg.sample_steps
         num = len(noise) if noise is not None else (num_images or cfg.num_sample_images)
         labels = torch.arange(num) % cfg.num_classes if cfg.class_cond else None
-        return generate(self.ema.module, self.diffusion, num, cfg.image_size, sampler=sampler, num_steps=num_steps,
-                        eta=cfg.sample_eta if eta is None else eta, seed=seed, x_T=noise, precision=self.sample_precision,
-                        labels=labels, guidance_scale=guidance_scale).images  # fmt: skip
+        return generate(
+            self.ema.module,
+            self.diffusion,
+            num,
+            cfg.image_size,
+            sampler=sampler,
+            num_steps=num_steps,
+            eta=cfg.sample_eta if eta is None else eta,
+            seed=seed,
+            x_T=noise,
+            precision=self.sample_precision,
+            labels=labels,
+            guidance_scale=guidance_scale,
+        ).images
 
     def save_sample_grid(self) -> Path | None:
         """Sample from the fixed noise and save a grid to ``out_dir/samples/step_NNNNNN.png``."""
@@ -368,9 +476,13 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         self.step = int(ckpt["step"])
         if int(ckpt.get("world_size", 1)) != self.world_size:
-            raise ValueError(f"the checkpoint was written by {ckpt['world_size']} processes, this run has {self.world_size}")
+            raise ValueError(
+                f"the checkpoint was written by {ckpt['world_size']} processes, this run has {self.world_size}"
+            )
         rng = ckpt["rng"]
-        pick = (lambda v: v[self.rank].clone()) if self.distributed else (lambda v: v)  # clone: set_rng_state misreads views
+        pick = (
+            (lambda v: v[self.rank].clone()) if self.distributed else (lambda v: v)
+        )  # clone: set_rng_state misreads views
         torch.set_rng_state(pick(rng["cpu"]))
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(pick(rng["cuda"]), self.device)
@@ -380,7 +492,9 @@ class Trainer:
     def describe(self) -> str:
         cfg = self.config
         ddp = f" (DDP, {dist.get_backend()})" if self.distributed else ""
-        return (f"{cfg.model} U-Net ({count_parameters(self.model) / 1e6:.2f}M parameters) on {cfg.dataset} {cfg.image_size}px "
-                f"({len(self.dataset)} images), batch {cfg.batch_size} on {self.world_size} process(es){ddp}, {self.device}, "
-                f"{self.precision}; {cfg.schedule} T={cfg.num_timesteps}, predicts {cfg.prediction_type}"
-                f"{f', Min-SNR-{cfg.snr_gamma:g}' if cfg.snr_gamma else ''}; step {self.step}/{cfg.max_steps}")  # fmt: skip
+        return (
+            f"{cfg.model} U-Net ({count_parameters(self.model) / 1e6:.2f}M parameters) on {cfg.dataset} {cfg.image_size}px "
+            f"({len(self.dataset)} images), batch {cfg.batch_size} on {self.world_size} process(es){ddp}, {self.device}, "
+            f"{self.precision}; {cfg.schedule} T={cfg.num_timesteps}, predicts {cfg.prediction_type}"
+            f"{f', Min-SNR-{cfg.snr_gamma:g}' if cfg.snr_gamma else ''}; step {self.step}/{cfg.max_steps}"
+        )

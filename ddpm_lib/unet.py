@@ -34,7 +34,11 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     if dim % 2 or dim < 4:
         raise ValueError(f"timestep embedding dim must be even and >= 4, got {dim}")
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / (half - 1))
+    freqs = torch.exp(
+        -math.log(max_period)
+        * torch.arange(half, device=t.device, dtype=torch.float32)
+        / (half - 1)
+    )
     args = t.float()[:, None] * freqs[None]
     return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
 
@@ -53,14 +57,31 @@ class UNetConfig:
     dropout: float = 0.1  # inside each ResBlock (the paper's CIFAR-10 value)
     num_heads: int = 1  # attention heads (the paper uses 1)
     num_groups: int = 32  # GroupNorm groups
-    num_classes: int = 0  # > 0: class-conditional, labels 0..num_classes-1 plus the null label num_classes
+    num_classes: int = (
+        0  # > 0: class-conditional, labels 0..num_classes-1 plus the null label num_classes
+    )
 
 
 UNET_PRESETS: dict[str, UNetConfig] = {
     "ddpm-cifar10": UNetConfig(),  # Ho et al. 2020, CIFAR-10: 35.7M parameters
-    "ddpm-64": UNetConfig(image_size=64, base_channels=128, channel_mults=(1, 2, 2, 4), attention_resolutions=(16,)),
-    "small": UNetConfig(base_channels=32, channel_mults=(1, 2, 2), attention_resolutions=(16,), dropout=0.0, num_groups=8),
-    "tiny": UNetConfig(base_channels=16, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(), dropout=0.0, num_groups=4),
+    "ddpm-64": UNetConfig(
+        image_size=64, base_channels=128, channel_mults=(1, 2, 2, 4), attention_resolutions=(16,)
+    ),
+    "small": UNetConfig(
+        base_channels=32,
+        channel_mults=(1, 2, 2),
+        attention_resolutions=(16,),
+        dropout=0.0,
+        num_groups=8,
+    ),
+    "tiny": UNetConfig(
+        base_channels=16,
+        channel_mults=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(),
+        dropout=0.0,
+        num_groups=4,
+    ),
 }
 
 
@@ -118,13 +139,22 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         heads, d = self.num_heads, C // self.num_heads
-        qkv = self.qkv(self.norm(x))  # (B, 3C, H, W): channel s*C + head*d + j is q (s=0), k (1) or v (2)
+        qkv = self.qkv(
+            self.norm(x)
+        )  # (B, 3C, H, W): channel s*C + head*d + j is q (s=0), k (1) or v (2)
         if x.device.type != "cpu":
-            q, k, v = qkv.reshape(B, 3, heads, d, H * W).transpose(-1, -2).unbind(1)  # each (B, heads, H*W, d)
+            q, k, v = (
+                qkv.reshape(B, 3, heads, d, H * W).transpose(-1, -2).unbind(1)
+            )  # each (B, heads, H*W, d)
             h = F.scaled_dot_product_attention(q, k, v)  # (B, heads, H*W, d)
             return x + self.proj_out(h.transpose(-1, -2).reshape(B, C, H, W))
         # positions as rows; with channels-last qkv (the engine's layout) and one head these are views, no copies
-        q, k, v = qkv.permute(0, 2, 3, 1).reshape(B, H * W, 3, heads, d).permute(2, 0, 3, 1, 4).reshape(3, B * heads, H * W, d)
+        q, k, v = (
+            qkv.permute(0, 2, 3, 1)
+            .reshape(B, H * W, 3, heads, d)
+            .permute(2, 0, 3, 1, 4)
+            .reshape(3, B * heads, H * W, d)
+        )
         weights = torch.bmm(q, k.transpose(1, 2) * d**-0.5).softmax(dim=-1)  # (B*heads, H*W, H*W)
         h = torch.bmm(weights, v).reshape(B, heads, H, W, d)  # (B, heads, H, W, d)
         return x + self.proj_out(h.permute(0, 1, 4, 2, 3).reshape(B, C, H, W))
@@ -176,8 +206,14 @@ def validate_unet_config(cfg: UNetConfig) -> None:
         )
     if not 0.0 <= cfg.dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout}")
-    if isinstance(cfg.num_classes, bool) or not isinstance(cfg.num_classes, int) or cfg.num_classes < 0:
-        raise ValueError(f"num_classes must be an integer >= 0 (0: unconditional), got {cfg.num_classes!r}")
+    if (
+        isinstance(cfg.num_classes, bool)
+        or not isinstance(cfg.num_classes, int)
+        or cfg.num_classes < 0
+    ):
+        raise ValueError(
+            f"num_classes must be an integer >= 0 (0: unconditional), got {cfg.num_classes!r}"
+        )
 
 
 class UNet(nn.Module):
@@ -188,9 +224,13 @@ class UNet(nn.Module):
         validate_unet_config(config)
         self.config = cfg = config
         ch, temb_ch, g = cfg.base_channels, 4 * cfg.base_channels, cfg.num_groups
-        self.time_mlp = nn.Sequential(nn.Linear(ch, temb_ch), nn.SiLU(), nn.Linear(temb_ch, temb_ch))
+        self.time_mlp = nn.Sequential(
+            nn.Linear(ch, temb_ch), nn.SiLU(), nn.Linear(temb_ch, temb_ch)
+        )
         self.num_classes = cfg.num_classes
-        self.class_emb = nn.Embedding(cfg.num_classes + 1, temb_ch) if cfg.num_classes else None  # + the null label
+        self.class_emb = (
+            nn.Embedding(cfg.num_classes + 1, temb_ch) if cfg.num_classes else None
+        )  # + the null label
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
 
         self.down = nn.ModuleList()  # each entry: ResBlock [+ attention], or Downsample
@@ -237,10 +277,14 @@ class UNet(nn.Module):
         if y is None:
             return torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
         if y.shape != (batch,) or y.is_floating_point():
-            raise ValueError(f"labels must be integers of shape ({batch},), got {y.dtype} {tuple(y.shape)}")
+            raise ValueError(
+                f"labels must be integers of shape ({batch},), got {y.dtype} {tuple(y.shape)}"
+            )
         if int(y.min()) < 0 or int(y.max()) > self.num_classes:
-            raise ValueError(f"labels must lie in [0, {self.num_classes - 1}] (or {self.num_classes}, the null label), "
-                             f"got [{int(y.min())}, {int(y.max())}]")  # fmt: skip
+            raise ValueError(
+                f"labels must lie in [0, {self.num_classes - 1}] (or {self.num_classes}, the null label), "
+                f"got [{int(y.min())}, {int(y.max())}]"
+            )
         return y.long()
 
     @staticmethod
@@ -252,12 +296,16 @@ class UNet(nn.Module):
             return block(h, temb)
         return block(h)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
         temb = self.time_mlp(timestep_embedding(t, self.config.base_channels))  # (B, 4ch)
         if self.class_emb is not None:  # y None: the null label, the unconditional model
             temb = temb + self.class_emb(self._labels(y, len(x), x.device))
         elif y is not None:
-            raise ValueError("this U-Net was built without classes (num_classes=0) and takes no labels; train one with --class-cond")
+            raise ValueError(
+                "this U-Net was built without classes (num_classes=0) and takes no labels; train one with --class-cond"
+            )
         hs = [self.conv_in(x)]  # (B, ch, H, W)
         for block in self.down:
             hs.append(self._run_block(block, hs[-1], temb))
@@ -277,7 +325,11 @@ class _SimpleBlock(nn.Module):
         super().__init__()
         self.time_mlp = nn.Linear(time_emb_dim, out_ch)
         self.conv1 = nn.Conv2d(2 * in_ch if up else in_ch, out_ch, 3, padding=1)
-        self.transform = nn.ConvTranspose2d(out_ch, out_ch, 4, 2, 1) if up else nn.Conv2d(out_ch, out_ch, 4, 2, 1)
+        self.transform = (
+            nn.ConvTranspose2d(out_ch, out_ch, 4, 2, 1)
+            if up
+            else nn.Conv2d(out_ch, out_ch, 4, 2, 1)
+        )
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.bnorm1, self.bnorm2 = nn.BatchNorm2d(out_ch), nn.BatchNorm2d(out_ch)
 
@@ -296,7 +348,12 @@ class SimpleUNet(nn.Module):
     ``2 ** (len(channels) - 1)`` (16 for the defaults).
     """
 
-    def __init__(self, in_channels: int = 3, channels: tuple[int, ...] = (64, 128, 256, 512, 1024), time_emb_dim: int = 32):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        channels: tuple[int, ...] = (64, 128, 256, 512, 1024),
+        time_emb_dim: int = 32,
+    ):
         super().__init__()
         if len(channels) < 2:
             raise ValueError("SimpleUNet needs at least two channel counts")
@@ -304,14 +361,20 @@ class SimpleUNet(nn.Module):
         self.time_emb_dim = time_emb_dim
         self.time_mlp = nn.Sequential(nn.Linear(time_emb_dim, time_emb_dim), nn.ReLU())
         self.conv0 = nn.Conv2d(in_channels, channels[0], 3, padding=1)
-        self.downs = nn.ModuleList(_SimpleBlock(a, b, time_emb_dim, up=False) for a, b in zip(channels[:-1], channels[1:]))
+        self.downs = nn.ModuleList(
+            _SimpleBlock(a, b, time_emb_dim, up=False) for a, b in zip(channels[:-1], channels[1:])
+        )
         up = channels[::-1]
-        self.ups = nn.ModuleList(_SimpleBlock(a, b, time_emb_dim, up=True) for a, b in zip(up[:-1], up[1:]))
+        self.ups = nn.ModuleList(
+            _SimpleBlock(a, b, time_emb_dim, up=True) for a, b in zip(up[:-1], up[1:])
+        )
         self.output = nn.Conv2d(channels[0], in_channels, 1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] % self.factor or x.shape[-2] % self.factor:
-            raise ValueError(f"SimpleUNet needs H and W divisible by {self.factor}, got {tuple(x.shape[-2:])}")
+            raise ValueError(
+                f"SimpleUNet needs H and W divisible by {self.factor}, got {tuple(x.shape[-2:])}"
+            )
         temb = self.time_mlp(timestep_embedding(t, self.time_emb_dim))
         h, skips = self.conv0(x), []
         for down in self.downs:
@@ -338,9 +401,13 @@ class ResNet18UNet(nn.Module):
         if in_channels != 3:
             net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
         self.time_emb_dim = time_emb_dim
-        self.time_mlp = nn.Sequential(nn.Linear(time_emb_dim, time_emb_dim), nn.SiLU(), nn.Linear(time_emb_dim, time_emb_dim))
+        self.time_mlp = nn.Sequential(
+            nn.Linear(time_emb_dim, time_emb_dim), nn.SiLU(), nn.Linear(time_emb_dim, time_emb_dim)
+        )
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu)  # /2, 64
-        self.stages = nn.ModuleList([nn.Sequential(net.maxpool, net.layer1), net.layer2, net.layer3, net.layer4])  # /4../32
+        self.stages = nn.ModuleList(
+            [nn.Sequential(net.maxpool, net.layer1), net.layer2, net.layer3, net.layer4]
+        )  # /4../32
         enc_chs = [64, 64, 128, 256, 512]
         self.enc_temb = nn.ModuleList(nn.Linear(time_emb_dim, c) for c in enc_chs)
         self.dec = nn.ModuleList()
@@ -348,15 +415,27 @@ class ResNet18UNet(nn.Module):
         cur = 512
         for skip in [256, 128, 64, 64]:
             self.dec.append(
-                nn.ModuleList([nn.ConvTranspose2d(cur, skip, 4, 2, 1), nn.Conv2d(2 * skip, skip, 3, padding=1), nn.BatchNorm2d(skip)])
+                nn.ModuleList(
+                    [
+                        nn.ConvTranspose2d(cur, skip, 4, 2, 1),
+                        nn.Conv2d(2 * skip, skip, 3, padding=1),
+                        nn.BatchNorm2d(skip),
+                    ]
+                )
             )
             self.dec_temb.append(nn.Linear(time_emb_dim, skip))
             cur = skip
-        self.head = nn.Sequential(nn.ConvTranspose2d(cur, 32, 4, 2, 1), nn.ReLU(), nn.Conv2d(32, in_channels, 3, padding=1))
+        self.head = nn.Sequential(
+            nn.ConvTranspose2d(cur, 32, 4, 2, 1),
+            nn.ReLU(),
+            nn.Conv2d(32, in_channels, 3, padding=1),
+        )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] % 32 or x.shape[-2] % 32:
-            raise ValueError(f"ResNet18UNet needs H and W divisible by 32, got {tuple(x.shape[-2:])}")
+            raise ValueError(
+                f"ResNet18UNet needs H and W divisible by 32, got {tuple(x.shape[-2:])}"
+            )
         temb = self.time_mlp(timestep_embedding(t, self.time_emb_dim))
         h = self.stem(x) + self.enc_temb[0](temb)[:, :, None, None]
         skips = [h]
@@ -366,7 +445,10 @@ class ResNet18UNet(nn.Module):
         skips.pop()  # the bottleneck itself
         for (upconv, conv, norm), proj in zip(self.dec, self.dec_temb):
             h = upconv(h)
-            h = F.relu(norm(conv(torch.cat([h, skips.pop()], dim=1)))) + proj(temb)[:, :, None, None]
+            h = (
+                F.relu(norm(conv(torch.cat([h, skips.pop()], dim=1))))
+                + proj(temb)[:, :, None, None]
+            )
         return self.head(h)
 
 
@@ -374,22 +456,32 @@ class ResNet18UNet(nn.Module):
 MODEL_PRESETS: tuple[str, ...] = (*UNET_PRESETS, "simple", "resnet18")
 
 
-def build_model(preset: str = "small", image_size: int = 32, in_channels: int = 3, **overrides) -> nn.Module:
+def build_model(
+    preset: str = "small", image_size: int = 32, in_channels: int = 3, **overrides
+) -> nn.Module:
     """Build a noise-prediction network by preset name (see ``MODEL_PRESETS``).
 
     The DDPM presets accept :class:`UNetConfig` field overrides, e.g. ``dropout=0.0``.
     """
     if preset in UNET_PRESETS:
-        return UNet(replace(UNET_PRESETS[preset], image_size=image_size, in_channels=in_channels, **overrides))
+        return UNet(
+            replace(
+                UNET_PRESETS[preset], image_size=image_size, in_channels=in_channels, **overrides
+            )
+        )
     if preset == "simple":
         model = SimpleUNet(in_channels, **overrides)
         factor = model.factor
     elif preset == "resnet18":
         model, factor = ResNet18UNet(in_channels, **overrides), 32
     else:
-        raise ValueError(f"unknown model preset {preset!r}; valid choices: {', '.join(MODEL_PRESETS)}")
+        raise ValueError(
+            f"unknown model preset {preset!r}; valid choices: {', '.join(MODEL_PRESETS)}"
+        )
     if image_size % factor:
-        raise ValueError(f"model {preset!r} needs image_size divisible by {factor}, got {image_size}")
+        raise ValueError(
+            f"model {preset!r} needs image_size divisible by {factor}, got {image_size}"
+        )
     return model
 
 

@@ -81,10 +81,14 @@ def schedule_view(schedule: str = "linear", num_timesteps: int = 1000):
     return fig
 
 
-def schedule_static(positions: Sequence[tuple[str, int]] = (("linear", 300), ("linear", 1000), ("cosine", 300))):
+def schedule_static(
+    positions: Sequence[tuple[str, int]] = (("linear", 300), ("linear", 1000), ("cosine", 300)),
+):
     """The schedule slider at several ``(schedule, T)`` positions, one row each: the same four plots and title."""
     fig = plt.figure(figsize=(16, 3.8 * len(positions)), layout="constrained")
-    for sub, (schedule, num_timesteps) in zip(fig.subfigures(len(positions), 1, squeeze=False)[:, 0], positions):
+    for sub, (schedule, num_timesteps) in zip(
+        fig.subfigures(len(positions), 1, squeeze=False)[:, 0], positions
+    ):
         plot_schedules(num_timesteps, highlight=schedule, axes=sub.subplots(1, 4))
         sub.suptitle(_schedule_title(schedule, num_timesteps))
     return fig
@@ -93,7 +97,11 @@ def schedule_static(positions: Sequence[tuple[str, int]] = (("linear", 300), ("l
 # ------------------------------------------------------------------------------------ forward process
 def _forward_stats(diffusion: GaussianDiffusion, x_t: torch.Tensor, t: int) -> dict[str, float]:
     ab = diffusion.alphas_cumprod[t].item()
-    return {"sqrt_alphas_cumprod": ab**0.5, "sqrt_one_minus_alphas_cumprod": (1 - ab) ** 0.5, "std": x_t.std().item()}
+    return {
+        "sqrt_alphas_cumprod": ab**0.5,
+        "sqrt_one_minus_alphas_cumprod": (1 - ab) ** 0.5,
+        "std": x_t.std().item(),
+    }
 
 
 def _forward_title(s: dict[str, float]) -> str:
@@ -103,16 +111,29 @@ def _forward_title(s: dict[str, float]) -> str:
 def _histogram(ax, x_t: torch.Tensor, legend: bool = True) -> None:
     """x_t's pixel histogram against the N(0, 1) density that sampling starts from."""
     grid = np.linspace(-4, 4, 200)
-    heights, _, _ = ax.hist(x_t.flatten().numpy(), bins=60, range=(-4, 4), density=True, alpha=0.6, label="pixels of $x_t$")
+    heights, _, _ = ax.hist(
+        x_t.flatten().numpy(),
+        bins=60,
+        range=(-4, 4),
+        density=True,
+        alpha=0.6,
+        label="pixels of $x_t$",
+    )
     ax.plot(grid, np.exp(-(grid**2) / 2) / np.sqrt(2 * np.pi), "k--", label="N(0, 1)")
     ax.set_ylim(0, max(0.5, 1.08 * heights.max()))
     if legend:
         ax.legend(loc="upper right", fontsize=8)
 
 
-def _draw_forward(axes, diffusion: GaussianDiffusion, x0: torch.Tensor, t: int, noise: torch.Tensor) -> None:
+def _draw_forward(
+    axes, diffusion: GaussianDiffusion, x0: torch.Tensor, t: int, noise: torch.Tensor
+) -> None:
     x_t = diffusion.q_sample(x0[None], torch.tensor([t]), noise[None])[0]
-    for ax, img, title in zip(axes, [x0, noise.clamp(-1, 1), x_t.clamp(-1, 1)], ["$x_0$", r"noise $\epsilon$", f"$x_t$, t={t}"]):
+    for ax, img, title in zip(
+        axes,
+        [x0, noise.clamp(-1, 1), x_t.clamp(-1, 1)],
+        ["$x_0$", r"noise $\epsilon$", f"$x_t$, t={t}"],
+    ):
         ax.imshow(to_numpy_image(img), interpolation="nearest")
         ax.set_title(title)
         ax.set_axis_off()
@@ -132,10 +153,18 @@ def _noise_for(x0: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
 
 
-def forward_static(diffusion: GaussianDiffusion, x0: torch.Tensor, ts: Sequence[int], seed: int = 0):
+def forward_static(
+    diffusion: GaussianDiffusion, x0: torch.Tensor, ts: Sequence[int], seed: int = 0
+):
     """The forward slider at timesteps ``ts``, one row each (:func:`forward_view`'s panels, the explorer's noise for ``seed``)."""
     noise = _noise_for(x0, seed)
-    fig, axes = plt.subplots(len(ts), 4, figsize=(13, 3.0 * len(ts)), squeeze=False, gridspec_kw={"width_ratios": [1, 1, 1, 1.6]})
+    fig, axes = plt.subplots(
+        len(ts),
+        4,
+        figsize=(13, 3.0 * len(ts)),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [1, 1, 1, 1.6]},
+    )
     for row, t in zip(axes, ts):
         _draw_forward(row, diffusion, x0, int(t), noise)
     fig.tight_layout()
@@ -148,16 +177,25 @@ def forward_timesteps(num_timesteps: int, num_frames: int = 100) -> list[int]:
     return sorted(set(range(0, num_timesteps, step)) | {num_timesteps - 1})
 
 
-def forward_frames(diffusion: GaussianDiffusion, x0: torch.Tensor, ts: Sequence[int], noise: torch.Tensor,
-                   scale: int | None = None) -> list[Frame]:  # fmt: skip
+def forward_frames(
+    diffusion: GaussianDiffusion,
+    x0: torch.Tensor,
+    ts: Sequence[int],
+    noise: torch.Tensor,
+    scale: int | None = None,
+) -> list[Frame]:
     """One :class:`Frame` per timestep: x_0 | noise | x_t | histogram composed as one PNG, upscaled ``scale`` times (default: to about 128 px)."""
     scale = scale or max(1, 128 // x0.shape[-2])
     height = x0.shape[-2] * scale
-    hist_fig = Figure(figsize=(1.9 * height / 100, height / 100), dpi=100)  # one small figure, redrawn per frame
+    hist_fig = Figure(
+        figsize=(1.9 * height / 100, height / 100), dpi=100
+    )  # one small figure, redrawn per frame
     canvas, ax = FigureCanvasAgg(hist_fig), hist_fig.add_subplot()
     hist_fig.subplots_adjust(left=0.1, right=0.98, bottom=0.12, top=0.97)
     fixed = [to_numpy_image(x0), to_numpy_image(noise.clamp(-1, 1))]
-    x_ts = diffusion.q_sample(x0.expand(len(ts), *x0.shape), torch.tensor(list(ts)), noise.expand(len(ts), *x0.shape))
+    x_ts = diffusion.q_sample(
+        x0.expand(len(ts), *x0.shape), torch.tensor(list(ts)), noise.expand(len(ts), *x0.shape)
+    )
     _histogram(ax, x_ts[0], legend=False)  # drawn once; each frame only moves the bars
     ax.tick_params(labelsize=6, pad=1)
     frames = []
@@ -168,26 +206,44 @@ def forward_frames(diffusion: GaussianDiffusion, x0: torch.Tensor, ts: Sequence[
         ax.set_ylim(0, max(0.5, 1.08 * heights.max()))
         canvas.draw()
         hist = np.asarray(canvas.buffer_rgba())[..., :3]
-        img = _hstack([p.repeat(scale, 0).repeat(scale, 1) for p in [*fixed, to_numpy_image(x_t.clamp(-1, 1))]] + [hist])
+        img = _hstack(
+            [
+                p.repeat(scale, 0).repeat(scale, 1)
+                for p in [*fixed, to_numpy_image(x_t.clamp(-1, 1))]
+            ]
+            + [hist]
+        )
         s = _forward_stats(diffusion, x_t, int(t))
-        caption = (f"<b>t = {int(t)}</b> &nbsp; √ᾱ<sub>t</sub> = {s['sqrt_alphas_cumprod']:.3f}, "
-                   f"√(1−ᾱ<sub>t</sub>) = {s['sqrt_one_minus_alphas_cumprod']:.3f}, pixel std of x<sub>t</sub> = {s['std']:.3f}"
-                   "<br><small>x<sub>0</sub> | noise ε | x<sub>t</sub> = √ᾱ<sub>t</sub> x<sub>0</sub> + √(1−ᾱ<sub>t</sub>) ε (Eq. 4)"
-                   " | pixels of x<sub>t</sub> against N(0, 1) (dashed)</small>")  # fmt: skip
+        caption = (
+            f"<b>t = {int(t)}</b> &nbsp; √ᾱ<sub>t</sub> = {s['sqrt_alphas_cumprod']:.3f}, "
+            f"√(1−ᾱ<sub>t</sub>) = {s['sqrt_one_minus_alphas_cumprod']:.3f}, pixel std of x<sub>t</sub> = {s['std']:.3f}"
+            "<br><small>x<sub>0</sub> | noise ε | x<sub>t</sub> = √ᾱ<sub>t</sub> x<sub>0</sub> + √(1−ᾱ<sub>t</sub>) ε (Eq. 4)"
+            " | pixels of x<sub>t</sub> against N(0, 1) (dashed)</small>"
+        )
         frames.append(Frame(int(t), _png(img, 1), caption, s))
     return frames
 
 
 # ------------------------------------------------------------------------------------ reverse process
-def _trajectory_panels(trajectory: dict, index: int, nrow: int | None, num_images: int | None) -> list[np.ndarray]:
+def _trajectory_panels(
+    trajectory: dict, index: int, nrow: int | None, num_images: int | None
+) -> list[np.ndarray]:
     sl = slice(None, num_images)
-    return [to_numpy_image(trajectory["x_t"][index][sl], nrow), to_numpy_image(trajectory["x0_pred"][index][sl], nrow)]
+    return [
+        to_numpy_image(trajectory["x_t"][index][sl], nrow),
+        to_numpy_image(trajectory["x0_pred"][index][sl], nrow),
+    ]
 
 
-def _draw_trajectory(axes, trajectory: dict, index: int, nrow: int | None = None, num_images: int | None = None) -> None:
+def _draw_trajectory(
+    axes, trajectory: dict, index: int, nrow: int | None = None, num_images: int | None = None
+) -> None:
     t = int(trajectory["timesteps"][index])
-    for ax, img, title in zip(axes, _trajectory_panels(trajectory, index, nrow, num_images),
-                              [f"$x_t$ at t={t}", rf"predicted $\hat x_0$ at t={t}"]):  # fmt: skip
+    for ax, img, title in zip(
+        axes,
+        _trajectory_panels(trajectory, index, nrow, num_images),
+        [f"$x_t$ at t={t}", rf"predicted $\hat x_0$ at t={t}"],
+    ):
         ax.imshow(img, interpolation="nearest")
         ax.set_title(title)
         ax.set_axis_off()
@@ -201,7 +257,9 @@ def trajectory_view(trajectory: dict, index: int, nrow: int | None = None):
     return fig
 
 
-def trajectory_static(trajectory: dict, indices: Sequence[int], nrow: int | None = None, num_images: int | None = None):
+def trajectory_static(
+    trajectory: dict, indices: Sequence[int], nrow: int | None = None, num_images: int | None = None
+):
     """The trajectory slider at steps ``indices``, one column each: x_t on top, hat-x_0 below, titled with t.
 
     ``num_images``: show only the first images of the batch (all by default).
@@ -213,7 +271,12 @@ def trajectory_static(trajectory: dict, indices: Sequence[int], nrow: int | None
     return fig
 
 
-def trajectory_frames(trajectory: dict, nrow: int | None = None, num_images: int | None = None, scale: int | None = None) -> list[Frame]:
+def trajectory_frames(
+    trajectory: dict,
+    nrow: int | None = None,
+    num_images: int | None = None,
+    scale: int | None = None,
+) -> list[Frame]:
     """One :class:`Frame` per kept step: the x_t grid | the hat-x_0 grid, upscaled to about 256 pixels tall."""
     steps = len(trajectory["timesteps"])
     scale = scale or max(1, 256 // _trajectory_panels(trajectory, 0, nrow, num_images)[0].shape[0])
@@ -221,8 +284,10 @@ def trajectory_frames(trajectory: dict, nrow: int | None = None, num_images: int
     for i in range(steps):
         panels = _trajectory_panels(trajectory, i, nrow, num_images)
         t = int(trajectory["timesteps"][i])
-        caption = (f"<b>t = {t}</b> (step {i} of {steps - 1})<br><small>x<sub>t</sub> (left) | "
-                   "predicted x̂<sub>0</sub> = (x<sub>t</sub> − √(1−ᾱ<sub>t</sub>) ε<sub>θ</sub>) / √ᾱ<sub>t</sub> (right)</small>")  # fmt: skip
+        caption = (
+            f"<b>t = {t}</b> (step {i} of {steps - 1})<br><small>x<sub>t</sub> (left) | "
+            "predicted x̂<sub>0</sub> = (x<sub>t</sub> − √(1−ᾱ<sub>t</sub>) ε<sub>θ</sub>) / √ᾱ<sub>t</sub> (right)</small>"
+        )
         frames.append(Frame(t, _png(_hstack(panels), scale), caption, {"step": i}))
     return frames
 
@@ -232,9 +297,14 @@ def _play_box(slider, trait: str, interval_ms: int, step: int = 1):
     """A Play button jslinked to ``slider.<trait>``, laid out beside it; returns (play, HBox); ``play.link`` is the link."""
     import ipywidgets
 
-    play = ipywidgets.Play(value=getattr(slider, trait), interval=interval_ms, step=step, description="play",
-                           min=0 if trait == "index" else slider.min,
-                           max=len(slider.options) - 1 if trait == "index" else slider.max)  # fmt: skip
+    play = ipywidgets.Play(
+        value=getattr(slider, trait),
+        interval=interval_ms,
+        step=step,
+        description="play",
+        min=0 if trait == "index" else slider.min,
+        max=len(slider.options) - 1 if trait == "index" else slider.max,
+    )
     play.link = ipywidgets.jslink((play, "value"), (slider, trait))
     return play, ipywidgets.HBox([play, slider])
 
@@ -266,11 +336,20 @@ def schedule_explorer(num_timesteps: int = 1000):
     import ipywidgets
 
     dropdown = ipywidgets.Dropdown(options=list(SCHEDULES), value="linear", description="schedule")
-    slider = ipywidgets.IntSlider(value=num_timesteps, min=50, max=2000, step=50, description="T", continuous_update=False)
+    slider = ipywidgets.IntSlider(
+        value=num_timesteps, min=50, max=2000, step=50, description="T", continuous_update=False
+    )
     play, controls = _play_box(slider, "value", interval_ms=1000, step=50)
     image, text = ipywidgets.Image(format="png"), ipywidgets.HTML()
     box = ipywidgets.VBox([dropdown, controls, text, image])
-    box.dropdown, box.slider, box.play, box.image, box.text, box.cache = dropdown, slider, play, image, text, {}
+    box.dropdown, box.slider, box.play, box.image, box.text, box.cache = (
+        dropdown,
+        slider,
+        play,
+        image,
+        text,
+        {},
+    )
 
     def show(_=None):
         key = (dropdown.value, slider.value)
@@ -289,7 +368,9 @@ def schedule_explorer(num_timesteps: int = 1000):
     return box
 
 
-def forward_explorer(diffusion: GaussianDiffusion, x0: torch.Tensor, seed: int = 0, num_frames: int = 100):
+def forward_explorer(
+    diffusion: GaussianDiffusion, x0: torch.Tensor, seed: int = 0, num_frames: int = 100
+):
     """A slider over t for one image ``x0`` ``(3, H, W)`` with fixed noise: :func:`forward_frames` at :func:`forward_timesteps`.
 
     The slider offers the precomputed timesteps only (T=1000: 0, 10, ..., 990, 999), so every position is exact.
@@ -298,7 +379,9 @@ def forward_explorer(diffusion: GaussianDiffusion, x0: torch.Tensor, seed: int =
 
     ts = forward_timesteps(diffusion.num_timesteps, num_frames)
     frames = forward_frames(diffusion, x0, ts, _noise_for(x0, seed))
-    slider = ipywidgets.SelectionSlider(options=ts, value=0, description="t", continuous_update=True)
+    slider = ipywidgets.SelectionSlider(
+        options=ts, value=0, description="t", continuous_update=True
+    )
     return _frame_explorer(frames, slider, "index", interval_ms=100)
 
 
@@ -308,13 +391,20 @@ def trajectory_explorer(trajectory: dict, nrow: int | None = None, num_images: i
 
     frames = trajectory_frames(trajectory, nrow, num_images)
     last = len(frames) - 1
-    slider = ipywidgets.IntSlider(value=last, min=0, max=last, step=1, description="step", continuous_update=True)
+    slider = ipywidgets.IntSlider(
+        value=last, min=0, max=last, step=1, description="step", continuous_update=True
+    )
     return _frame_explorer(frames, slider, "value", interval_ms=100)
 
 
 # ------------------------------------------------------------------------------------------ guidance
-def guidance_explorer(samples: torch.Tensor, class_names: Sequence[str], scales: Sequence[float], nrow: int | None = None,
-                      predicted: torch.Tensor | None = None):  # fmt: skip
+def guidance_explorer(
+    samples: torch.Tensor,
+    class_names: Sequence[str],
+    scales: Sequence[float],
+    nrow: int | None = None,
+    predicted: torch.Tensor | None = None,
+):
     """A body-type dropdown and a slider over classifier-free guidance scales w, over precomputed samples.
 
     ``samples`` ``(K, S, N, C, H, W)`` (float in [-1, 1] or uint8): N samples of class k at scale ``scales[s]``,
@@ -334,16 +424,29 @@ def guidance_explorer(samples: torch.Tensor, class_names: Sequence[str], scales:
             if predicted is not None:
                 stats["accuracy"] = (predicted[k, s] == k).float().mean().item()
                 caption += f"; the body-type classifier reads {int((predicted[k, s] == k).sum())} of {samples.shape[2]} as {name}"
-            caption += ("<br><small>ε̃ = (1 + w) ε<sub>θ</sub>(x<sub>t</sub>, t, y) − w ε<sub>θ</sub>(x<sub>t</sub>, t, ∅)"
-                        " (Ho &amp; Salimans 2022, Eq. 6); the same starting noise at every w</small>")  # fmt: skip
+            caption += (
+                "<br><small>ε̃ = (1 + w) ε<sub>θ</sub>(x<sub>t</sub>, t, y) − w ε<sub>θ</sub>(x<sub>t</sub>, t, ∅)"
+                " (Ho &amp; Salimans 2022, Eq. 6); the same starting noise at every w</small>"
+            )
             row.append(Frame(s, _png(grid, max(1, 256 // grid.shape[0])), caption, stats))
         frames.append(row)
-    dropdown = ipywidgets.Dropdown(options=list(class_names), value=class_names[0], description="body type")
-    slider = ipywidgets.SelectionSlider(options=list(scales), value=scales[0], description="w", continuous_update=True)
+    dropdown = ipywidgets.Dropdown(
+        options=list(class_names), value=class_names[0], description="body type"
+    )
+    slider = ipywidgets.SelectionSlider(
+        options=list(scales), value=scales[0], description="w", continuous_update=True
+    )
     play, controls = _play_box(slider, "index", interval_ms=700)
     image, text = ipywidgets.Image(format="png"), ipywidgets.HTML()
     box = ipywidgets.VBox([dropdown, controls, text, image])
-    box.dropdown, box.slider, box.play, box.image, box.text, box.frames = dropdown, slider, play, image, text, frames
+    box.dropdown, box.slider, box.play, box.image, box.text, box.frames = (
+        dropdown,
+        slider,
+        play,
+        image,
+        text,
+        frames,
+    )
 
     def show(_=None):
         box.frame = frames[dropdown.index][slider.index]
@@ -355,18 +458,29 @@ def guidance_explorer(samples: torch.Tensor, class_names: Sequence[str], scales:
     return box
 
 
-def guidance_static(samples: torch.Tensor, class_names: Sequence[str], scales: Sequence[float], nrow: int | None = None,
-                    num_images: int | None = None):  # fmt: skip
+def guidance_static(
+    samples: torch.Tensor,
+    class_names: Sequence[str],
+    scales: Sequence[float],
+    nrow: int | None = None,
+    num_images: int | None = None,
+):
     """The guidance explorer's positions as one Figure: a row per class, a column per scale w.
 
     ``samples`` ``(K, S, N, C, H, W)`` as for :func:`guidance_explorer`; ``num_images``: the first images of each cell only.
     """
     height, width = to_numpy_image(samples[0, 0, :num_images], nrow).shape[:2]
-    fig, axes = plt.subplots(len(class_names), len(scales), figsize=(0.6 + 1.7 * len(scales) * width / height, 0.4 + 1.7 * len(class_names)),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        len(class_names),
+        len(scales),
+        figsize=(0.6 + 1.7 * len(scales) * width / height, 0.4 + 1.7 * len(class_names)),
+        squeeze=False,
+    )
     for k, name in enumerate(class_names):
         for s, w in enumerate(scales):
-            axes[k, s].imshow(to_numpy_image(samples[k, s, :num_images], nrow), interpolation="nearest")
+            axes[k, s].imshow(
+                to_numpy_image(samples[k, s, :num_images], nrow), interpolation="nearest"
+            )
             axes[k, s].set_xticks([])
             axes[k, s].set_yticks([])
             if k == 0:

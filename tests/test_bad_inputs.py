@@ -22,7 +22,13 @@ from PIL import Image
 
 from ddpm_lib import sample as sample_cli
 from ddpm_lib import train as train_cli
-from ddpm_lib.checkpoints import CHECKPOINT_NAME, CheckpointError, export_weights, load_checkpoint, load_ema_model
+from ddpm_lib.checkpoints import (
+    CHECKPOINT_NAME,
+    CheckpointError,
+    export_weights,
+    load_checkpoint,
+    load_ema_model,
+)
 from ddpm_lib.config import TrainConfig
 from ddpm_lib.data import DatasetUnavailableError, ImageTensorDataset, load_dataset
 from ddpm_lib.devices import resolve_precision, select_device
@@ -35,8 +41,12 @@ T = 20  # the tiny run's number of timesteps
 TINY = f"--model tiny --image-size 16 --batch-size 8 --num-timesteps {T} --precision fp32 --device cpu --no-progress --log-every 1 "
 TINY += "--num-sample-images 1 --sample-steps 1 --max-steps 2"  # a one-image, one-step sample grid at the end
 SAMPLE = "--precision fp32 --device cpu --num-samples 1 --steps 1"
-SKIPPED_IMAGES = pytest.mark.filterwarnings("ignore:skipped 1 image")  # the warning that precedes the error
-NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this row needs a machine without a CUDA GPU")
+SKIPPED_IMAGES = pytest.mark.filterwarnings(
+    "ignore:skipped 1 image"
+)  # the warning that precedes the error
+NO_GPU = pytest.mark.skipif(
+    torch.cuda.is_available(), reason="this row needs a machine without a CUDA GPU"
+)
 
 
 def zero_model(x_t, t):
@@ -63,10 +73,14 @@ def paths(tmp_path_factory) -> SimpleNamespace:
     p.file.write_text("a file, not a folder")
     p.empty = root / "empty"
     p.empty.mkdir()
-    p.exported_run = root / "exported_run"  # a run folder whose checkpoint.pt holds exported weights
+    p.exported_run = (
+        root / "exported_run"
+    )  # a run folder whose checkpoint.pt holds exported weights
     p.exported_run.mkdir()
     shutil.copy(weights, p.exported_run / CHECKPOINT_NAME)
-    p.float_images = root / "float_images"  # float TIFFs outside [0, 1]: no way to tell their brightness
+    p.float_images = (
+        root / "float_images"
+    )  # float TIFFs outside [0, 1]: no way to tell their brightness
     p.float_images.mkdir()
     Image.fromarray(np.full((8, 8), 3.5, np.float32)).save(p.float_images / "hdr.tif")
 
@@ -80,10 +94,14 @@ def paths(tmp_path_factory) -> SimpleNamespace:
     p.text_pt = bad("text.pt", b"step: 2\nweights: somewhere else\n")
     p.random_pt = bad("random.pt", np.random.default_rng(0).bytes(4096))
     p.truncated_pt = bad("truncated.pt", data[: len(data) // 2])
-    with zipfile.ZipFile(weights) as archive:  # zero 32 bytes inside the largest tensor: a damaged copy, still a valid zip
+    with zipfile.ZipFile(
+        weights
+    ) as archive:  # zero 32 bytes inside the largest tensor: a damaged copy, still a valid zip
         largest = max(archive.infolist(), key=lambda info: info.file_size)
     damaged = bytearray(weights.read_bytes())
-    name_len, extra_len = struct.unpack("<HH", damaged[largest.header_offset + 26 : largest.header_offset + 30])  # local header
+    name_len, extra_len = struct.unpack(
+        "<HH", damaged[largest.header_offset + 26 : largest.header_offset + 30]
+    )  # local header
     start = largest.header_offset + 30 + name_len + extra_len + largest.file_size // 2
     damaged[start : start + 32] = bytes(32)
     p.flipped_pt = bad("flipped.pt", bytes(damaged))
@@ -104,8 +122,16 @@ def paths(tmp_path_factory) -> SimpleNamespace:
     p.args_size_pt = edited("args_size.pt", config={**cfg, "image_size": 32})
     p.args_extra_pt = edited("args_extra.pt", model_args={**args, "width": 3})
     p.other_model_pt = edited("other_model.pt", config={**cfg, "model": "small"}, model_args=None)
-    p.ema_shape_pt = edited("ema_shape.pt", ema={k: v[:1] if v.dim() else v for k, v in ema.items()})
-    p.ema_nan_pt = edited("ema_nan.pt", ema={k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in ema.items()})
+    p.ema_shape_pt = edited(
+        "ema_shape.pt", ema={k: v[:1] if v.dim() else v for k, v in ema.items()}
+    )
+    p.ema_nan_pt = edited(
+        "ema_nan.pt",
+        ema={
+            k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+            for k, v in ema.items()
+        },
+    )
     p.config_str_pt = edited("config_str.pt", config="tiny")
     p.config_bad_pt = edited("config_bad.pt", config={**cfg, "num_timesteps": 0})
     return p
@@ -132,7 +158,14 @@ def sample(name: str, argv: str, match: str, env: dict | None = None, marks=()):
     return pytest.param("sample", argv, match, None, env, id=f"sample {name}", marks=marks)
 
 
-def call(name: str, fn: Callable, error: type[BaseException], match: str, env: dict | None = None, marks=()):
+def call(
+    name: str,
+    fn: Callable,
+    error: type[BaseException],
+    match: str,
+    env: dict | None = None,
+    marks=(),
+):
     """A row of the library: ``fn(paths)`` must raise ``error`` with a message matching ``match``."""
     return pytest.param("call", fn, match, error, env, id=name, marks=marks)
 
@@ -314,8 +347,16 @@ ROWS = [
 
 
 def _trainer_on_32px_images():
-    cfg = TrainConfig.cpu_demo(model="tiny", image_size=16, batch_size=2, num_timesteps=T, precision="fp32")
-    return Trainer(cfg, None, dataset=load_dataset("toy_cars", image_size=32, num_images=4), device="cpu", progress=False)
+    cfg = TrainConfig.cpu_demo(
+        model="tiny", image_size=16, batch_size=2, num_timesteps=T, precision="fp32"
+    )
+    return Trainer(
+        cfg,
+        None,
+        dataset=load_dataset("toy_cars", image_size=32, num_images=4),
+        device="cpu",
+        progress=False,
+    )
 
 
 @pytest.mark.parametrize("kind, given, match, error, env", ROWS)
@@ -327,7 +368,11 @@ def test_bad_input(kind, given, match, error, env, paths, tmp_path, capsys, monk
             given(paths)
     else:
         names = {k: v for k, v in vars(paths).items() if isinstance(v, Path)}
-        argv = shlex.split(given.format(**names, tmp=tmp_path, tiny=TINY, sample=f"--checkpoint {paths.weights} {SAMPLE}"))
+        argv = shlex.split(
+            given.format(
+                **names, tmp=tmp_path, tiny=TINY, sample=f"--checkpoint {paths.weights} {SAMPLE}"
+            )
+        )
         main = train_cli.main if kind == "train" else sample_cli.main
         try:
             status = main(argv)
@@ -337,7 +382,9 @@ def test_bad_input(kind, given, match, error, env, paths, tmp_path, capsys, monk
         assert status == 2, err
         assert "Traceback" not in err
         lines = err.splitlines()  # splits at the carriage returns of a progress bar too
-        assert any(re.match(r"(python -m ddpm_lib\.\w+: )?error: ", line.strip()) for line in lines), err
+        assert any(
+            re.match(r"(python -m ddpm_lib\.\w+: )?error: ", line.strip()) for line in lines
+        ), err
         assert re.search(match, err), err
         written = [q.name for q in tmp_path.rglob("*") if q.is_file()]
         assert written == [], f"a refused input still wrote {written}"
@@ -351,22 +398,38 @@ def test_divergence_stops_before_writing_and_the_folder_takes_a_fresh_run(tmp_pa
     argv = shlex.split(f"{TINY} --num-images 16 --out {out}")
     assert train_cli.main([*argv, "--optimizer", "adamw", "--weight-decay", "1e30"]) == 2
     err = capsys.readouterr().err
-    assert re.search(r"error: training diverged at step \d+: the (loss|gradient norm) is (nan|inf)", err), err
-    assert "no checkpoint was written; start again with a lower --lr in the same folder" in err and "Traceback" not in err
+    assert re.search(
+        r"error: training diverged at step \d+: the (loss|gradient norm) is (nan|inf)", err
+    ), err
+    assert (
+        "no checkpoint was written; start again with a lower --lr in the same folder" in err
+        and "Traceback" not in err
+    )
     assert not (out / CHECKPOINT_NAME).exists()
     assert train_cli.main(argv) == 0  # loss rows of the diverged attempt do not block a fresh run
-    steps = [int(float(line.split(",")[0])) for line in (out / "loss.csv").read_text().splitlines()[1:]]
+    steps = [
+        int(float(line.split(",")[0])) for line in (out / "loss.csv").read_text().splitlines()[1:]
+    ]
     assert steps == [1, 2] and load_checkpoint(out / CHECKPOINT_NAME)["step"] == 2
 
 
-def test_divergence_after_a_checkpoint_resumes_with_a_lower_lr(paths, tmp_path, capsys, monkeypatch):
+def test_divergence_after_a_checkpoint_resumes_with_a_lower_lr(
+    paths, tmp_path, capsys, monkeypatch
+):
     out = tmp_path / "run"
     shutil.copytree(paths.run, out)
     argv = shlex.split(f"{TINY} --num-images 64 --out {out} --resume")
-    monkeypatch.setattr(GaussianDiffusion, "training_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    monkeypatch.setattr(
+        GaussianDiffusion,
+        "training_loss",
+        lambda *a, **k: torch.tensor(float("nan"), requires_grad=True),
+    )
     assert train_cli.main([*argv, "--max-steps", "4"]) == 2
     err = capsys.readouterr().err
-    assert re.search(r"training diverged at step 2: .*checkpoint .* \(step 2\) is kept; continue with --resume and a lower --lr", err), err
+    assert re.search(
+        r"training diverged at step 2: .*checkpoint .* \(step 2\) is kept; continue with --resume and a lower --lr",
+        err,
+    ), err
     monkeypatch.undo()
     assert load_checkpoint(out / CHECKPOINT_NAME)["step"] == 2
     assert train_cli.main([*argv, "--max-steps", "3", "--lr", "5e-4"]) == 0, capsys.readouterr().err

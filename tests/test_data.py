@@ -21,8 +21,14 @@ from ddpm_lib.data import (
     to_uint8,
 )
 
-OFFLINE = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
-           "http_proxy": "http://127.0.0.1:9", "NO_PROXY": "", "no_proxy": ""}  # fmt: skip
+OFFLINE = {
+    "HTTPS_PROXY": "http://127.0.0.1:9",
+    "HTTP_PROXY": "http://127.0.0.1:9",
+    "https_proxy": "http://127.0.0.1:9",
+    "http_proxy": "http://127.0.0.1:9",
+    "NO_PROXY": "",
+    "no_proxy": "",
+}
 
 
 @pytest.fixture
@@ -109,10 +115,18 @@ def fake_kaggle_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub"))
     base = tmp_path / "kagglehub/datasets/jutrera/stanford-car-dataset-by-classes-folder/versions/2"
     for split in ("train", "test"):
-        for k, cls in enumerate(["AM General Hummer SUV 2000", "Acura RL Sedan 2012", "BMW M3 Coupe 2012"]):
+        for k, cls in enumerate(
+            ["AM General Hummer SUV 2000", "Acura RL Sedan 2012", "BMW M3 Coupe 2012"]
+        ):
             for i in range(2):
-                _jpeg(base / f"car_data/car_data/{split}/{cls}/{k:05d}{i}.jpg", (40 * k, 100, 200 - 50 * i), size=(60 + 10 * k, 40))
-    (base / "names.csv").write_text("AM General Hummer SUV 2000\nAcura RL Sedan 2012\nBMW M3 Coupe 2012\n")
+                _jpeg(
+                    base / f"car_data/car_data/{split}/{cls}/{k:05d}{i}.jpg",
+                    (40 * k, 100, 200 - 50 * i),
+                    size=(60 + 10 * k, 40),
+                )
+    (base / "names.csv").write_text(
+        "AM General Hummer SUV 2000\nAcura RL Sedan 2012\nBMW M3 Coupe 2012\n"
+    )
     (base / "anno_train.csv").write_text("00000.jpg,1,2,3,4,1\n")
     Cache().mark_as_complete(parse_dataset_handle(STANFORD_CARS_HANDLE))
     return base
@@ -167,15 +181,25 @@ def test_stanford_cars_download_that_never_answers_times_out(tmp_path, monkeypat
     finally:
         release.set()  # let the abandoned worker thread end
     assert time.perf_counter() - t0 < 3
-    assert "root=" in str(info.value) and "--data-root" in str(info.value) and "connect" in str(info.value)
+    assert (
+        "root=" in str(info.value)
+        and "--data-root" in str(info.value)
+        and "connect" in str(info.value)
+    )
 
 
-def test_stanford_cars_slow_download_that_progresses_is_not_cut(fake_kaggle_cache, tmp_path, monkeypatch):
+def test_stanford_cars_slow_download_that_progresses_is_not_cut(
+    fake_kaggle_cache, tmp_path, monkeypatch
+):
     """Each byte that reaches kagglehub's cache restarts the clock: a long download is not a hang."""
-    partial = tmp_path / "kagglehub/datasets/jutrera/stanford-car-dataset-by-classes-folder/2.archive"
+    partial = (
+        tmp_path / "kagglehub/datasets/jutrera/stanford-car-dataset-by-classes-folder/2.archive"
+    )
 
     def slow_download(handle):
-        for _ in range(8):  # 0.8 s in all, longer than the 0.3 s deadline, with data arriving every 0.1 s
+        for _ in range(
+            8
+        ):  # 0.8 s in all, longer than the 0.3 s deadline, with data arriving every 0.1 s
             with open(partial, "ab") as f:
                 f.write(b"x" * 100)
             time.sleep(0.1)
@@ -212,9 +236,27 @@ def fake_cifar(tmp_path, monkeypatch):
         with open(folder / n, "wb") as f:
             pickle.dump(batch, f)
     with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]}, f)
+        pickle.dump(
+            {
+                "label_names": [
+                    "airplane",
+                    "automobile",
+                    "bird",
+                    "cat",
+                    "deer",
+                    "dog",
+                    "frog",
+                    "horse",
+                    "ship",
+                    "truck",
+                ]
+            },
+            f,
+        )
     # the fixture's files cannot have the real md5 sums: check that they exist instead
-    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
+    monkeypatch.setattr(
+        torchvision.datasets.cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath)
+    )
     return tmp_path
 
 
@@ -248,7 +290,11 @@ def test_folder_converts_modes_and_skips_corrupt(tmp_path):
         warnings.simplefilter("always")
         ds = load_dataset("folder", image_size=16, root=tmp_path)
     assert len(ds) == 3
-    assert len(caught) == 1 and "truncated.jpg" in str(caught[0].message) and "garbage.jpg" in str(caught[0].message)
+    assert (
+        len(caught) == 1
+        and "truncated.jpg" in str(caught[0].message)
+        and "garbage.jpg" in str(caught[0].message)
+    )
     gray = to_uint8(ds[0][0])
     assert gray.shape == (3, 16, 16) and torch.all(gray == 128)
     red = to_uint8(ds[2][0])
@@ -258,10 +304,16 @@ def test_folder_converts_modes_and_skips_corrupt(tmp_path):
 def test_folder_scales_16bit_and_float_images(tmp_path):
     """16-bit and float images keep their brightness (Pillow alone would clip them to white or black)."""
     ramp = np.linspace(0, 1, 16 * 16).reshape(16, 16)
-    Image.fromarray((ramp * 65535).round().astype(np.uint16)).save(tmp_path / "a_16bit.png")  # mode I;16
-    Image.fromarray((ramp * 65535).round().astype(np.int32)).save(tmp_path / "b_int32.tif")  # mode I
+    Image.fromarray((ramp * 65535).round().astype(np.uint16)).save(
+        tmp_path / "a_16bit.png"
+    )  # mode I;16
+    Image.fromarray((ramp * 65535).round().astype(np.int32)).save(
+        tmp_path / "b_int32.tif"
+    )  # mode I
     Image.fromarray(ramp.astype(np.float32)).save(tmp_path / "c_float.tif")  # mode F
-    Image.fromarray((ramp * 255).round().astype(np.uint8)).save(tmp_path / "d_8bit.png")  # the reference
+    Image.fromarray((ramp * 255).round().astype(np.uint8)).save(
+        tmp_path / "d_8bit.png"
+    )  # the reference
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ds = load_dataset("folder", image_size=16, root=tmp_path)
@@ -274,10 +326,16 @@ def test_folder_scales_16bit_and_float_images(tmp_path):
 def test_folder_refuses_float_and_integer_images_it_cannot_scale(tmp_path):
     Image.fromarray(np.full((8, 8), 3.5, np.float32)).save(tmp_path / "hdr.tif")
     Image.fromarray(np.full((8, 8), -7, np.int32)).save(tmp_path / "signed.tif")
-    with pytest.warns(UserWarning, match=r"hdr.tif \(mode F .*values in \[3.5, 3.5\]: only floats in \[0, 1\]") as caught:
-        with pytest.raises(DatasetUnavailableError, match=r"no readable images .*the first: .*hdr.tif \(mode F"):
+    with pytest.warns(
+        UserWarning, match=r"hdr.tif \(mode F .*values in \[3.5, 3.5\]: only floats in \[0, 1\]"
+    ) as caught:
+        with pytest.raises(
+            DatasetUnavailableError, match=r"no readable images .*the first: .*hdr.tif \(mode F"
+        ):
             load_dataset("folder", image_size=8, root=tmp_path)
-    assert "signed.tif (mode I (integer) with values in [-7, -7], outside 16-bit" in str(caught[0].message)
+    assert "signed.tif (mode I (integer) with values in [-7, -7], outside 16-bit" in str(
+        caught[0].message
+    )
 
 
 def test_folder_imagefolder_layout_labels(tmp_path):
@@ -294,7 +352,10 @@ def test_folder_errors(tmp_path):
     with pytest.raises(DatasetUnavailableError, match="holds no image files"):
         load_dataset("folder", root=tmp_path)
     (tmp_path / "bad.png").write_bytes(b"\x89PNG broken")
-    with pytest.warns(UserWarning, match="bad.png"), pytest.raises(DatasetUnavailableError, match="no readable images"):
+    with (
+        pytest.warns(UserWarning, match="bad.png"),
+        pytest.raises(DatasetUnavailableError, match="no readable images"),
+    ):
         load_dataset("folder", root=tmp_path)
     with pytest.raises(ValueError, match="needs root="):
         load_dataset("folder")
@@ -322,10 +383,16 @@ def test_batch_scales_and_flips():
     right = (x[:, 0, 0, -1] == 1).sum().item()
     assert left + right == 10 and left > 0 and right > 0  # some flipped, some not
     plain = ds.batch(torch.arange(10))
-    assert plain.dtype == torch.float32 and torch.all(plain[:, 0, 0, 0] == 1) and torch.all(plain[:, 0, 0, 1] == -1)
+    assert (
+        plain.dtype == torch.float32
+        and torch.all(plain[:, 0, 0, 0] == 1)
+        and torch.all(plain[:, 0, 0, 1] == -1)
+    )
     torch.manual_seed(0)
     again = torch.cat([ds.batch(torch.arange(5 * k, 5 * k + 5), flip=True) for k in range(2)])
-    assert torch.equal(x, again)  # the flips come from the global RNG: a seed (or a checkpoint's RNG state) fixes them
+    assert torch.equal(
+        x, again
+    )  # the flips come from the global RNG: a seed (or a checkpoint's RNG state) fixes them
 
 
 def test_uint8_round_trip():

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from ddpm_lib import devices
-from ddpm_lib.devices import MIN_SPEEDUP, PrecisionChoice, cache_path, resolve_precision, select_device
+from ddpm_lib.devices import (
+    MIN_SPEEDUP,
+    PrecisionChoice,
+    cache_path,
+    resolve_precision,
+    select_device,
+)
 from ddpm_lib.unet import build_model
 
 
@@ -29,7 +35,9 @@ def cache(tmp_path, monkeypatch):
 
 
 def test_slow_bf16_gives_fp32(cache):
-    choice = resolve_precision("auto", "cpu", timer=FakeTimer(fp32=0.3, bf16=5.3))  # an AVX2-only CPU: bf16 emulated
+    choice = resolve_precision(
+        "auto", "cpu", timer=FakeTimer(fp32=0.3, bf16=5.3)
+    )  # an AVX2-only CPU: bf16 emulated
     assert choice.name == "fp32" and choice.dtype == torch.float32 and choice.source == "measured"
     assert choice.speedup == pytest.approx(0.3 / 5.3)
     assert "bf16 measured 17.7x slower than fp32" in str(choice)
@@ -37,12 +45,16 @@ def test_slow_bf16_gives_fp32(cache):
 
 def test_fast_bf16_gives_bf16(cache):
     choice = resolve_precision("auto", "cpu", kind="train", timer=FakeTimer(fp32=1.0, bf16=0.4))
-    assert choice.name == "bf16" and choice.dtype == torch.bfloat16 and "2.50x faster" in str(choice)
+    assert (
+        choice.name == "bf16" and choice.dtype == torch.bfloat16 and "2.50x faster" in str(choice)
+    )
 
 
 def test_marginal_gain_keeps_fp32(cache):
     """bf16 rounds more; below MIN_SPEEDUP the gain is not worth it."""
-    choice = resolve_precision("auto", "cpu", timer=FakeTimer(fp32=1.0, bf16=1.0 / (MIN_SPEEDUP - 0.05)))
+    choice = resolve_precision(
+        "auto", "cpu", timer=FakeTimer(fp32=1.0, bf16=1.0 / (MIN_SPEEDUP - 0.05))
+    )
     assert choice.name == "fp32"
 
 
@@ -66,7 +78,9 @@ def test_overrides_win(cache, monkeypatch):
     monkeypatch.setenv("DDPM_PRECISION", "fp32")
     choice = resolve_precision("auto", "cpu", timer=timer)
     assert choice.name == "fp32" and choice.source == "environment" and timer.calls == 0
-    assert resolve_precision("bf16", "cpu", timer=timer).name == "bf16"  # an explicit argument beats the environment
+    assert (
+        resolve_precision("bf16", "cpu", timer=timer).name == "bf16"
+    )  # an explicit argument beats the environment
 
 
 @pytest.mark.parametrize(
@@ -92,7 +106,9 @@ def test_real_measurement_on_this_machine(cache):
     model.train()
     rng = torch.get_rng_state()
     choice = resolve_precision("auto", "cpu", model, "train", (3, 16, 16))
-    assert isinstance(choice, PrecisionChoice) and choice.source == "measured" and choice.speedup > 0
+    assert (
+        isinstance(choice, PrecisionChoice) and choice.source == "measured" and choice.speedup > 0
+    )
     assert choice.name == ("bf16" if choice.speedup >= MIN_SPEEDUP else "fp32")
     assert model.training and all(p.grad is None for p in model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -115,4 +131,6 @@ def test_select_device():
             select_device("cuda")
     with pytest.raises(ValueError, match="unknown device"):
         select_device("gpu0")
-    assert "threads" in devices.device_report(torch.device("cpu"), PrecisionChoice("fp32", "cpu", "argument"))
+    assert "threads" in devices.device_report(
+        torch.device("cpu"), PrecisionChoice("fp32", "cpu", "argument")
+    )

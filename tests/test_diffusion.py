@@ -14,7 +14,14 @@ def _diffusion(T=1000, name="linear", **kw):
 
 def test_buffers_float64_and_consistent():
     d = _diffusion()
-    for name in ["betas", "alphas", "alphas_cumprod", "posterior_variance", "posterior_mean_coef1", "posterior_mean_coef2"]:
+    for name in [
+        "betas",
+        "alphas",
+        "alphas_cumprod",
+        "posterior_variance",
+        "posterior_mean_coef1",
+        "posterior_mean_coef2",
+    ]:
         assert getattr(d, name).dtype == torch.float64 and getattr(d, name).shape == (1000,)
     assert torch.allclose(d.alphas_cumprod, torch.cumprod(1 - d.betas, 0))
     assert d.posterior_variance[0].item() == 0.0
@@ -36,7 +43,9 @@ def test_q_sample_matches_iterating_eq2():
             mean_expected = d.sqrt_alphas_cumprod[t] * x0[0]
             std_expected = d.sqrt_one_minus_alphas_cumprod[t].expand(3)
             for sample in (x, closed):
-                assert torch.allclose(sample.mean(0), mean_expected, atol=4 * std_expected.max() / math.sqrt(n))
+                assert torch.allclose(
+                    sample.mean(0), mean_expected, atol=4 * std_expected.max() / math.sqrt(n)
+                )
                 assert torch.allclose(sample.std(0), std_expected, rtol=0.02)
 
 
@@ -48,7 +57,9 @@ def test_q_sample_exact_formula_and_dtype():
     x_t = d.q_sample(x0, t, noise)
     assert x_t.dtype == torch.float32
     ab = d.alphas_cumprod[t].view(-1, 1, 1, 1)  # float64 reference
-    assert torch.allclose(x_t.double(), ab.sqrt() * x0.double() + (1 - ab).sqrt() * noise.double(), atol=1e-6)
+    assert torch.allclose(
+        x_t.double(), ab.sqrt() * x0.double() + (1 - ab).sqrt() * noise.double(), atol=1e-6
+    )
 
 
 def test_q_posterior_matches_bayes_rule():
@@ -57,8 +68,12 @@ def test_q_posterior_matches_bayes_rule():
     grid = torch.linspace(-6, 6, 200001, dtype=torch.float64)
     for t, x0v, xtv in [(1, 0.7, 0.1), (10, -0.3, 0.9), (50, 0.5, -1.2), (99, 0.0, 0.4)]:
         ab_prev = d.alphas_cumprod[t - 1]
-        prior = -((grid - ab_prev.sqrt() * x0v) ** 2) / (2 * (1 - ab_prev))  # log q(x_{t-1} | x_0), Eq. 4
-        lik = -((xtv - d.alphas[t].sqrt() * grid) ** 2) / (2 * d.betas[t])  # log q(x_t | x_{t-1}), Eq. 2
+        prior = -((grid - ab_prev.sqrt() * x0v) ** 2) / (
+            2 * (1 - ab_prev)
+        )  # log q(x_{t-1} | x_0), Eq. 4
+        lik = -((xtv - d.alphas[t].sqrt() * grid) ** 2) / (
+            2 * d.betas[t]
+        )  # log q(x_t | x_{t-1}), Eq. 2
         w = torch.softmax(prior + lik, 0)
         mean_bayes = (w * grid).sum()
         var_bayes = (w * (grid - mean_bayes) ** 2).sum()
@@ -143,7 +158,9 @@ def test_samplers_recover_gaussian_data(oracle_cls, sampler, steps, eta, varianc
     d = _diffusion(T=1000, variance_type=variance_type)
     oracle = oracle_cls(d, mu, s)
     g = torch.Generator().manual_seed(0)
-    x = d.sample(oracle, (4000, 1, 2, 2), sampler, num_steps=steps, eta=eta, generator=g, clip_denoised=False)
+    x = d.sample(
+        oracle, (4000, 1, 2, 2), sampler, num_steps=steps, eta=eta, generator=g, clip_denoised=False
+    )
     assert x.mean().item() == pytest.approx(mu, abs=0.01)
     assert x.std().item() == pytest.approx(s, rel=0.04)
 
@@ -155,7 +172,14 @@ def test_ddim_few_steps_error_shrinks_with_more_steps(oracle_cls):
     oracle = oracle_cls(d, mu, s)
     errors = []
     for steps in [10, 50, 200]:
-        x = d.sample(oracle, (4000, 1, 2, 2), "ddim", num_steps=steps, generator=torch.Generator().manual_seed(0), clip_denoised=False)
+        x = d.sample(
+            oracle,
+            (4000, 1, 2, 2),
+            "ddim",
+            num_steps=steps,
+            generator=torch.Generator().manual_seed(0),
+            clip_denoised=False,
+        )
         assert x.mean().item() == pytest.approx(mu, abs=0.01)
         errors.append(abs(x.std().item() - s))
     assert errors[0] > errors[1] > errors[2]
@@ -170,8 +194,12 @@ def test_training_loss_zero_for_perfect_model_and_types():
     for lt in ["mse", "l1", "huber"]:
         assert d.training_loss(perfect, x0, lt, t=t, noise=noise).item() == 0.0
     zero = lambda x_t, tt: torch.zeros_like(x_t)  # noqa: E731
-    assert d.training_loss(zero, x0, "mse", t=t, noise=noise).item() == pytest.approx((noise**2).mean().item())
-    assert d.training_loss(zero, x0, "l1", t=t, noise=noise).item() == pytest.approx(noise.abs().mean().item())
+    assert d.training_loss(zero, x0, "mse", t=t, noise=noise).item() == pytest.approx(
+        (noise**2).mean().item()
+    )
+    assert d.training_loss(zero, x0, "l1", t=t, noise=noise).item() == pytest.approx(
+        noise.abs().mean().item()
+    )
 
 
 def test_training_loss_draws_t_uniformly():
@@ -182,11 +210,22 @@ def test_training_loss_draws_t_uniformly():
     for _ in range(50):
         d.training_loss(model, torch.zeros(64, 1, 1, 1), generator=g)
     counts = torch.bincount(torch.cat(seen), minlength=10)
-    assert counts.numel() == 10 and counts.min() > 200  # 3200 draws, ~320 each, t = 0 and T-1 included
+    assert (
+        counts.numel() == 10 and counts.min() > 200
+    )  # 3200 draws, ~320 each, t = 0 and T-1 included
 
 
 def test_sample_restores_train_mode_and_uses_eval():
-    model = UNet(UNetConfig(base_channels=8, channel_mults=(1,), num_res_blocks=1, attention_resolutions=(), num_groups=4, image_size=4))
+    model = UNet(
+        UNetConfig(
+            base_channels=8,
+            channel_mults=(1,),
+            num_res_blocks=1,
+            attention_resolutions=(),
+            num_groups=4,
+            image_size=4,
+        )
+    )
     modes = []
     model.register_forward_pre_hook(lambda m, inp: modes.append(m.training))
     model.train()
@@ -198,7 +237,16 @@ def test_sample_restores_train_mode_and_uses_eval():
 
 def test_p_sample_keeps_no_graph():
     """A loop of p_sample calls must not build an autograd graph (it would grow by a U-Net's activations per step)."""
-    model = UNet(UNetConfig(base_channels=8, channel_mults=(1,), num_res_blocks=1, attention_resolutions=(), num_groups=4, image_size=4))
+    model = UNet(
+        UNetConfig(
+            base_channels=8,
+            channel_mults=(1,),
+            num_res_blocks=1,
+            attention_resolutions=(),
+            num_groups=4,
+            image_size=4,
+        )
+    )
     d = _diffusion(T=5)
     x = d.p_sample(model, torch.randn(1, 3, 4, 4), 3)
     assert not x.requires_grad and x.grad_fn is None
@@ -210,10 +258,14 @@ def test_sample_seeded_and_progressive(oracle_cls):
     d = _diffusion(T=20)
     oracle = oracle_cls(d, 0.0, 0.5)
     a = d.sample(oracle, (2, 3, 4, 4), generator=torch.Generator().manual_seed(1))
-    steps = list(d.sample_progressive(oracle, (2, 3, 4, 4), generator=torch.Generator().manual_seed(1)))
+    steps = list(
+        d.sample_progressive(oracle, (2, 3, 4, 4), generator=torch.Generator().manual_seed(1))
+    )
     assert torch.equal(a, steps[-1].x_prev.clamp(-1, 1))
     assert [s.t for s in steps] == list(range(19, -1, -1))
-    assert all(torch.equal(s.x_prev, nxt.x_t) for s, nxt in zip(steps, steps[1:]))  # each step's output is the next one's input
+    assert all(
+        torch.equal(s.x_prev, nxt.x_t) for s, nxt in zip(steps, steps[1:])
+    )  # each step's output is the next one's input
     assert steps[0].x_t.shape == steps[0].x0_pred.shape == (2, 3, 4, 4)
     assert a.min() >= -1 and a.max() <= 1
     assert torch.is_grad_enabled()  # no grad mode leaks out of the generator
@@ -232,9 +284,18 @@ def test_x_T_must_match_shape(oracle_cls):
         (lambda d, m, x: d.sample(m, x.shape, sampler="ddpm", num_steps=5), "use sampler='ddim'"),
         (lambda d, m, x: d.sample(m, x.shape, sampler="ddim", num_steps=0), "num_steps"),
         (lambda d, m, x: d.sample(m, x.shape, sampler="ddim", eta=-1.0), "eta"),
-        (lambda d, m, x: d.sample(m, x.shape, sampler="ddim", eta=float("nan")), "eta must be a finite number"),
-        (lambda d, m, x: d.sample(m, x.shape, sampler="ddim", eta=1.5), "eta must be a finite number >= 0 and <= 1"),
-        (lambda d, m, x: d.sample(m, x.shape, sampler="ddim", num_steps=50), r"at most T=10\)? must be in \[1, 10\]"),
+        (
+            lambda d, m, x: d.sample(m, x.shape, sampler="ddim", eta=float("nan")),
+            "eta must be a finite number",
+        ),
+        (
+            lambda d, m, x: d.sample(m, x.shape, sampler="ddim", eta=1.5),
+            "eta must be a finite number >= 0 and <= 1",
+        ),
+        (
+            lambda d, m, x: d.sample(m, x.shape, sampler="ddim", num_steps=50),
+            r"at most T=10\)? must be in \[1, 10\]",
+        ),
         (lambda d, m, x: d.training_loss(m, (x + 1) * 127.5), r"must lie in \[-1, 1\]"),
         (lambda d, m, x: d.training_loss(m, x.to(torch.uint8)), "from_uint8"),
         (lambda d, m, x: d.training_loss(m, x, "l3"), "valid choices: mse, l1, huber"),
@@ -242,7 +303,10 @@ def test_x_T_must_match_shape(oracle_cls):
         (lambda d, m, x: d.q_sample(x, torch.tensor([0.5, 1.0])), "integer"),
         (lambda d, m, x: d.q_sample(x, torch.tensor([0, 1, 2])), "shape"),
         (lambda d, m, x: d.p_sample(lambda a, b: a[:, :1], x, 3), "model returned shape"),
-        (lambda d, m, x: GaussianDiffusion(d.betas, variance_type="learned"), "fixed_small, fixed_large"),
+        (
+            lambda d, m, x: GaussianDiffusion(d.betas, variance_type="learned"),
+            "fixed_small, fixed_large",
+        ),
         (lambda d, m, x: GaussianDiffusion(torch.tensor([0.1, 1.0])), r"\(0, 1\)"),
     ],
 )
@@ -280,17 +344,25 @@ def test_velocity_and_eps_from_output_invert_each_other():
     assert _diffusion(T=1000).eps_from_output(x_t, t, v) is v
 
 
-@pytest.mark.parametrize("sampler, steps, eta", [("ddpm", None, 0.0), ("ddim", 50, 0.0), ("ddim", 50, 1.0)])
+@pytest.mark.parametrize(
+    "sampler, steps, eta", [("ddpm", None, 0.0), ("ddim", 50, 0.0), ("ddim", 50, 1.0)]
+)
 def test_v_model_samples_match_the_same_eps_model(oracle_cls, sampler, steps, eta):
     """The same denoiser, asked for v instead of eps, gives the same samples from the same noise."""
     d_eps, d_v = _diffusion(T=1000), _diffusion(T=1000, prediction_type="v_prediction")
     oracle = oracle_cls(d_eps, 0.3, 0.25)
     kw = dict(sampler=sampler, num_steps=steps, eta=eta, clip_denoised=False)
     a = d_eps.sample(oracle, (500, 1, 2, 2), generator=torch.Generator().manual_seed(0), **kw)
-    b = d_v.sample(_AsVelocity(d_eps, oracle), (500, 1, 2, 2), generator=torch.Generator().manual_seed(0), **kw)
+    b = d_v.sample(
+        _AsVelocity(d_eps, oracle), (500, 1, 2, 2), generator=torch.Generator().manual_seed(0), **kw
+    )
     torch.testing.assert_close(b, a, rtol=0, atol=2e-4)
-    if sampler == "ddpm":  # (DDIM-50 at eta 0 under-disperses: test_ddim_few_steps_error_shrinks_with_more_steps)
-        assert b.mean().item() == pytest.approx(0.3, abs=0.03) and b.std().item() == pytest.approx(0.25, rel=0.08)
+    if (
+        sampler == "ddpm"
+    ):  # (DDIM-50 at eta 0 under-disperses: test_ddim_few_steps_error_shrinks_with_more_steps)
+        assert b.mean().item() == pytest.approx(0.3, abs=0.03) and b.std().item() == pytest.approx(
+            0.25, rel=0.08
+        )
 
 
 def test_v_loss_targets_velocity():
@@ -319,12 +391,20 @@ def test_min_snr_weights_an_x0_error_the_same_for_eps_and_v(gamma):
     eps_hat = d_eps.predict_noise_from_x0(x_t, t, x0_hat)
     v_hat = ab.sqrt() * eps_hat - (1 - ab).sqrt() * x0_hat
     snr = ab / (1 - ab)
-    expected = (snr.clamp(max=gamma).flatten() * (x0_hat - x0).pow(2).flatten(1).mean(1)).mean().item()
-    loss_eps = d_eps.training_loss(lambda x, tt: eps_hat, x0, t=t, noise=noise, snr_gamma=gamma).item()
+    expected = (
+        (snr.clamp(max=gamma).flatten() * (x0_hat - x0).pow(2).flatten(1).mean(1)).mean().item()
+    )
+    loss_eps = d_eps.training_loss(
+        lambda x, tt: eps_hat, x0, t=t, noise=noise, snr_gamma=gamma
+    ).item()
     loss_v = d_v.training_loss(lambda x, tt: v_hat, x0, t=t, noise=noise, snr_gamma=gamma).item()
-    assert loss_eps == pytest.approx(expected, rel=1e-5) and loss_v == pytest.approx(expected, rel=1e-5)
+    assert loss_eps == pytest.approx(expected, rel=1e-5) and loss_v == pytest.approx(
+        expected, rel=1e-5
+    )
     if gamma == 1e9:  # no clipping: the eps loss is L_simple itself
-        assert loss_eps == pytest.approx(d_eps.training_loss(lambda x, tt: eps_hat, x0, t=t, noise=noise).item(), rel=1e-5)
+        assert loss_eps == pytest.approx(
+            d_eps.training_loss(lambda x, tt: eps_hat, x0, t=t, noise=noise).item(), rel=1e-5
+        )
 
 
 def test_prediction_type_and_snr_gamma_are_checked():

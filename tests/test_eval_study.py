@@ -14,7 +14,9 @@ STUDY_JSON = ROOT / "benchmarks" / "eval_study.json"
 
 @pytest.fixture(scope="module")
 def eval_study():
-    spec = importlib.util.spec_from_file_location("eval_study", ROOT / "benchmarks" / "eval_study.py")
+    spec = importlib.util.spec_from_file_location(
+        "eval_study", ROOT / "benchmarks" / "eval_study.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules["eval_study"] = module  # dataclasses look their module up while the file runs
     spec.loader.exec_module(module)
@@ -48,9 +50,19 @@ def test_the_stored_study_is_complete():
     assert {r["study"] for r in rows} == {"samplers", "precision", "clipping", "seeds", "training"}
     assert all(r["spread"] is not None and r["spread"]["fid"] is not None for r in rows)
     sizes = meta["sizes"]
-    long = [r for r in rows if r["study"] == "samplers" and (r["sampler"] == "ddpm" or r["steps"] == 250)]
+    long = [
+        r
+        for r in rows
+        if r["study"] == "samplers" and (r["sampler"] == "ddpm" or r["steps"] == 250)
+    ]
     assert len(long) == 5 and all(r["num_samples"] == sizes["num_samples_long"] for r in long)
     grid = [r for r in rows if r["study"] == "samplers" and r not in long]
     assert len(grid) == 12 and all(r["num_samples"] == sizes["num_samples"] for r in grid)
-    assert {b["num_samples"] for b in study["baselines"]} == {sizes["num_samples"], sizes["num_samples_long"], sizes["num_samples_train"]}
-    assert len(study["precision_pairs"]) == 2 and len(study["bits_per_dim"]["timesteps"]) == len(study["bits_per_dim"]["terms_mean"])
+    assert {b["num_samples"] for b in study["baselines"]} == {
+        sizes["num_samples"],
+        sizes["num_samples_long"],
+        sizes["num_samples_train"],
+    }
+    assert len(study["precision_pairs"]) == 2 and len(study["bits_per_dim"]["timesteps"]) == len(
+        study["bits_per_dim"]["terms_mean"]
+    )

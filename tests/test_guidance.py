@@ -13,14 +13,30 @@ from ddpm_lib.schedules import make_betas
 from ddpm_lib.training import Trainer
 from ddpm_lib.unet import build_model
 
-TINY = dict(model="tiny", image_size=16, num_images=64, batch_size=8, lr=2e-3, warmup_steps=5, ema_decay=0.99, num_timesteps=100,
-            num_sample_images=6, sample_steps=5, log_every=2, checkpoint_every=1000, precision="fp32", class_cond=True)  # fmt: skip
+TINY = dict(
+    model="tiny",
+    image_size=16,
+    num_images=64,
+    batch_size=8,
+    lr=2e-3,
+    warmup_steps=5,
+    ema_decay=0.99,
+    num_timesteps=100,
+    num_sample_images=6,
+    sample_steps=5,
+    log_every=2,
+    checkpoint_every=1000,
+    precision="fp32",
+    class_cond=True,
+)
 
 
 def _conditional_unet(num_classes=6):
     torch.manual_seed(0)
     model = build_model("tiny", image_size=16, num_classes=num_classes).eval()
-    with torch.no_grad():  # a trained-looking class embedding, so that labels change the output visibly
+    with (
+        torch.no_grad()
+    ):  # a trained-looking class embedding, so that labels change the output visibly
         model.class_emb.weight.normal_(0, 3)
     return model
 
@@ -35,12 +51,20 @@ def test_unet_label_enters_the_time_embedding():
         none = model(x, t)
     assert a.shape == x.shape
     assert torch.equal(null, none), "no labels must mean the null label"
-    assert torch.equal(a[1:3], b[1:3]) and not torch.allclose(a[0], b[0]), "each image must see its own label"
+    assert torch.equal(a[1:3], b[1:3]) and not torch.allclose(a[0], b[0]), (
+        "each image must see its own label"
+    )
     assert model.class_emb.num_embeddings == 7  # six classes and the null label
 
 
-@pytest.mark.parametrize("labels, message", [(torch.tensor([0, 7]), "lie in"), (torch.tensor([0.0, 1.0]), "integers"),
-                                             (torch.tensor([0, 1, 2]), "shape")])  # fmt: skip
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (torch.tensor([0, 7]), "lie in"),
+        (torch.tensor([0.0, 1.0]), "integers"),
+        (torch.tensor([0, 1, 2]), "shape"),
+    ],
+)
 def test_unet_refuses_bad_labels(labels, message):
     with pytest.raises(ValueError, match=message):
         _conditional_unet()(torch.randn(2, 3, 16, 16), torch.tensor([1, 2]), labels)
@@ -73,18 +97,28 @@ def test_guided_prediction_is_one_batched_pass_of_the_paper_formula():
         cond, uncond = model.net(x, t, y), model.net(x, t)
         model.batches.clear()
         guided = classifier_free(model, y, 2.5)(x, t)
-        assert model.batches == [6], "the conditional and unconditional predictions must come from one forward pass"
+        assert model.batches == [6], (
+            "the conditional and unconditional predictions must come from one forward pass"
+        )
         assert torch.allclose(guided, 3.5 * cond - 2.5 * uncond, atol=1e-5)
         model.batches.clear()
         plain = classifier_free(model, y, 0.0)(x, t)
-        assert model.batches == [3] and torch.equal(plain, cond), "w = 0 is the conditional model alone, exactly"
+        assert model.batches == [3] and torch.equal(plain, cond), (
+            "w = 0 is the conditional model alone, exactly"
+        )
         model.batches.clear()
         t_out, t_in = torch.full((3,), 20), torch.full((3,), 60)
-        assert torch.equal(classifier_free(model, y, 2.5, interval=(50, 70))(x, t_out), model.net(x, t_out, y))
-        assert torch.allclose(
-            classifier_free(model, y, 2.5, interval=(50, 70))(x, t_in), 3.5 * model.net(x, t_in, y) - 2.5 * model.net(x, t_in), atol=1e-5
+        assert torch.equal(
+            classifier_free(model, y, 2.5, interval=(50, 70))(x, t_out), model.net(x, t_out, y)
         )
-        assert model.batches[:2] == [3, 6], "outside the interval one pass over B images, inside one over 2B"
+        assert torch.allclose(
+            classifier_free(model, y, 2.5, interval=(50, 70))(x, t_in),
+            3.5 * model.net(x, t_in, y) - 2.5 * model.net(x, t_in),
+            atol=1e-5,
+        )
+        assert model.batches[:2] == [3, 6], (
+            "outside the interval one pass over B images, inside one over 2B"
+        )
 
 
 def test_scale_zero_sampling_reproduces_the_conditional_model_exactly():
@@ -96,8 +130,18 @@ def test_scale_zero_sampling_reproduces_the_conditional_model_exactly():
         return model(x, t, y)
 
     for sampler, steps, eta in [("ddpm", None, 0.0), ("ddim", 10, 0.0), ("ddim", 10, 1.0)]:
-        a = d.sample(model, (4, 3, 16, 16), sampler, steps, eta, generator=torch.Generator().manual_seed(1), labels=y)
-        b = d.sample(fixed, (4, 3, 16, 16), sampler, steps, eta, generator=torch.Generator().manual_seed(1))
+        a = d.sample(
+            model,
+            (4, 3, 16, 16),
+            sampler,
+            steps,
+            eta,
+            generator=torch.Generator().manual_seed(1),
+            labels=y,
+        )
+        b = d.sample(
+            fixed, (4, 3, 16, 16), sampler, steps, eta, generator=torch.Generator().manual_seed(1)
+        )
         assert torch.equal(a, b), sampler
 
 
@@ -136,12 +180,21 @@ def test_guidance_moves_samples_towards_their_class_on_an_analytic_model():
     y = torch.ones(n, dtype=torch.long)  # ask for class 1, N(0.25, 0.25^2)
     accuracy, means = [], []
     for w in (0.0, 1.0, 4.0):
-        x = d.sample(model, (n, 1, 1, 1), "ddpm", generator=torch.Generator().manual_seed(0), labels=y, guidance_scale=w,
-                     clip_denoised=False).flatten()  # fmt: skip
+        x = d.sample(
+            model,
+            (n, 1, 1, 1),
+            "ddpm",
+            generator=torch.Generator().manual_seed(0),
+            labels=y,
+            guidance_scale=w,
+            clip_denoised=False,
+        ).flatten()
         accuracy.append((x > 0).float().mean().item())
         means.append(x.mean().item())
     # w = 0 samples the class itself: P(x > 0) = Phi(1) = 0.841, mean 0.25
-    assert accuracy[0] == pytest.approx(0.841, abs=0.02) and means[0] == pytest.approx(0.25, abs=0.015)
+    assert accuracy[0] == pytest.approx(0.841, abs=0.02) and means[0] == pytest.approx(
+        0.25, abs=0.015
+    )
     # guidance sharpens towards the class: more samples on its side of the boundary, pushed away from the other class
     assert accuracy[2] > accuracy[1] > accuracy[0] + 0.03
     assert means[2] > means[1] > means[0]
@@ -156,8 +209,27 @@ def test_generate_checks_labels_and_guidance():
     with pytest.raises(ValueError, match="needs labels"):
         generate(model, d, 2, 16, num_steps=2, guidance_scale=2.0, precision="fp32")
     with pytest.raises(ValueError, match="guidance_scale"):
-        generate(model, d, 2, 16, num_steps=2, labels=torch.tensor([0, 1]), guidance_scale=-1.0, precision="fp32")
-    out = generate(model, d, 3, 16, num_steps=3, labels=torch.tensor([0, 1, 2]), guidance_scale=2.0, batch_size=2, precision="fp32")
+        generate(
+            model,
+            d,
+            2,
+            16,
+            num_steps=2,
+            labels=torch.tensor([0, 1]),
+            guidance_scale=-1.0,
+            precision="fp32",
+        )
+    out = generate(
+        model,
+        d,
+        3,
+        16,
+        num_steps=3,
+        labels=torch.tensor([0, 1, 2]),
+        guidance_scale=2.0,
+        batch_size=2,
+        precision="fp32",
+    )
     assert out.images.shape == (3, 3, 16, 16) and torch.isfinite(out.images).all()
 
 
@@ -171,14 +243,27 @@ def test_class_conditional_training_resumes_exactly_and_samples_by_name(tmp_path
     resumed = Trainer(cfg, tmp_path / "part", resume=True, progress=False)
     resumed.fit()
     a, b = full.model.state_dict(), resumed.model.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a), "the label dropout must resume exactly (it draws from the checkpointed RNG)"
+    assert all(torch.equal(a[k], b[k]) for k in a), (
+        "the label dropout must resume exactly (it draws from the checkpointed RNG)"
+    )
 
     ckpt = tmp_path / "full" / "checkpoint.pt"
     assert load_checkpoint(ckpt)["model_args"]["num_classes"] == 6
     model, _, config = load_ema_model(ckpt)
     assert model.num_classes == 6 and config.class_names[5] == "van"
     out = tmp_path / "s.npz"
-    args = ["--checkpoint", str(ckpt), "--steps", "2", "--num-samples", "3", "--precision", "fp32", "--out", str(out)]
+    args = [
+        "--checkpoint",
+        str(ckpt),
+        "--steps",
+        "2",
+        "--num-samples",
+        "3",
+        "--precision",
+        "fp32",
+        "--out",
+        str(out),
+    ]
     assert sample_cli.main([*args, "--class", "pickup", "0", "--guidance-scale", "3"]) == 0
     assert sample_cli.main([*args, "--class", "truck"]) == 2
     assert "unknown class 'truck'" in capsys.readouterr().err
@@ -186,7 +271,11 @@ def test_class_conditional_training_resumes_exactly_and_samples_by_name(tmp_path
 
 
 def test_label_dropout_rate(tmp_path, monkeypatch):
-    trainer = Trainer(TrainConfig.cpu_demo(**{**TINY, "batch_size": 64, "num_images": 128}, p_uncond=0.25), None, progress=False)
+    trainer = Trainer(
+        TrainConfig.cpu_demo(**{**TINY, "batch_size": 64, "num_images": 128}, p_uncond=0.25),
+        None,
+        progress=False,
+    )
     seen = []
 
     def loss(model, x0, loss_type, labels, **options):
@@ -204,12 +293,22 @@ def test_class_cond_needs_labelled_data_and_a_unet(tmp_path):
     from PIL import Image
 
     for i in range(10):
-        Image.new("RGB", (16, 16), (i * 20, 0, 0)).save(tmp_path / f"{i}.png")  # a flat folder: one class
+        Image.new("RGB", (16, 16), (i * 20, 0, 0)).save(
+            tmp_path / f"{i}.png"
+        )  # a flat folder: one class
     with pytest.raises(ValueError, match="at least two classes"):
-        Trainer(TrainConfig.cpu_demo(**{**TINY, "num_images": None}, dataset="folder", data_root=str(tmp_path)), None, progress=False)
+        Trainer(
+            TrainConfig.cpu_demo(
+                **{**TINY, "num_images": None}, dataset="folder", data_root=str(tmp_path)
+            ),
+            None,
+            progress=False,
+        )
     with pytest.raises(ValueError, match="DDPM U-Net"):
         TrainConfig.cpu_demo(**{**TINY, "model": "simple"})
-    assert sample_cli.main(["--class", "pickup", "--out", str(tmp_path / "x.png")]) == 2  # the shipped model is unconditional
+    assert (
+        sample_cli.main(["--class", "pickup", "--out", str(tmp_path / "x.png")]) == 2
+    )  # the shipped model is unconditional
 
 
 def test_class_cond_reads_the_classes_of_an_image_folder(tmp_path):
@@ -218,21 +317,48 @@ def test_class_cond_reads_the_classes_of_an_image_folder(tmp_path):
     for name, colour in (("coupe", (200, 0, 0)), ("wagon", (0, 0, 200))):
         (tmp_path / name).mkdir()
         for i in range(8):
-            Image.new("RGB", (16, 16), tuple(c // (i + 1) for c in colour)).save(tmp_path / name / f"{i}.png")
-    cfg = TrainConfig.cpu_demo(**{**TINY, "num_images": None}, dataset="folder", data_root=str(tmp_path), max_steps=2)
+            Image.new("RGB", (16, 16), tuple(c // (i + 1) for c in colour)).save(
+                tmp_path / name / f"{i}.png"
+            )
+    cfg = TrainConfig.cpu_demo(
+        **{**TINY, "num_images": None}, dataset="folder", data_root=str(tmp_path), max_steps=2
+    )
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
     assert (trainer.config.num_classes, trainer.config.class_names) == (2, ("coupe", "wagon"))
     trainer.fit()
     model, _, config = load_ema_model(tmp_path / "run" / "checkpoint.pt")
-    assert model.class_emb.num_embeddings == 3 and sample_cli.parse_classes(["wagon", "0"], config.class_names, 2, 3).tolist() == [1, 0, 1]
+    assert model.class_emb.num_embeddings == 3 and sample_cli.parse_classes(
+        ["wagon", "0"], config.class_names, 2, 3
+    ).tolist() == [1, 0, 1]
 
 
 def test_trajectory_and_generate_pass_the_guidance_interval_on():
     model, d = _Counting(_conditional_unet()), GaussianDiffusion(make_betas("linear", 100))
     labels = torch.tensor([0, 1])
-    trajectory(model, d, 2, 16, sampler="ddim", num_steps=4, labels=labels, guidance_scale=2.0, guidance_interval=(0, 40), precision="fp32")
+    trajectory(
+        model,
+        d,
+        2,
+        16,
+        sampler="ddim",
+        num_steps=4,
+        labels=labels,
+        guidance_scale=2.0,
+        guidance_interval=(0, 40),
+        precision="fp32",
+    )
     visited = d.sampling_timesteps("ddim", 4)  # 99, 66, 33, 0: two steps inside [0, 40]
     assert sorted(model.batches) == sorted(4 if t <= 40 else 2 for t in visited)
     model.batches.clear()
-    generate(model, d, 2, 16, num_steps=4, labels=labels, guidance_scale=2.0, guidance_interval=(50, 99), precision="fp32")
+    generate(
+        model,
+        d,
+        2,
+        16,
+        num_steps=4,
+        labels=labels,
+        guidance_scale=2.0,
+        guidance_interval=(50, 99),
+        precision="fp32",
+    )
     assert sorted(model.batches) == sorted(4 if t >= 50 else 2 for t in visited)

@@ -34,7 +34,12 @@ def _diffusion(T=1000, variance_type="fixed_large"):
 
 def _gaussian_images(n=16, size=16, seed=0):
     """Quantised N(0, S^2) pixels, (n, 1, size, size) float64 on the 256-level grid of [-1, 1]."""
-    x = torch.randn(n, 1, size, size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * S
+    x = (
+        torch.randn(
+            n, 1, size, size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+        )
+        * S
+    )
     return ((x.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
 
 
@@ -42,7 +47,9 @@ def _quantised_gaussian_entropy_bits(s=S):
     """Entropy (bits) of one pixel: N(0, s^2) quantised to the 256 bins of Eq. 13, edge bins open-ended."""
     inner_edges = torch.linspace(-1, 1, 256, dtype=torch.float64)[:-1] + 1 / 255
     cdf = torch.distributions.Normal(0.0, s).cdf(inner_edges)
-    p = torch.diff(torch.cat([torch.zeros(1, dtype=torch.float64), cdf, torch.ones(1, dtype=torch.float64)]))
+    p = torch.diff(
+        torch.cat([torch.zeros(1, dtype=torch.float64), cdf, torch.ones(1, dtype=torch.float64)])
+    )
     return (-(p * p.log()).sum() / LN2).item()
 
 
@@ -61,10 +68,17 @@ class ZeroModel(nn.Module):
 # ---------------------------------------------------------------------------------------------- pieces
 def test_normal_kl_matches_torch_distributions():
     g = torch.Generator().manual_seed(0)
-    m1, m2 = torch.randn(5, 7, generator=g, dtype=torch.float64), torch.randn(5, 7, generator=g, dtype=torch.float64)
-    lv1, lv2 = torch.randn(5, 7, generator=g, dtype=torch.float64), torch.randn(5, 7, generator=g, dtype=torch.float64)
+    m1, m2 = (
+        torch.randn(5, 7, generator=g, dtype=torch.float64),
+        torch.randn(5, 7, generator=g, dtype=torch.float64),
+    )
+    lv1, lv2 = (
+        torch.randn(5, 7, generator=g, dtype=torch.float64),
+        torch.randn(5, 7, generator=g, dtype=torch.float64),
+    )
     reference = torch.distributions.kl_divergence(
-        torch.distributions.Normal(m1, (0.5 * lv1).exp()), torch.distributions.Normal(m2, (0.5 * lv2).exp())
+        torch.distributions.Normal(m1, (0.5 * lv1).exp()),
+        torch.distributions.Normal(m2, (0.5 * lv2).exp()),
     )
     assert torch.allclose(normal_kl(m1, lv1, m2, lv2), reference, atol=1e-12)
     assert torch.allclose(normal_kl(m1, lv1, m1, lv1), torch.zeros_like(m1), atol=1e-14)
@@ -73,7 +87,9 @@ def test_normal_kl_matches_torch_distributions():
     assert bool((normal_kl(m1, lv1, m2, lv2) > 0).all())
 
 
-@pytest.mark.parametrize("mean, scale", [(0.0, 0.1), (0.9, 0.01), (-1.2, 0.5), (0.3, 1e-3), (0.0, 5.0), (1.0, 0.004)])
+@pytest.mark.parametrize(
+    "mean, scale", [(0.0, 0.1), (0.9, 0.01), (-1.2, 0.5), (0.3, 1e-3), (0.0, 5.0), (1.0, 0.004)]
+)
 def test_discretized_likelihood_is_a_distribution_over_256_bins(mean, scale):
     x = torch.linspace(-1, 1, 256, dtype=torch.float64)  # every pixel value
     mean, scale = torch.tensor(mean, dtype=torch.float64), torch.tensor(scale, dtype=torch.float64)
@@ -108,12 +124,26 @@ def test_kl_terms_match_their_closed_form(oracle_cls, variance_type):
     with Var[x_0 | x_t] = S^2 (1 - ab) / (ab S^2 + 1 - ab).
     """
     d = _diffusion(T=200, variance_type=variance_type)
-    result = bits_per_dim(d, oracle_cls(d, 0.0, S), _gaussian_images(size=32), generator=torch.Generator().manual_seed(0))
+    result = bits_per_dim(
+        d,
+        oracle_cls(d, 0.0, S),
+        _gaussian_images(size=32),
+        generator=torch.Generator().manual_seed(0),
+    )
     t = torch.arange(1, d.num_timesteps)
     ab, tilde_beta = d.alphas_cumprod[t], d.posterior_variance[t]
     sigma2 = tilde_beta if variance_type == "fixed_small" else d.betas[t]
     var_x0 = S**2 * (1 - ab) / (ab * S**2 + 1 - ab)
-    expected = 0.5 * (tilde_beta / sigma2 - 1 - torch.log(tilde_beta / sigma2) + d.posterior_mean_coef1[t] ** 2 * var_x0 / sigma2) / LN2
+    expected = (
+        0.5
+        * (
+            tilde_beta / sigma2
+            - 1
+            - torch.log(tilde_beta / sigma2)
+            + d.posterior_mean_coef1[t] ** 2 * var_x0 / sigma2
+        )
+        / LN2
+    )
     measured = result["terms"][:, 1:].mean(0)
     assert bool((result["terms"][:, 1:] >= 0).all())
     assert torch.allclose(measured, expected, rtol=0.08)
@@ -121,26 +151,36 @@ def test_kl_terms_match_their_closed_form(oracle_cls, variance_type):
 
 
 @pytest.mark.parametrize("variance_type", ["fixed_large", "fixed_small"])
-def test_bound_is_above_the_entropy_of_the_data_and_close_for_the_optimal_model(oracle_cls, variance_type):
+def test_bound_is_above_the_entropy_of_the_data_and_close_for_the_optimal_model(
+    oracle_cls, variance_type
+):
     """E[bound] >= E[-log p_theta(x_0)] >= H(data), for any model; for the optimal one with beta_t it is close.
 
     H is the exact entropy of the quantised N(0, S^2) pixels, about 7.04 bits (log2(127.5) = 6.99 bits for the
     bin width plus the differential entropy of N(0, S^2) in bits).
     """
     d = _diffusion(T=1000, variance_type=variance_type)
-    total = bits_per_dim(d, oracle_cls(d, 0.0, S), _gaussian_images(), generator=torch.Generator().manual_seed(0))["total"]
+    total = bits_per_dim(
+        d, oracle_cls(d, 0.0, S), _gaussian_images(), generator=torch.Generator().manual_seed(0)
+    )["total"]
     entropy = _quantised_gaussian_entropy_bits()
-    assert entropy == pytest.approx(math.log2(127.5) + 0.5 * math.log2(2 * math.pi * math.e * S**2), abs=0.01)
+    assert entropy == pytest.approx(
+        math.log2(127.5) + 0.5 * math.log2(2 * math.pi * math.e * S**2), abs=0.01
+    )
     standard_error = total.std().item() / math.sqrt(len(total))
     assert total.mean().item() > entropy - 3 * standard_error
-    gap = 0.1 if variance_type == "fixed_large" else 1.0  # tilde-beta_t is too small for a spread-out x_0
+    gap = (
+        0.1 if variance_type == "fixed_large" else 1.0
+    )  # tilde-beta_t is too small for a spread-out x_0
     assert total.mean().item() < entropy + gap
 
 
 def test_a_useless_model_pays_many_more_bits(oracle_cls):
     d = _diffusion(T=200)
     x0 = _gaussian_images(n=4)
-    optimal = bits_per_dim(d, oracle_cls(d, 0.0, S), x0, generator=torch.Generator().manual_seed(0))["total"]
+    optimal = bits_per_dim(
+        d, oracle_cls(d, 0.0, S), x0, generator=torch.Generator().manual_seed(0)
+    )["total"]
     useless = bits_per_dim(d, ZeroModel(), x0, generator=torch.Generator().manual_seed(0))["total"]
     assert bool((useless > optimal + 2).all()), (useless, optimal)
 
@@ -149,9 +189,13 @@ def test_prior_term_is_the_kl_to_the_standard_normal():
     d = _diffusion(T=200)
     x0 = _gaussian_images(n=3)
     ab = d.alphas_cumprod[-1].item()
-    expected = 0.5 * (ab * x0**2 + (1 - ab) - 1 - math.log(1 - ab))  # KL(N(sqrt(ab) x, 1 - ab) || N(0, 1))
+    expected = 0.5 * (
+        ab * x0**2 + (1 - ab) - 1 - math.log(1 - ab)
+    )  # KL(N(sqrt(ab) x, 1 - ab) || N(0, 1))
     assert torch.allclose(prior_bpd(d, x0), expected.flatten(1).mean(1) / LN2, atol=1e-12)
-    assert prior_bpd(_diffusion(T=1000), x0).max().item() < 1e-4  # the paper's schedule ends in noise
+    assert (
+        prior_bpd(_diffusion(T=1000), x0).max().item() < 1e-4
+    )  # the paper's schedule ends in noise
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -164,28 +208,38 @@ def test_total_is_prior_plus_terms_and_a_seed_fixes_it(oracle_cls):
     c = bits_per_dim(d, oracle, x0, generator=torch.Generator().manual_seed(4))
     assert a["terms"].shape == (4, 100) and torch.equal(a["timesteps"], torch.arange(100))
     assert torch.allclose(a["total"], a["prior"] + a["terms"].sum(1), atol=1e-12)
-    assert torch.equal(a["decoder"], a["terms"][:, 0]) and torch.equal(a["weights"], torch.ones(100, dtype=torch.float64))
+    assert torch.equal(a["decoder"], a["terms"][:, 0]) and torch.equal(
+        a["weights"], torch.ones(100, dtype=torch.float64)
+    )
     assert torch.equal(a["total"], b["total"]) and not torch.equal(a["total"], c["total"])
 
 
 def test_seeded_regression_value(oracle_cls):
     d = _diffusion(T=50, variance_type="fixed_small")
     x0 = _gaussian_images(n=2, size=4)
-    total = bits_per_dim(d, oracle_cls(d, 0.0, S), x0, generator=torch.Generator().manual_seed(0))["total"]
+    total = bits_per_dim(d, oracle_cls(d, 0.0, S), x0, generator=torch.Generator().manual_seed(0))[
+        "total"
+    ]
     assert total.tolist() == pytest.approx([10.525134, 12.765685], abs=1e-6)
 
 
-@pytest.mark.parametrize("schedule", ["linear", "cosine"])  # cosine: a clipped last beta makes the last term huge
+@pytest.mark.parametrize(
+    "schedule", ["linear", "cosine"]
+)  # cosine: a clipped last beta makes the last term huge
 def test_log_spaced_subset_estimates_the_full_sum(oracle_cls, schedule):
     d = GaussianDiffusion(make_betas(schedule, 1000), variance_type="fixed_large")
     oracle = oracle_cls(d, 0.0, S)
     x0 = _gaussian_images()
     full = bits_per_dim(d, oracle, x0, generator=torch.Generator().manual_seed(0))
     steps = log_spaced_timesteps(1000, 50)
-    subset = bits_per_dim(d, oracle, x0, generator=torch.Generator().manual_seed(1), timesteps=steps[1:])  # 0 gets added back
+    subset = bits_per_dim(
+        d, oracle, x0, generator=torch.Generator().manual_seed(1), timesteps=steps[1:]
+    )  # 0 gets added back
     assert subset["timesteps"].tolist() == steps and subset["terms"].shape == (16, len(steps))
     assert subset["weights"].sum().item() == pytest.approx(1000)
-    assert torch.allclose(subset["total"], subset["prior"] + subset["terms"] @ subset["weights"], atol=1e-12)
+    assert torch.allclose(
+        subset["total"], subset["prior"] + subset["terms"] @ subset["weights"], atol=1e-12
+    )
     assert subset["total"].mean().item() == pytest.approx(full["total"].mean().item(), rel=0.03)
 
 
@@ -194,11 +248,18 @@ def test_sum_weights_interpolate_linearly():
     assert torch.equal(sum_weights(torch.arange(T), T), torch.ones(T, dtype=torch.float64))
     # KL indices 3 and 7: 1, 2 take L_3; 3..6 interpolate; 7, 8, 9 take L_7
     assert sum_weights(torch.tensor([0, 3, 7]), T).tolist() == [1.0, 2 + 2.5, 1.5 + 3]
-    f = torch.arange(T, dtype=torch.float64) * 0.3 + 2  # a linear function is summed exactly over [3, 7]
+    f = (
+        torch.arange(T, dtype=torch.float64) * 0.3 + 2
+    )  # a linear function is summed exactly over [3, 7]
     k = torch.tensor([0, 3, 5, 7])
     w = sum_weights(k, T)
-    assert (w[1:] * f[k[1:]]).sum().item() == pytest.approx(2 * f[3].item() + f[3:7].sum().item() + 3 * f[7].item())
-    assert log_spaced_timesteps(1000, 50)[:5] == [0, 1, 2, 3, 4] and log_spaced_timesteps(1000, 50)[-1] == 999
+    assert (w[1:] * f[k[1:]]).sum().item() == pytest.approx(
+        2 * f[3].item() + f[3:7].sum().item() + 3 * f[7].item()
+    )
+    assert (
+        log_spaced_timesteps(1000, 50)[:5] == [0, 1, 2, 3, 4]
+        and log_spaced_timesteps(1000, 50)[-1] == 999
+    )
 
 
 def test_model_runs_in_eval_mode_and_mode_is_restored():
@@ -212,7 +273,9 @@ def test_unet_float32_runs():
     d = _diffusion(T=1000, variance_type="fixed_small")
     model = build_model("tiny", image_size=8)
     x0 = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    out = bits_per_dim(d, model, x0, generator=torch.Generator().manual_seed(0), timesteps=[0, 1, 500, 999])
+    out = bits_per_dim(
+        d, model, x0, generator=torch.Generator().manual_seed(0), timesteps=[0, 1, 500, 999]
+    )
     assert out["total"].dtype == torch.float32 and out["terms"].shape == (2, 4)
     assert torch.isfinite(out["total"]).all() and bool((out["total"] > 0).all())
     single = vlb_terms(d, model.eval(), x0, torch.tensor([0, 999]))
@@ -224,11 +287,23 @@ def test_unet_float32_runs():
 def test_eps_weights_match_a_direct_computation(variance_type):
     d = _diffusion(T=200, variance_type=variance_type)
     w = eps_weights(d)
-    assert w.dtype == torch.float64 and w.shape == (200,) and torch.isfinite(w).all() and bool((w > 0).all())
+    assert (
+        w.dtype == torch.float64
+        and w.shape == (200,)
+        and torch.isfinite(w).all()
+        and bool((w > 0).all())
+    )
     beta, alpha, ab = d.betas, d.alphas, d.alphas_cumprod
-    if variance_type == "fixed_small":  # sigma^2 = tilde-beta: the weight simplifies to beta / (2 alpha (1 - ab_{t-1}))
-        assert torch.allclose(w[1:], beta[1:] / (2 * alpha[1:] * (1 - d.alphas_cumprod_prev[1:])), rtol=1e-12)
-        assert w[0].item() == pytest.approx(beta[0].item() ** 2 / (2 * d.posterior_variance[1].item() * alpha[0].item() * beta[0].item()))
+    if (
+        variance_type == "fixed_small"
+    ):  # sigma^2 = tilde-beta: the weight simplifies to beta / (2 alpha (1 - ab_{t-1}))
+        assert torch.allclose(
+            w[1:], beta[1:] / (2 * alpha[1:] * (1 - d.alphas_cumprod_prev[1:])), rtol=1e-12
+        )
+        assert w[0].item() == pytest.approx(
+            beta[0].item() ** 2
+            / (2 * d.posterior_variance[1].item() * alpha[0].item() * beta[0].item())
+        )
     else:
         assert torch.allclose(w, beta / (2 * alpha * (1 - ab)), rtol=1e-12)
 
@@ -238,7 +313,10 @@ def test_eq12_weighted_eps_error_is_the_mean_part_of_the_kl(variance_type):
     """||tilde-mu(x_t, x_0) - mu_theta(x_t)||^2 / (2 sigma_t^2) = weight_t ||eps - eps_theta||^2, for t >= 1."""
     d = _diffusion(T=200, variance_type=variance_type)
     g = torch.Generator().manual_seed(0)
-    x0, noise = torch.rand(3, 1, 4, 4, generator=g, dtype=torch.float64) * 2 - 1, torch.randn(3, 1, 4, 4, generator=g, dtype=torch.float64)
+    x0, noise = (
+        torch.rand(3, 1, 4, 4, generator=g, dtype=torch.float64) * 2 - 1,
+        torch.randn(3, 1, 4, 4, generator=g, dtype=torch.float64),
+    )
     eps_pred = torch.randn(3, 1, 4, 4, generator=g, dtype=torch.float64)
     t = torch.tensor([1, 50, 199])
     x_t = d.q_sample(x0, t, noise)
@@ -254,7 +332,9 @@ def test_inputs_are_validated(oracle_cls):
     d = _diffusion(T=20)
     oracle = oracle_cls(d, 0.0, S)
     with pytest.raises(ValueError, match=r"\[-1, 1\].*\[0, 255\]"):  # says the range found
-        bits_per_dim(d, oracle, torch.linspace(0, 255, 48).view(1, 3, 4, 4))  # uint8 values, not scaled
+        bits_per_dim(
+            d, oracle, torch.linspace(0, 255, 48).view(1, 3, 4, 4)
+        )  # uint8 values, not scaled
     with pytest.raises(ValueError, match="float"):
         bits_per_dim(d, oracle, torch.zeros(1, 3, 4, 4, dtype=torch.uint8))
     with pytest.raises(ValueError, match="shape"):
@@ -273,4 +353,6 @@ def test_the_last_index_counts_once():
     """Cosine's clipped last beta makes L_{T-1} far larger than its neighbours: it must not be spread over the last gap."""
     w = sum_weights(torch.tensor([0, 1, 500, 999]), 1000)
     assert w[-1].item() == 1.0 and w.sum().item() == pytest.approx(1000)
-    assert w[2].item() == pytest.approx(249 + 499)  # interpolated on 2..499, then held over 500..998
+    assert w[2].item() == pytest.approx(
+        249 + 499
+    )  # interpolated on 2..499, then held over 500..998

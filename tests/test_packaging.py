@@ -21,12 +21,16 @@ def test_environment_yml_covers_pyproject_dependencies():
     for dep in env["dependencies"]:
         if isinstance(dep, dict):
             pip |= {_name(p) for p in dep["pip"] if not p.startswith("-e")}
-            assert "-e .[dev,classroom]" in dep["pip"], "environment.yml must install the project itself with its dev and classroom extras"
+            assert "-e .[dev,classroom]" in dep["pip"], (
+                "environment.yml must install the project itself with its dev and classroom extras"
+            )
         else:
             conda.add(_name(dep))
     for dep in project["dependencies"]:
         name = _name(dep)
-        assert CONDA_NAMES.get(name, name) in conda | pip, f"{name} is in pyproject.toml but not in environment.yml"
+        assert CONDA_NAMES.get(name, name) in conda | pip, (
+            f"{name} is in pyproject.toml but not in environment.yml"
+        )
     assert "python" in conda and "pip" in conda
     assert "conda-forge" in env["channels"]
 
@@ -50,7 +54,9 @@ def test_shipped_weights_are_package_data():
     """A non-editable install must find the pretrained model and the feature network inside the package."""
     from ddpm_lib.checkpoints import PRETRAINED, WEIGHTS_DIR
 
-    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["ddpm_lib"]
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["ddpm_lib"]
     assert "weights/*.pt" in package_data
     assert PRETRAINED.parent == WEIGHTS_DIR == ROOT / "ddpm_lib" / "weights"
     assert PRETRAINED.is_file() and (WEIGHTS_DIR / "toy_cars_classifier.pt").is_file()

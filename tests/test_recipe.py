@@ -29,16 +29,28 @@ def test_every_recipe_builds_and_has_a_timing_key():
     for name, overrides in recipe.RECIPES.items():
         recipe.config_of(overrides, seed=0)  # a valid TrainConfig
         assert recipe.speed_key(overrides) in todo, name
-    assert recipe.speed_key({"lr": 2e-3, "schedule": "cosine"}) == recipe.speed_key({})  # only shape and batch cost time
-    start = recipe.config_of({}, seed=0)  # the study's baseline is the recipe it replaced, not today's default
-    assert (start.schedule, start.num_timesteps, start.prediction_type, start.snr_gamma, start.attention_resolutions) == (
-        "linear", 1000, "epsilon", None, None)  # fmt: skip
+    assert recipe.speed_key({"lr": 2e-3, "schedule": "cosine"}) == recipe.speed_key(
+        {}
+    )  # only shape and batch cost time
+    start = recipe.config_of(
+        {}, seed=0
+    )  # the study's baseline is the recipe it replaced, not today's default
+    assert (
+        start.schedule,
+        start.num_timesteps,
+        start.prediction_type,
+        start.snr_gamma,
+        start.attention_resolutions,
+    ) == ("linear", 1000, "epsilon", None, None)
 
 
 def test_untimed_combination_is_estimated_from_its_parts():
     recipe = _recipe()
-    speeds = {recipe.speed_key({}): {"s_per_step": 1.0}, recipe.speed_key({"batch_size": 32}): {"s_per_step": 0.5},
-              recipe.speed_key({"num_res_blocks": 1}): {"s_per_step": 0.6}}  # fmt: skip
+    speeds = {
+        recipe.speed_key({}): {"s_per_step": 1.0},
+        recipe.speed_key({"batch_size": 32}): {"s_per_step": 0.5},
+        recipe.speed_key({"num_res_blocks": 1}): {"s_per_step": 0.6},
+    }
     assert recipe.s_per_step(speeds, {"batch_size": 32, "lr": 1e-3}) == (0.5, True)
     estimate, measured = recipe.s_per_step(speeds, {"batch_size": 32, "num_res_blocks": 1})
     assert not measured and math.isclose(estimate, 0.3)
@@ -47,10 +59,19 @@ def test_untimed_combination_is_estimated_from_its_parts():
 def test_combined_recipe_takes_each_groups_best_change_that_beats_the_seed_spread():
     recipe = _recipe()
     run = lambda *fids: {"seeds": [{"curve": [{"fid": f}]} for f in fids]}  # noqa: E731
-    runs = {"default": run(20, 22, 18), "lr2e-3": run(10), "lr5e-4": run(12), "cosine": run(17), "T500": run(11), "v": run(30)}
+    runs = {
+        "default": run(20, 22, 18),
+        "lr2e-3": run(10),
+        "lr5e-4": run(12),
+        "cosine": run(17),
+        "T500": run(11),
+        "v": run(30),
+    }
     chosen, evidence = recipe.combined_overrides(runs)  # bar: mean 20 - 2 * std 2 = 16
     assert chosen == {"lr": 2e-3, "num_timesteps": 500} and evidence["bar"] == 16
-    assert not evidence["groups"]["schedule"]["taken"] and evidence["groups"]["lr"]["best"] == "lr2e-3"
+    assert (
+        not evidence["groups"]["schedule"]["taken"] and evidence["groups"]["lr"]["best"] == "lr2e-3"
+    )
     assert recipe.combined_overrides(runs, top=1)[0] == {"lr": 2e-3}
 
 
@@ -71,7 +92,11 @@ def test_stored_study_is_consistent_and_its_winner_is_the_cpu_default():
     default = TrainConfig.cpu_demo()
     for field, value in winner.items():
         got = getattr(default, field)
-        assert (list(got) if isinstance(got, tuple) else got) == value, f"cpu_demo().{field} is {got!r}, the study chose {value!r}"
+        assert (list(got) if isinstance(got, tuple) else got) == value, (
+            f"cpu_demo().{field} is {got!r}, the study chose {value!r}"
+        )
     fig = plot_recipe_study(STUDY, highlight=["combined (CPU clock)", "v-minsnr5"])
     lines = fig.axes[0].get_lines()
-    assert len(lines) == sum(len(r["seeds"]) for r in section["runs"].values()) + len(section["cpu_runs"])
+    assert len(lines) == sum(len(r["seeds"]) for r in section["runs"].values()) + len(
+        section["cpu_runs"]
+    )

@@ -3,7 +3,13 @@ import math
 import pytest
 import torch
 
-from ddpm_lib.schedules import SCHEDULES, alphas_cumprod_from_betas, log_snr, make_betas, terminal_signal
+from ddpm_lib.schedules import (
+    SCHEDULES,
+    alphas_cumprod_from_betas,
+    log_snr,
+    make_betas,
+    terminal_signal,
+)
 
 
 @pytest.mark.parametrize("name", SCHEDULES)
@@ -17,7 +23,9 @@ def test_betas_shape_dtype_range(name, T):
 def test_linear_matches_paper_endpoints():
     betas = make_betas("linear", 1000)
     assert betas[0].item() == pytest.approx(1e-4) and betas[-1].item() == pytest.approx(0.02)
-    assert torch.allclose(betas.diff(), torch.full((999,), (0.02 - 1e-4) / 999, dtype=torch.float64))
+    assert torch.allclose(
+        betas.diff(), torch.full((999,), (0.02 - 1e-4) / 999, dtype=torch.float64)
+    )
 
 
 def test_cosine_follows_nichol_dhariwal():
@@ -38,7 +46,9 @@ def test_monotone_schedules():
 
 def test_terminal_signal_small_T_linear_is_not_noise():
     assert terminal_signal(make_betas("linear", 1000)) < 0.01
-    assert terminal_signal(make_betas("linear", 300)) == pytest.approx(0.2192, abs=1e-4)  # a fifth of the signal left
+    assert terminal_signal(make_betas("linear", 300)) == pytest.approx(
+        0.2192, abs=1e-4
+    )  # a fifth of the signal left
     assert terminal_signal(make_betas("cosine", 300)) < 0.01
 
 

@@ -15,8 +15,21 @@ from ddpm_lib.training import Trainer
 from ddpm_lib.unet import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(model="tiny", image_size=16, num_images=64, batch_size=8, lr=2e-3, warmup_steps=5, ema_decay=0.99,
-            num_timesteps=100, num_sample_images=4, sample_steps=5, log_every=2, checkpoint_every=1000, precision="fp32")  # fmt: skip
+TINY = dict(
+    model="tiny",
+    image_size=16,
+    num_images=64,
+    batch_size=8,
+    lr=2e-3,
+    warmup_steps=5,
+    ema_decay=0.99,
+    num_timesteps=100,
+    num_sample_images=4,
+    sample_steps=5,
+    log_every=2,
+    checkpoint_every=1000,
+    precision="fp32",
+)
 CL = torch.channels_last
 
 
@@ -33,11 +46,15 @@ def _conv_weights(model):
 
 def test_cpu_trainer_uses_fused_adam_with_the_same_update():
     trainer = Trainer(TrainConfig.cpu_demo(**TINY), None, progress=False)
-    assert trainer.optimizer.defaults["fused"] is True, "on a CPU the engine steps Adam with the fused kernel"
+    assert trainer.optimizer.defaults["fused"] is True, (
+        "on a CPU the engine steps Adam with the fused kernel"
+    )
     # the fused kernel takes the step plain Adam takes, on the same weights and gradients
     reference = build_model("tiny", image_size=16)
     reference.load_state_dict(trainer.model.state_dict())
-    reference = reference.to(memory_format=CL)  # the engine's layout: the same convolutions, only Adam's kernel differs
+    reference = reference.to(
+        memory_format=CL
+    )  # the engine's layout: the same convolutions, only Adam's kernel differs
     plain = torch.optim.Adam(reference.parameters(), lr=trainer.lr_at(0), foreach=False)
     x0 = trainer.get_batch(0)
     rng = torch.get_rng_state()
@@ -48,13 +65,17 @@ def test_cpu_trainer_uses_fused_adam_with_the_same_update():
     torch.nn.utils.clip_grad_norm_(reference.parameters(), trainer.config.grad_clip)
     plain.step()
     for (name, p), q in zip(trainer.model.named_parameters(), reference.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name} after one step: {m}")
+        torch.testing.assert_close(
+            p, q, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name} after one step: {m}"
+        )
 
 
 def test_load_ema_model_is_channels_last_and_computes_the_same():
     model, diffusion, cfg = load_ema_model()
     assert not model.training and next(model.parameters()).dtype == torch.float32
-    assert all(p.is_contiguous(memory_format=CL) for p in _conv_weights(model)), "conv weights channels-last"
+    assert all(p.is_contiguous(memory_format=CL) for p in _conv_weights(model)), (
+        "conv weights channels-last"
+    )
     nchw = load_ema_model()[0].to(memory_format=torch.contiguous_format)
     x, t = torch.randn(2, 3, cfg.image_size, cfg.image_size), torch.tensor([10, 900])
     with torch.no_grad():
@@ -70,33 +91,58 @@ def test_generate_draws_the_noise_sample_draws(tiny_model):
     """generate makes x_T channels-last itself, from the draw diffusion.sample would make: a seed gives the same images."""
     d = GaussianDiffusion(make_betas("linear", 100))
     out = generate(tiny_model, d, 3, 16, num_steps=4, eta=1.0, seed=7, precision="fp32").images
-    direct = d.sample(tiny_model, (3, 3, 16, 16), "ddim", 4, 1.0, generator=torch.Generator().manual_seed(7))
+    direct = d.sample(
+        tiny_model, (3, 3, 16, 16), "ddim", 4, 1.0, generator=torch.Generator().manual_seed(7)
+    )
     torch.testing.assert_close(out, direct, rtol=1e-4, atol=1e-5)
     cl_model = build_model("tiny", image_size=16).eval()
     cl_model.load_state_dict(tiny_model.state_dict())
     cl_model = cl_model.to(memory_format=CL)
     torch.testing.assert_close(
-        generate(cl_model, d, 3, 16, num_steps=4, eta=1.0, seed=7, precision="fp32").images, out, rtol=1e-4, atol=1e-5
+        generate(cl_model, d, 3, 16, num_steps=4, eta=1.0, seed=7, precision="fp32").images,
+        out,
+        rtol=1e-4,
+        atol=1e-5,
     )
     # batches: batch i seeded with seed + i, as documented
-    two = generate(tiny_model, d, 3, 16, num_steps=4, eta=1.0, seed=7, batch_size=2, precision="fp32").images
+    two = generate(
+        tiny_model, d, 3, 16, num_steps=4, eta=1.0, seed=7, batch_size=2, precision="fp32"
+    ).images
     for i, part in enumerate((two[:2], two[2:])):
         seeded = torch.Generator().manual_seed(7 + i)
         torch.testing.assert_close(
-            part, d.sample(tiny_model, (len(part), 3, 16, 16), "ddim", 4, 1.0, generator=seeded), rtol=1e-4, atol=1e-5
+            part,
+            d.sample(tiny_model, (len(part), 3, 16, 16), "ddim", 4, 1.0, generator=seeded),
+            rtol=1e-4,
+            atol=1e-5,
         )
     # a given x_T, in either layout, gives the same images
     x_T = torch.randn(3, 3, 16, 16)
     a = generate(tiny_model, d, 3, 16, num_steps=4, eta=0.0, x_T=x_T, precision="fp32").images
-    b = generate(tiny_model, d, 3, 16, num_steps=4, eta=0.0, x_T=x_T.contiguous(memory_format=CL), precision="fp32").images
+    b = generate(
+        tiny_model,
+        d,
+        3,
+        16,
+        num_steps=4,
+        eta=0.0,
+        x_T=x_T.contiguous(memory_format=CL),
+        precision="fp32",
+    ).images
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    assert not tiny_model.training and all(p.is_contiguous() for p in _conv_weights(tiny_model)), "the caller's model is left as it was"
+    assert not tiny_model.training and all(p.is_contiguous() for p in _conv_weights(tiny_model)), (
+        "the caller's model is left as it was"
+    )
 
 
 def test_trajectory_ends_where_generate_does(tiny_model):
     d = GaussianDiffusion(make_betas("linear", 100))
-    traj = trajectory(tiny_model, d, 2, 16, sampler="ddim", num_steps=5, eta=1.0, seed=3, precision="fp32")
-    images = generate(tiny_model, d, 2, 16, sampler="ddim", num_steps=5, eta=1.0, seed=3, precision="fp32").images
+    traj = trajectory(
+        tiny_model, d, 2, 16, sampler="ddim", num_steps=5, eta=1.0, seed=3, precision="fp32"
+    )
+    images = generate(
+        tiny_model, d, 2, 16, sampler="ddim", num_steps=5, eta=1.0, seed=3, precision="fp32"
+    ).images
     torch.testing.assert_close(traj["samples"], images, rtol=1e-4, atol=1e-5)
     assert traj["x_t"].shape == (5, 2, 3, 16, 16) and traj["x_t"].dtype == torch.uint8
 
@@ -109,7 +155,9 @@ def test_bench_profile_table_and_interleaving():
     assert all(r["self_ms"] >= 0 for r in rows) and sum(r["pct"] for r in rows) <= 100.0 + 1e-6
     assert [r["self_ms"] for r in rows] == sorted((r["self_ms"] for r in rows), reverse=True)
     order = []
-    times = bench.interleaved({"A": lambda: order.append("A"), "B": lambda: order.append("B")}, rounds=2, warmup=1)
+    times = bench.interleaved(
+        {"A": lambda: order.append("A"), "B": lambda: order.append("B")}, rounds=2, warmup=1
+    )
     assert order == ["A", "B", "A", "B", "A", "B"] and [len(v) for v in times.values()] == [2, 2]
     assert bench.spread_pct([1.0, 1.1, 0.9]) == pytest.approx(20.0)
 
@@ -120,12 +168,20 @@ def test_bench_peer_has_our_shape_and_trains_by_the_engine_step():
     peer = bench.DiffusersEps(diffusers.UNet2DModel(**bench.PEER_ARGS))
     ours = build_model("small", image_size=32)
     assert sum(p.numel() for p in peer.parameters()) == sum(p.numel() for p in ours.parameters())
-    assert bench.attention_sizes(peer, ("Attention",)) == bench.attention_sizes(ours, ("AttentionBlock",)) == [16, 16, 8, 16, 16, 16]
-    trainer = bench.engine_with_model(TrainConfig.cpu_demo(**{**TINY, "image_size": 32}), _tiny_cars32(), peer)
+    assert (
+        bench.attention_sizes(peer, ("Attention",))
+        == bench.attention_sizes(ours, ("AttentionBlock",))
+        == [16, 16, 8, 16, 16, 16]
+    )
+    trainer = bench.engine_with_model(
+        TrainConfig.cpu_demo(**{**TINY, "image_size": 32}), _tiny_cars32(), peer
+    )
     before = [p.detach().clone() for p in peer.parameters()]
     loss = trainer.train_step()
     assert trainer.model is peer and trainer.optimizer.defaults["fused"] is True and loss > 0.1
-    assert any(not torch.equal(p, q) for p, q in zip(peer.parameters(), before)), "the peer's weights moved"
+    assert any(not torch.equal(p, q) for p, q in zip(peer.parameters(), before)), (
+        "the peer's weights moved"
+    )
 
 
 def _tiny_cars32():

@@ -32,8 +32,21 @@ _spec = importlib.util.spec_from_file_location("make_student", ROOT / "tools" / 
 make_student = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(make_student)
 
-SOLUTION_METADATA = {"grade": False, "locked": False, "schema_version": 3, "solution": True, "task": False}
-TEST_METADATA = {"grade": True, "locked": True, "points": 1, "schema_version": 3, "solution": False, "task": False}
+SOLUTION_METADATA = {
+    "grade": False,
+    "locked": False,
+    "schema_version": 3,
+    "solution": True,
+    "task": False,
+}
+TEST_METADATA = {
+    "grade": True,
+    "locked": True,
+    "points": 1,
+    "schema_version": 3,
+    "solution": False,
+    "task": False,
+}
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 SECTION_SECONDS = 60  # the convention asks for ~15 s on one core; this only catches a section that trains or samples
 
@@ -56,7 +69,9 @@ GRADED = [p for p in make_student.all_notebooks(ROOT / "notebooks") if _has_nbgr
 def exercise_cells(nb: dict) -> list[dict]:
     """The cells after the markdown cell with the ``## Exercises`` heading."""
     for i, cell in enumerate(nb["cells"]):
-        if cell["cell_type"] == "markdown" and re.search(r"^##\s+Exercises\s*$", _source(cell), re.MULTILINE):
+        if cell["cell_type"] == "markdown" and re.search(
+            r"^##\s+Exercises\s*$", _source(cell), re.MULTILINE
+        ):
             return nb["cells"][i + 1 :]
     pytest.fail("no markdown cell with the heading '## Exercises'")
 
@@ -75,7 +90,9 @@ def solution_lines(source: str) -> list[str]:
 
 
 def _label(cell: dict, index: int) -> str:
-    return _nbgrader(cell).get("grade_id") or ("setup cell" if index == 0 else f"code cell {index} of the section")
+    return _nbgrader(cell).get("grade_id") or (
+        "setup cell" if index == 0 else f"code cell {index} of the section"
+    )
 
 
 def _exec(cell: dict, index: int, namespace: dict, name: str) -> None:
@@ -104,11 +121,16 @@ def scratch_notebooks(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def student_versions(tmp_path_factory) -> dict[str, Path | Exception]:
     """Student versions of the graded notebooks, one nbgrader course for all; a notebook nbgrader refuses maps to the error."""
-    pytest.importorskip("nbgrader", reason="student versions need the classroom extra: pip install -e '.[classroom]'")
+    pytest.importorskip(
+        "nbgrader",
+        reason="student versions need the classroom extra: pip install -e '.[classroom]'",
+    )
     out = tmp_path_factory.mktemp("student")
     # the gradebook commits every cell it saves: in memory (/dev/shm) where there is one, twice as fast as on disk
     shm = Path("/dev/shm")
-    with tempfile.TemporaryDirectory(prefix="course_", dir=shm if shm.is_dir() and os.access(shm, os.W_OK) else None) as course:
+    with tempfile.TemporaryDirectory(
+        prefix="course_", dir=shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+    ) as course:
         built: dict[str, Path | Exception] = {}
         for path in GRADED:
             try:
@@ -130,9 +152,13 @@ def test_exercises_follow_the_convention(path):
     nb = json.loads(path.read_text())
     cells = exercise_cells(nb)
     code = [c for c in cells if c["cell_type"] == "code"]
-    assert code and not _nbgrader(code[0]), "the first code cell after '## Exercises' is a plain setup cell, without nbgrader metadata"
+    assert code and not _nbgrader(code[0]), (
+        "the first code cell after '## Exercises' is a plain setup cell, without nbgrader metadata"
+    )
     for cell in code:
-        magics = [line for line in _source(cell).splitlines() if line.lstrip().startswith(("%", "!"))]
+        magics = [
+            line for line in _source(cell).splitlines() if line.lstrip().startswith(("%", "!"))
+        ]
         assert not magics, f"the exercises run as plain Python: no IPython magics ({magics})"
     solutions = [i for i, c in enumerate(cells) if _nbgrader(c).get("solution")]
     assert 3 <= len(solutions) <= 6, f"3 to 6 exercises per notebook, found {len(solutions)}"
@@ -143,18 +169,28 @@ def test_exercises_follow_the_convention(path):
         meta = _nbgrader(cell)
         grade_id = meta.get("grade_id", "?")
         assert cell["cell_type"] == "code", f"{grade_id}: a solution is a code cell"
-        assert {k: v for k, v in meta.items() if k != "grade_id"} == SOLUTION_METADATA, f"{grade_id}: solution metadata {meta}"
-        assert cells[i - 1]["cell_type"] == "markdown", f"{grade_id}: a markdown cell states the task before the solution"
+        assert {k: v for k, v in meta.items() if k != "grade_id"} == SOLUTION_METADATA, (
+            f"{grade_id}: solution metadata {meta}"
+        )
+        assert cells[i - 1]["cell_type"] == "markdown", (
+            f"{grade_id}: a markdown cell states the task before the solution"
+        )
         lines = [line.strip() for line in _source(cell).splitlines()]
-        assert BEGIN in lines and END in lines and lines.index(BEGIN) < lines.index(END), f"{grade_id}: no {BEGIN} ... {END} region"
+        assert BEGIN in lines and END in lines and lines.index(BEGIN) < lines.index(END), (
+            f"{grade_id}: no {BEGIN} ... {END} region"
+        )
         assert solution_lines(_source(cell)), f"{grade_id}: the solution region is empty"
         following = next((c for c in cells[i + 1 :] if c["cell_type"] == "code"), None)
-        assert following is not None and _nbgrader(following).get("grade"), f"{grade_id}: the next code cell must be a graded test cell"
+        assert following is not None and _nbgrader(following).get("grade"), (
+            f"{grade_id}: the next code cell must be a graded test cell"
+        )
         test_meta = _nbgrader(following)
         assert {k: v for k, v in test_meta.items() if k != "grade_id"} == TEST_METADATA, (
             f"{test_meta.get('grade_id')}: test metadata {test_meta}"
         )
-        assert "assert" in _source(following), f"{test_meta['grade_id']}: a test cell checks the answer with asserts"
+        assert "assert" in _source(following), (
+            f"{test_meta['grade_id']}: a test cell checks the answer with asserts"
+        )
 
 
 @pytest.mark.parametrize("path", GRADED, ids=lambda p: p.stem)
@@ -163,29 +199,51 @@ def test_student_version_has_no_solution_and_no_output(path, student_versions):
     student = json.loads(_student(student_versions, path).read_text())
     for cell in student["cells"]:
         if cell["cell_type"] == "code":
-            assert cell["outputs"] == [] and cell["execution_count"] is None, f"an output survived in {_source(cell)[:80]!r}"
+            assert cell["outputs"] == [] and cell["execution_count"] is None, (
+                f"an output survived in {_source(cell)[:80]!r}"
+            )
         assert BEGIN not in _source(cell) and END not in _source(cell), "a solution marker survived"
     # every solution line that is not also written elsewhere in the teacher's notebook must be gone
-    elsewhere = {line.strip() for c in teacher["cells"] if not _nbgrader(c).get("solution") for line in _source(c).splitlines()}
+    elsewhere = {
+        line.strip()
+        for c in teacher["cells"]
+        if not _nbgrader(c).get("solution")
+        for line in _source(c).splitlines()
+    }
     for c in teacher["cells"]:
         if _nbgrader(c).get("solution"):
             region = set(solution_lines(_source(c)))
             elsewhere |= {line.strip() for line in _source(c).splitlines()} - region
-    secret = {line for c in teacher["cells"] if _nbgrader(c).get("solution") for line in solution_lines(_source(c))} - elsewhere
+    secret = {
+        line
+        for c in teacher["cells"]
+        if _nbgrader(c).get("solution")
+        for line in solution_lines(_source(c))
+    } - elsewhere
     student_lines = {line.strip() for c in student["cells"] for line in _source(c).splitlines()}
-    assert not secret & student_lines, f"solution lines in the student version: {sorted(secret & student_lines)}"
+    assert not secret & student_lines, (
+        f"solution lines in the student version: {sorted(secret & student_lines)}"
+    )
     by_id = {_nbgrader(c)["grade_id"]: c for c in student["cells"] if _nbgrader(c)}
     for c in teacher["cells"]:
         meta = _nbgrader(c)
         if meta.get("grade"):
-            assert _source(by_id[meta["grade_id"]]) == _source(c), f"{meta['grade_id']}: the student sees the teacher's test cell"
-            assert by_id[meta["grade_id"]]["metadata"].get("editable") is False, f"{meta['grade_id']}: test cells are locked"
+            assert _source(by_id[meta["grade_id"]]) == _source(c), (
+                f"{meta['grade_id']}: the student sees the teacher's test cell"
+            )
+            assert by_id[meta["grade_id"]]["metadata"].get("editable") is False, (
+                f"{meta['grade_id']}: test cells are locked"
+            )
         elif meta.get("solution"):
-            assert "raise NotImplementedError()" in _source(by_id[meta["grade_id"]]), f"{meta['grade_id']}: not cleared by nbgrader"
+            assert "raise NotImplementedError()" in _source(by_id[meta["grade_id"]]), (
+                f"{meta['grade_id']}: not cleared by nbgrader"
+            )
 
 
 @pytest.mark.parametrize("path", GRADED, ids=lambda p: p.stem)
-def test_teacher_exercises_pass_and_each_test_needs_its_solution(path, scratch_notebooks, section_env):
+def test_teacher_exercises_pass_and_each_test_needs_its_solution(
+    path, scratch_notebooks, section_env
+):
     """The section runs on its own; a test cell run without its solution (the namespace just before it) fails."""
     code = [c for c in exercise_cells(json.loads(path.read_text())) if c["cell_type"] == "code"]
     section_env.chdir(scratch_notebooks)
@@ -199,20 +257,31 @@ def test_teacher_exercises_pass_and_each_test_needs_its_solution(path, scratch_n
         try:
             _exec(cell, index, namespace, path.stem)
         except Exception as error:
-            pytest.fail(f"{path.stem}, {_label(cell, index)} fails on the teacher's version: {error!r}")
+            pytest.fail(
+                f"{path.stem}, {_label(cell, index)} fails on the teacher's version: {error!r}"
+            )
     elapsed = time.perf_counter() - start
-    assert elapsed < SECTION_SECONDS, f"the exercises of {path.stem} took {elapsed:.0f} s in fast mode; keep them to ~15 s"
+    assert elapsed < SECTION_SECONDS, (
+        f"the exercises of {path.stem} took {elapsed:.0f} s in fast mode; keep them to ~15 s"
+    )
     passing = []
     for index, cell in enumerate(code):
         if not _nbgrader(cell).get("solution"):
             continue
         test_index = next(j for j in range(index + 1, len(code)) if _nbgrader(code[j]).get("grade"))
         try:
-            _exec(code[test_index], test_index, dict(before_solution[_nbgrader(cell)["grade_id"]]), path.stem)
+            _exec(
+                code[test_index],
+                test_index,
+                dict(before_solution[_nbgrader(cell)["grade_id"]]),
+                path.stem,
+            )
         except Exception:
             continue
         passing.append(_nbgrader(code[test_index])["grade_id"])
-    assert not passing, f"{passing} pass without their solution: a test must use the names only its solution defines"
+    assert not passing, (
+        f"{passing} pass without their solution: a test must use the names only its solution defines"
+    )
 
 
 @pytest.mark.parametrize("path", GRADED, ids=lambda p: p.stem)
@@ -235,5 +304,7 @@ def test_student_exercises_fail_every_test(path, student_versions, section_env):
             passing.append(meta["grade_id"])
         elif index == 0 and error is not None:
             pytest.fail(f"the setup cell of the student's {student.name} fails: {error!r}")
-    assert not wrong_error, f"solution cells must raise NotImplementedError in the student version: {wrong_error}"
+    assert not wrong_error, (
+        f"solution cells must raise NotImplementedError in the student version: {wrong_error}"
+    )
     assert not passing, f"test cells that pass with the solutions removed: {passing}"

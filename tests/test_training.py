@@ -18,10 +18,37 @@ from ddpm_lib.devices import resolve_precision
 from ddpm_lib.training import Trainer, TrainingDiverged
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(model="tiny", image_size=16, num_images=64, batch_size=8, lr=2e-3, warmup_steps=5, ema_decay=0.99,
-            num_timesteps=100, num_sample_images=4, sample_steps=5, log_every=2, checkpoint_every=1000)  # fmt: skip
-TINY_ARGS = ["--model", "tiny", "--image-size", "16", "--num-images", "64", "--batch-size", "8", "--num-timesteps", "100",
-             "--log-every", "5", "--no-progress", "--precision", "fp32"]  # fmt: skip
+TINY = dict(
+    model="tiny",
+    image_size=16,
+    num_images=64,
+    batch_size=8,
+    lr=2e-3,
+    warmup_steps=5,
+    ema_decay=0.99,
+    num_timesteps=100,
+    num_sample_images=4,
+    sample_steps=5,
+    log_every=2,
+    checkpoint_every=1000,
+)
+TINY_ARGS = [
+    "--model",
+    "tiny",
+    "--image-size",
+    "16",
+    "--num-images",
+    "64",
+    "--batch-size",
+    "8",
+    "--num-timesteps",
+    "100",
+    "--log-every",
+    "5",
+    "--no-progress",
+    "--precision",
+    "fp32",
+]
 
 
 def tiny_config(**kw) -> TrainConfig:
@@ -33,7 +60,9 @@ def _params(module) -> dict[str, torch.Tensor]:
 
 
 def test_loss_falls_when_overfitting(tmp_path):
-    trainer = Trainer(tiny_config(num_images=8, batch_size=8, max_steps=80, lr=3e-3), tmp_path, progress=False)
+    trainer = Trainer(
+        tiny_config(num_images=8, batch_size=8, max_steps=80, lr=3e-3), tmp_path, progress=False
+    )
     history = trainer.fit()
     first = np.mean([r["loss"] for r in history[:5]])
     last = np.mean([r["loss"] for r in history[-5:]])
@@ -62,10 +91,15 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     args = [*TINY_ARGS, "--max-steps", "150", "--checkpoint-every", "15", "--seed", "3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "ddpm_lib.train"]
-    subprocess.run([*cmd, *args, "--out", str(tmp_path / "full")], check=True, env=env, capture_output=True)
+    subprocess.run(
+        [*cmd, *args, "--out", str(tmp_path / "full")], check=True, env=env, capture_output=True
+    )
 
     victim = subprocess.Popen(
-        [*cmd, *args, "--out", str(tmp_path / "killed")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [*cmd, *args, "--out", str(tmp_path / "killed")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     ckpt = tmp_path / "killed" / "checkpoint.pt"
     deadline = time.time() + 120
@@ -75,14 +109,21 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     victim.wait()
     killed_at = load_checkpoint(ckpt)["step"]
     assert 15 <= killed_at < 150, "the run was not killed mid-way; the test proves nothing"
-    subprocess.run([*cmd, *args, "--out", str(tmp_path / "killed"), "--resume"], check=True, env=env, capture_output=True)
+    subprocess.run(
+        [*cmd, *args, "--out", str(tmp_path / "killed"), "--resume"],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
 
     a, b = load_checkpoint(tmp_path / "full/checkpoint.pt"), load_checkpoint(ckpt)
     assert a["step"] == b["step"] == 150
     for part in ("model", "ema"):
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
     steps = [int(float(r["step"])) for r in csv.DictReader(open(tmp_path / "killed/loss.csv"))]
-    assert steps == [int(float(r["step"])) for r in csv.DictReader(open(tmp_path / "full/loss.csv"))]
+    assert steps == [
+        int(float(r["step"])) for r in csv.DictReader(open(tmp_path / "full/loss.csv"))
+    ]
 
 
 def test_checkpoint_is_weights_only_and_refuses_pickles(tmp_path):
@@ -114,8 +155,14 @@ def test_atomic_save_leaves_old_file_on_failure(tmp_path, monkeypatch):
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     trainer = Trainer(tiny_config(max_steps=4, checkpoint_every=2), tmp_path, progress=False)
     trainer.fit(max_steps=2)
-    monkeypatch.setattr(trainer.diffusion, "training_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
-    with pytest.raises(TrainingDiverged, match=r"checkpoint .* \(step 2\) is kept; continue with --resume"):
+    monkeypatch.setattr(
+        trainer.diffusion,
+        "training_loss",
+        lambda *a, **k: torch.tensor(float("nan"), requires_grad=True),
+    )
+    with pytest.raises(
+        TrainingDiverged, match=r"checkpoint .* \(step 2\) is kept; continue with --resume"
+    ):
         trainer.fit()
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
 
@@ -136,7 +183,9 @@ def test_resume_with_other_model_is_refused(tmp_path):
     Trainer(tiny_config(max_steps=1), tmp_path, progress=False).fit()
     with pytest.raises(ValueError, match="ema_decay: checkpoint 0.99 vs now 0.5"):
         Trainer(tiny_config(max_steps=1, ema_decay=0.5), tmp_path, resume=True, progress=False)
-    resumed = Trainer(tiny_config(max_steps=5), tmp_path, resume=True, progress=False)  # max_steps may change
+    resumed = Trainer(
+        tiny_config(max_steps=5), tmp_path, resume=True, progress=False
+    )  # max_steps may change
     assert resumed.config.max_steps == 5
 
 
@@ -152,13 +201,19 @@ def test_ema_warmup_formula(tmp_path):
     trainer.train_step()
     after_model = _params(trainer.model)
     # the first update copies the model (n_averaged = 0); the second uses decay min(0.999, 2/11)
-    assert all(torch.equal(trainer.ema.module.state_dict()[k], after_model[k]) for k in after_model if "num_batches" not in k)
+    assert all(
+        torch.equal(trainer.ema.module.state_dict()[k], after_model[k])
+        for k in after_model
+        if "num_batches" not in k
+    )
     ema1 = _params(trainer.ema.module)
     trainer.train_step()
     m2 = _params(trainer.model)
     d = 2 / 11
     k = "conv_in.weight"
-    assert torch.allclose(trainer.ema.module.state_dict()[k], d * ema1[k] + (1 - d) * m2[k], atol=1e-7)
+    assert torch.allclose(
+        trainer.ema.module.state_dict()[k], d * ema1[k] + (1 - d) * m2[k], atol=1e-7
+    )
     assert not torch.equal(before[k], ema1[k])
 
 
@@ -166,14 +221,20 @@ def test_batches_cover_the_dataset_each_epoch(tmp_path):
     trainer = Trainer(tiny_config(), tmp_path, progress=False)
     idx = torch.cat([trainer.batch_indices(s) for s in range(trainer.steps_per_epoch)])
     assert sorted(idx.tolist()) == list(range(64))
-    assert not torch.equal(trainer.batch_indices(0), trainer.batch_indices(trainer.steps_per_epoch))  # reshuffled
+    assert not torch.equal(
+        trainer.batch_indices(0), trainer.batch_indices(trainer.steps_per_epoch)
+    )  # reshuffled
     x = trainer.get_batch(0)
     assert x.shape == (8, 3, 16, 16) and -1 <= x.min() and x.max() <= 1
 
 
 def test_lr_warmup():
     trainer = Trainer(tiny_config(warmup_steps=10, lr=1e-3), None, progress=False)
-    assert trainer.lr_at(0) == pytest.approx(1e-4) and trainer.lr_at(9) == pytest.approx(1e-3) and trainer.lr_at(500) == 1e-3
+    assert (
+        trainer.lr_at(0) == pytest.approx(1e-4)
+        and trainer.lr_at(9) == pytest.approx(1e-3)
+        and trainer.lr_at(500) == 1e-3
+    )
 
 
 def test_precision_choices():
@@ -188,31 +249,70 @@ def test_precision_choices():
 
 
 def test_v_prediction_with_min_snr_trains_and_its_checkpoint_samples_as_v(tmp_path):
-    args = train_cli.build_parser().parse_args(["--out", str(tmp_path), "--prediction-type", "v_prediction", "--snr-gamma", "5"])
+    args = train_cli.build_parser().parse_args(
+        ["--out", str(tmp_path), "--prediction-type", "v_prediction", "--snr-gamma", "5"]
+    )
     cfg = train_cli.config_from_args(args)
     assert cfg.prediction_type == "v_prediction" and cfg.snr_gamma == 5.0
-    trainer = Trainer(tiny_config(num_images=8, batch_size=8, max_steps=80, lr=3e-3, prediction_type="v_prediction", snr_gamma=5.0),
-                      tmp_path / "run", progress=False)  # fmt: skip
+    trainer = Trainer(
+        tiny_config(
+            num_images=8,
+            batch_size=8,
+            max_steps=80,
+            lr=3e-3,
+            prediction_type="v_prediction",
+            snr_gamma=5.0,
+        ),
+        tmp_path / "run",
+        progress=False,
+    )
     history = trainer.fit()
-    assert np.mean([r["loss"] for r in history[-5:]]) < 0.7 * np.mean([r["loss"] for r in history[:5]])
+    assert np.mean([r["loss"] for r in history[-5:]]) < 0.7 * np.mean(
+        [r["loss"] for r in history[:5]]
+    )
     model, diffusion, cfg = load_ema_model(tmp_path / "run/checkpoint.pt")
     assert diffusion.prediction_type == "v_prediction" and cfg.snr_gamma == 5.0
-    assert sample_cli.main(["--checkpoint", str(tmp_path / "run/checkpoint.pt"), "--num-samples", "2", "--steps", "3",
-                            "--out", str(tmp_path / "s.npz")]) == 0  # fmt: skip
+    assert (
+        sample_cli.main(
+            [
+                "--checkpoint",
+                str(tmp_path / "run/checkpoint.pt"),
+                "--num-samples",
+                "2",
+                "--steps",
+                "3",
+                "--out",
+                str(tmp_path / "s.npz"),
+            ]
+        )
+        == 0
+    )
     with pytest.raises(ValueError, match="snr_gamma"):
         tiny_config(snr_gamma=-1.0)
 
 
 def test_width_depth_and_attention_overrides_reach_the_network_and_its_checkpoint(tmp_path):
-    args = train_cli.build_parser().parse_args(["--out", "x", "--base-channels", "24", "--num-res-blocks", "1", "--attention-resolutions"])
+    args = train_cli.build_parser().parse_args(
+        ["--out", "x", "--base-channels", "24", "--num-res-blocks", "1", "--attention-resolutions"]
+    )
     cfg = train_cli.config_from_args(args)
     assert (cfg.base_channels, cfg.num_res_blocks, cfg.attention_resolutions) == (24, 1, ())
-    trainer = Trainer(tiny_config(base_channels=8, num_res_blocks=2, attention_resolutions=[8], max_steps=2), tmp_path, progress=False)
+    trainer = Trainer(
+        tiny_config(base_channels=8, num_res_blocks=2, attention_resolutions=[8], max_steps=2),
+        tmp_path,
+        progress=False,
+    )
     trainer.fit()
     net = trainer.ema.module
-    assert net.config.base_channels == 8 and net.config.num_res_blocks == 2 and net.config.attention_resolutions == (8,)
+    assert (
+        net.config.base_channels == 8
+        and net.config.num_res_blocks == 2
+        and net.config.attention_resolutions == (8,)
+    )
     model, _, cfg = load_ema_model(tmp_path / "checkpoint.pt")
-    assert cfg.attention_resolutions == (8,) and sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in net.parameters())
+    assert cfg.attention_resolutions == (8,) and sum(p.numel() for p in model.parameters()) == sum(
+        p.numel() for p in net.parameters()
+    )
     with pytest.raises(ValueError, match="fixed shape"):
         tiny_config(model="simple", base_channels=8)
     with pytest.raises(ValueError, match="num_res_blocks"):
@@ -225,15 +325,51 @@ def test_export_weights_and_sample_cli(tmp_path):
     assert size < (tmp_path / "run/checkpoint.pt").stat().st_size / 3
     model, diffusion, cfg = load_ema_model(tmp_path / "w.pt")
     assert cfg.model == "tiny" and diffusion.num_timesteps == 100 and not model.training
-    assert sample_cli.main(["--checkpoint", str(tmp_path / "w.pt"), "--num-samples", "5", "--batch-size", "2", "--steps", "3",
-                            "--out", str(tmp_path / "s.npz")]) == 0  # fmt: skip
+    assert (
+        sample_cli.main(
+            [
+                "--checkpoint",
+                str(tmp_path / "w.pt"),
+                "--num-samples",
+                "5",
+                "--batch-size",
+                "2",
+                "--steps",
+                "3",
+                "--out",
+                str(tmp_path / "s.npz"),
+            ]
+        )
+        == 0
+    )
     arr = np.load(tmp_path / "s.npz")["arr_0"]
     assert arr.shape == (5, 16, 16, 3) and arr.dtype == np.uint8
-    assert sample_cli.main(["--checkpoint", str(tmp_path / "run/checkpoint.pt"), "--num-samples", "4", "--sampler", "ddpm",
-                            "--out", str(tmp_path / "s.png")]) == 0  # fmt: skip
+    assert (
+        sample_cli.main(
+            [
+                "--checkpoint",
+                str(tmp_path / "run/checkpoint.pt"),
+                "--num-samples",
+                "4",
+                "--sampler",
+                "ddpm",
+                "--out",
+                str(tmp_path / "s.png"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "s.png").stat().st_size > 100
-    assert sample_cli.main(["--checkpoint", str(tmp_path / "w.pt"), "--out", str(tmp_path / "s.jpg")]) == 2
-    assert sample_cli.main(["--checkpoint", str(tmp_path / "nothing.pt"), "--out", str(tmp_path / "s.png")]) == 2
+    assert (
+        sample_cli.main(["--checkpoint", str(tmp_path / "w.pt"), "--out", str(tmp_path / "s.jpg")])
+        == 2
+    )
+    assert (
+        sample_cli.main(
+            ["--checkpoint", str(tmp_path / "nothing.pt"), "--out", str(tmp_path / "s.png")]
+        )
+        == 2
+    )
 
 
 def test_train_cli_help_and_errors(tmp_path, capsys):
@@ -249,17 +385,35 @@ def test_train_cli_help_and_errors(tmp_path, capsys):
 def test_torchrun_two_gloo_processes(tmp_path):
     """The same program under torchrun: DDP with gloo on the CPU, rank 0 writes the checkpoint."""
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ddpm_lib.train",
-           *TINY_ARGS, "--max-steps", "6", "--checkpoint-every", "3", "--out", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "ddpm_lib.train",
+        *TINY_ARGS,
+        "--max-steps",
+        "6",
+        "--checkpoint-every",
+        "3",
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert ckpt["step"] == 6 and ckpt["world_size"] == 2
-    assert ckpt["rng"]["cpu"].shape[0] == 2 and not torch.equal(ckpt["rng"]["cpu"][0], ckpt["rng"]["cpu"][1])
+    assert ckpt["rng"]["cpu"].shape[0] == 2 and not torch.equal(
+        ckpt["rng"]["cpu"][0], ckpt["rng"]["cpu"][1]
+    )
     assert "on 2 process(es) (DDP, gloo)" in result.stdout
     # resume under torchrun continues from step 6 to 8
     cmd[cmd.index("--max-steps") + 1] = "8"
-    result = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 8

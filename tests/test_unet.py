@@ -3,7 +3,15 @@ import torch
 
 from ddpm_lib.diffusion import GaussianDiffusion
 from ddpm_lib.schedules import make_betas
-from ddpm_lib.unet import MODEL_PRESETS, UNET_PRESETS, UNet, UNetConfig, build_model, count_parameters, timestep_embedding
+from ddpm_lib.unet import (
+    MODEL_PRESETS,
+    UNET_PRESETS,
+    UNet,
+    UNetConfig,
+    build_model,
+    count_parameters,
+    timestep_embedding,
+)
 
 
 def test_paper_cifar10_parameter_count():

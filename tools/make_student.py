@@ -51,7 +51,9 @@ def resolve_notebooks(names: Sequence[str], folder: Path = ROOT / "notebooks") -
         stem = Path(name).name.removesuffix(".ipynb").removesuffix(".py")
         matches = [p for p in available if p.stem == stem or p.stem.startswith(stem + "_")]
         if len(matches) != 1:
-            raise SystemExit(f"error: {name!r} matches {len(matches)} notebooks; choose from {', '.join(p.stem for p in available)}")
+            raise SystemExit(
+                f"error: {name!r} matches {len(matches)} notebooks; choose from {', '.join(p.stem for p in available)}"
+            )
         chosen.append(matches[0])
     return chosen
 
@@ -85,7 +87,9 @@ def generate_assignments(notebooks: Sequence[Path], course: Path) -> list[Path]:
     ``nbgrader autograde`` can grade the submissions later in the same course.
     """
     from nbconvert.preprocessors import ClearMetadataPreprocessor
-    from nbgrader.converters import GenerateAssignment  # the classroom extra: pip install -e ".[classroom]"
+    from nbgrader.converters import (
+        GenerateAssignment,
+    )  # the classroom extra: pip install -e ".[classroom]"
     from nbgrader.coursedir import CourseDirectory
     from traitlets.config import Config
 
@@ -108,8 +112,14 @@ def generate_assignments(notebooks: Sequence[Path], course: Path) -> list[Path]:
             # first drop what the teacher's run left in the metadata (widget state, execution times, the jupytext
             # pairing), keeping the cell metadata nbgrader reads; then nbgrader's own preprocessors
             config.ClearMetadataPreprocessor.enabled = True
-            config.ClearMetadataPreprocessor.preserve_nb_metadata_mask = {("kernelspec",), ("language_info",)}
-            config.ClearMetadataPreprocessor.preserve_cell_metadata_mask = {("nbgrader",), ("tags",)}
+            config.ClearMetadataPreprocessor.preserve_nb_metadata_mask = {
+                ("kernelspec",),
+                ("language_info",),
+            }
+            config.ClearMetadataPreprocessor.preserve_cell_metadata_mask = {
+                ("nbgrader",),
+                ("tags",),
+            }
             converter = GenerateAssignment(coursedir=CourseDirectory(config=config), config=config)
             converter.log = _logger()
             converter.preprocessors = [ClearMetadataPreprocessor, *converter.preprocessors]
@@ -128,7 +138,9 @@ def make_student(notebooks: Sequence[Path], out: Path, course: Path | None = Non
     out = Path(out)
     with contextlib.ExitStack() as stack:
         if course is None:
-            course = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nbgrader_course_")))
+            course = Path(
+                stack.enter_context(tempfile.TemporaryDirectory(prefix="nbgrader_course_"))
+            )
         released = generate_assignments(notebooks, Path(course))
         (out / "notebooks").mkdir(parents=True, exist_ok=True)
         written = []
@@ -158,11 +170,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Write student versions of the notebooks with nbgrader (solutions removed, outputs cleared, tests locked).",
         epilog="Hand out OUT/ as it is: the notebooks run from OUT/notebooks with ddpm_lib installed.",
     )
-    parser.add_argument("notebooks", nargs="*", help="notebook names, e.g. 03 or 03_objective (default: every notebooks/NN_*.ipynb)")
-    parser.add_argument("--out", type=Path, default=ROOT / "student", help="output folder (default: student/ in the repository)")
-    parser.add_argument("--course", type=Path, default=None,
-                        help="nbgrader course directory to generate in and keep, with source/, release/ and gradebook.db, "
-                             "for `nbgrader autograde` later (default: a temporary one)")  # fmt: skip
+    parser.add_argument(
+        "notebooks",
+        nargs="*",
+        help="notebook names, e.g. 03 or 03_objective (default: every notebooks/NN_*.ipynb)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "student",
+        help="output folder (default: student/ in the repository)",
+    )
+    parser.add_argument(
+        "--course",
+        type=Path,
+        default=None,
+        help="nbgrader course directory to generate in and keep, with source/, release/ and gradebook.db, "
+        "for `nbgrader autograde` later (default: a temporary one)",
+    )
     args = parser.parse_args(argv)
     notebooks = resolve_notebooks(args.notebooks)
     if not notebooks:
@@ -170,7 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         written = make_student(notebooks, args.out, args.course)
     except ImportError as error:
-        print(f'error: {error}; install nbgrader with `pip install -e ".[classroom]"`', file=sys.stderr)
+        print(
+            f'error: {error}; install nbgrader with `pip install -e ".[classroom]"`',
+            file=sys.stderr,
+        )
         return 1
     except Exception as error:  # nbgrader has logged the cell and the rule it broke
         print(f"error: nbgrader could not generate the student versions: {error}", file=sys.stderr)
@@ -178,7 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in written:
         print(f"wrote {os.path.relpath(path)}{'/' if path.is_dir() else ''}")
     if args.course is not None:
-        print(f"nbgrader course kept in {os.path.relpath(args.course)} (nbgrader_config.py, source/, release/, gradebook.db)")
+        print(
+            f"nbgrader course kept in {os.path.relpath(args.course)} (nbgrader_config.py, source/, release/, gradebook.db)"
+        )
     return 0
 
 
