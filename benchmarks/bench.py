@@ -174,9 +174,8 @@ def engine_with_model(config: TrainConfig, dataset, net: nn.Module) -> Trainer:
     trainer.model = trainer.train_model = net
     trainer.ema = AveragedModel(net, multi_avg_fn=trainer._ema_update, use_buffers=True)
     trainer.ema.requires_grad_(False)
-    trainer.optimizer = type(trainer.optimizer)(
-        net.parameters(), **trainer.optimizer.defaults
-    )  # the same Adam, fused on a CPU
+    # the same Adam, fused on a CPU
+    trainer.optimizer = type(trainer.optimizer)(net.parameters(), **trainer.optimizer.defaults)
     return trainer
 
 
@@ -259,13 +258,11 @@ def main(argv=None) -> dict:
     )
     args = p.parse_args(argv)
     start = time.perf_counter()
-    os.environ["XDG_CACHE_HOME"] = (
-        tempfile.mkdtemp()
-    )  # measure afresh: "auto" pays its measurement here
+    # measure afresh: "auto" pays its measurement here
+    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp()
     torch.manual_seed(0)
-    cfg = TrainConfig.cpu_demo(
-        num_images=1024, attention_resolutions=(16,)
-    )  # the shape, the peer's: attention at 16x16
+    # the shape, the peer's: attention at 16x16
+    cfg = TrainConfig.cpu_demo(num_images=1024, attention_resolutions=(16,))
     dataset = load_dataset("toy_cars", image_size=cfg.image_size, num_images=1024)
     diffusion = GaussianDiffusion(make_betas(cfg.schedule, cfg.num_timesteps))
     batch = from_uint8(dataset.images[: cfg.batch_size])

@@ -106,9 +106,8 @@ QUICK = Sizes(
 
 
 # ---------------------------------------------------------------------------------- measures
-NOISE_MASK = torch.tensor(
-    [[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]]
-)  # Immerkaer 1996: blind to planes and edges
+# Immerkaer 1996: blind to planes and edges
+NOISE_MASK = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
 MEDIAN_ABS_OF_STD_NORMAL = 0.6744897501960817  # median |z| for z ~ N(0, 1)
 
 
@@ -361,13 +360,12 @@ def precision_study(st: Study, model, diffusion: GaussianDiffusion, kept: dict) 
             "precision", model, diffusion, "ddim", 50, eta, st.sizes.num_samples, precision=other
         )
         a, b = as_saved(auto_images), as_saved(images)
+        # in [-1, 1] units; one uint8 level is 2/255
         pairs.append(
             {
                 "eta": eta,
                 "precisions": [auto_row["sampling_precision"], other],
-                "mean_abs_pixel_difference": float(
-                    (a - b).abs().mean()
-                ),  # in [-1, 1] units; one uint8 level is 2/255
+                "mean_abs_pixel_difference": float((a - b).abs().mean()),
                 "share_of_pixels_differing": float((to_uint8(a) != to_uint8(b)).double().mean()),
                 "grain_difference": auto_row["grain"] - row["grain"],
                 "fid_difference": auto_row["fid"] - row["fid"],
@@ -415,9 +413,8 @@ def seed_study(st: Study, model, diffusion: GaussianDiffusion) -> None:
 def training_study(st: Study) -> None:
     """Linear against cosine schedule at the same budget, each scored from its EMA and its raw weights (DDIM-50, eta 1; EMA at eta 0 too)."""
     sz = st.sizes
-    data = load_dataset(
-        "toy_cars", IMAGE_SIZE, "train", seed=0
-    )  # what the trainer would load (num_images None, seed 0)
+    # what the trainer would load (num_images None, seed 0)
+    data = load_dataset("toy_cars", IMAGE_SIZE, "train", seed=0)
     for schedule in ("linear", "cosine"):
         cfg = TrainConfig.cpu_demo(
             **{**CPU_RECIPE_BEFORE_STUDY, "schedule": schedule}, max_steps=sz.train_steps
@@ -455,9 +452,8 @@ def training_study(st: Study) -> None:
                 net, trainer.diffusion, sz.bpd_images_train, sz.bpd_timesteps_train
             )
             st.log(f"training  {schedule} {weights}: {row['bits_per_dim']['total']:.3f} bits/dim")
-            if (
-                weights == "ema"
-            ):  # the same weights at eta 0: is the eta gap a matter of training length?
+            # the same weights at eta 0: is the eta gap a matter of training length?
+            if weights == "ema":
                 st.sample_and_score(
                     "training",
                     net,

@@ -132,9 +132,8 @@ def study(args, device) -> dict:
             seed=1000 * s,
             **common,
         )
-        usets.append(
-            score_set(out.images, labels, extractor, reference, held_out)
-        )  # accuracy: chance level, 1/6
+        # accuracy: chance level, 1/6
+        usets.append(score_set(out.images, labels, extractor, reference, held_out))
     uncond = summarise(usets)
     print(
         f"unconditional model: FID {uncond['fid']:.2f}  precision {uncond['precision']:.3f}  recall {uncond['recall']:.3f}"

@@ -81,13 +81,14 @@ def config_of(overrides: dict, seed: int) -> TrainConfig:
 
 
 # ---------------------------------------------------------------- stage 1: seconds per step on this CPU
+# all a step's cost depends on
 SPEED_FIELDS = (
     "model",
     "base_channels",
     "num_res_blocks",
     "attention_resolutions",
     "batch_size",
-)  # all a step's cost depends on
+)
 
 
 def speed_key(overrides: dict) -> str:
@@ -292,9 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--s-per-step", type=float, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if (
-        args.stage == "cpu"
-    ):  # recipes trained on this CPU by its own clock, beside the curves predicted from its timing
+    # recipes trained on this CPU by its own clock, beside the curves predicted from its timing
+    if args.stage == "cpu":
         result = json.loads(args.out.read_text()) if args.out.exists() else {}
         section = result.setdefault(f"budget_{args.budget:g}min", {}).setdefault("cpu_runs", {})
         named = (

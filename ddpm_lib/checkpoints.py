@@ -26,12 +26,10 @@ from ddpm_lib.unet import build_model
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "loss.csv"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"  # shipped with the package
-PRETRAINED = (
-    WEIGHTS_DIR / "pretrained_toy_cars_32.pt"
-)  # EMA weights of the toy-cars model (README: how it was trained)
-STUDY_MODEL = (
-    WEIGHTS_DIR / "study_toy_cars_32.pt"
-)  # the toy-cars model shipped before the recipe study: eps, linear, T = 1000
+# EMA weights of the toy-cars model (README: how it was trained)
+PRETRAINED = WEIGHTS_DIR / "pretrained_toy_cars_32.pt"
+# the toy-cars model shipped before the recipe study: eps, linear, T = 1000
+STUDY_MODEL = WEIGHTS_DIR / "study_toy_cars_32.pt"
 
 
 class CheckpointError(ValueError):
@@ -282,9 +280,8 @@ def prepare_run_dir(out_dir: str | os.PathLike | None, resume: bool) -> Path | N
         probe.unlink()
     except OSError as exc:
         raise ValueError(f"cannot write to the run folder {path}: {exc.strerror or exc}") from exc
-    (path / LOG_NAME).unlink(
-        missing_ok=True
-    )  # a run that stopped before its first checkpoint: start it again
+    # a run that stopped before its first checkpoint: start it again
+    (path / LOG_NAME).unlink(missing_ok=True)
     return path
 
 

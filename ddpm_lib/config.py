@@ -131,9 +131,8 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 check_int(getattr(self, name), name, minimum=1)
         if self.attention_resolutions is not None:
-            object.__setattr__(
-                self, "attention_resolutions", tuple(self.attention_resolutions)
-            )  # a list after a round trip
+            # a list after a round trip
+            object.__setattr__(self, "attention_resolutions", tuple(self.attention_resolutions))
             for r in self.attention_resolutions:
                 check_int(r, "attention_resolutions entry (a feature-map size)", minimum=1)
         shape_overrides = [
@@ -149,9 +148,8 @@ class TrainConfig:
             check_float(self.max_minutes, "max_minutes", 0, min_inclusive=False)
         check_float(self.p_uncond, "p_uncond", 0, 1, max_inclusive=False)
         check_int(self.num_classes, "num_classes", minimum=0)
-        object.__setattr__(
-            self, "class_names", tuple(str(c) for c in self.class_names)
-        )  # a list after a checkpoint round trip
+        # a list after a checkpoint round trip
+        object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
         if self.class_cond and self.model in ("simple", "resnet18"):
             raise ValueError(
                 f"class_cond needs one of the DDPM U-Net presets; {self.model!r} takes no labels"
@@ -167,9 +165,8 @@ class TrainConfig:
                 raise ValueError(
                     f"data_root must be a path (str or pathlib.Path), got {self.data_root!r}"
                 )
-            object.__setattr__(
-                self, "data_root", os.fspath(self.data_root)
-            )  # a str: checkpoints hold plain types only
+            # a str: checkpoints hold plain types only
+            object.__setattr__(self, "data_root", os.fspath(self.data_root))
         if self.dataset == "folder" and not self.data_root:
             raise ValueError(
                 "dataset 'folder' needs data_root (--data-root), the directory that holds the images"
@@ -202,9 +199,8 @@ class TrainConfig:
             sample_every=0,
             log_every=10,
         )
-        if (
-            overrides.get("model", "small") == "small"
-        ):  # the study's network; another model keeps its own shape
+        # the study's network; another model keeps its own shape
+        if overrides.get("model", "small") == "small":
             base["attention_resolutions"] = ()
         return cls(**{**base, **overrides})
 

@@ -100,9 +100,8 @@ class UnsupportedPixelsError(ValueError):
 def _load_rgb(path: Path, size: int) -> np.ndarray:
     """Decode an image file, convert it to RGB, resize its shorter side to ``size`` and centre-crop: ``(3, size, size)``."""
     with Image.open(path) as img:
-        img.draft(
-            "RGB", (size, size)
-        )  # JPEG: decode at a reduced scale when the file is much larger
+        # JPEG: decode at a reduced scale when the file is much larger
+        img.draft("RGB", (size, size))
         if img.mode == "F" or img.mode == "I" or img.mode.startswith("I;16"):
             img = _high_bit_to_8bit(img)
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
@@ -297,6 +296,7 @@ def _stanford_cars(
     image_size: int, split: Split, root: str | os.PathLike | None
 ) -> ImageTensorDataset:
     if root is None:
+        # kagglehub raises many types offline: connection, auth, HTTP errors
         try:
             import kagglehub
 
@@ -316,9 +316,7 @@ def _stanford_cars(
                 "https://www.kaggle.com/datasets/jutrera/stanford-car-dataset-by-classes-folder yourself and pass "
                 "root='path/to/it' (--data-root with python -m ddpm_lib.train)",
             ) from None
-        except (
-            Exception
-        ) as exc:  # kagglehub raises many types offline: connection, auth, HTTP errors
+        except Exception as exc:
             raise _unavailable(
                 "Stanford Cars",
                 f"kagglehub could not download {STANFORD_CARS_HANDLE!r} and it is not in the kagglehub cache ({type(exc).__name__}: {exc})",
@@ -365,9 +363,8 @@ def _cifar10(
             "connect to the internet and pass download=True, or put cifar-10-batches-py/ (from "
             "https://www.cs.toronto.edu/~kriz/cifar.html) under root=",
         ) from exc
-    images = (
-        torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
-    )  # (N, 32, 32, 3) -> (N, 3, 32, 32)
+    # (N, 32, 32, 3) -> (N, 3, 32, 32)
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
     if image_size != images.shape[-1]:
         images = torch.stack(
             [torch.from_numpy(_resize_crop(Image.fromarray(a), image_size)) for a in ds.data]

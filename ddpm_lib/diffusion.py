@@ -75,9 +75,8 @@ def classifier_free(
         y = labels.to(x.device)
         if w == 0 or (interval is not None and not lo <= int(t[0]) <= hi):
             return model(x, t, y)
-        both = model(
-            torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null.to(x.device)])
-        )  # one forward pass, 2B images
+        # one forward pass, 2B images
+        both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null.to(x.device)]))
         cond, uncond = both.chunk(2)
         return cond + w * (cond - uncond)  # = (1 + w) cond - w uncond
 
@@ -493,9 +492,8 @@ class GaussianDiffusion:
         else:
             timesteps_iter = timesteps
         for i, t in enumerate(timesteps_iter):
-            with eval_mode(
-                model
-            ):  # per step: no grad mode or train flag leaks to the caller between yields
+            # per step: no grad mode or train flag leaks to the caller between yields
+            with eval_mode(model):
                 if sampler == "ddpm":
                     noise = randn() if t > 0 else torch.zeros_like(x)  # Algorithm 2, line 3
                     x_prev, x0_pred = self._p_sample(net, x, t, noise, clip_denoised)

@@ -396,9 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         FileNotFoundError,
         ValueError,
     ) as exc:
-        print(
-            f"error: {' '.join(str(exc).split())}", file=sys.stderr
-        )  # one line, whatever the message
+        # one line, whatever the message
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except FloatingPointError as exc:  # a diverged model: not bad input, but no traceback either
         print(f"error: {exc}", file=sys.stderr)

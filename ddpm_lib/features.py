@@ -37,12 +37,10 @@ from ddpm_lib import toy_cars
 from ddpm_lib.data import from_uint8
 
 WEIGHTS_NAME = "toy_cars_classifier.pt"
-PACKAGE_WEIGHTS = (
-    Path(__file__).resolve().parent / "weights" / WEIGHTS_NAME
-)  # shipped inside the package, when installed so
-REPO_WEIGHTS = (
-    Path(__file__).resolve().parent.parent / "assets" / WEIGHTS_NAME
-)  # the repository's assets/ folder beside the package
+# shipped inside the package, when installed so
+PACKAGE_WEIGHTS = Path(__file__).resolve().parent / "weights" / WEIGHTS_NAME
+# the repository's assets/ folder beside the package
+REPO_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / WEIGHTS_NAME
 TRAIN_COMMAND = "python -m ddpm_lib.features --out ddpm_lib/weights/toy_cars_classifier.pt"
 NUM_DRAWING_PARAMS = toy_cars.NUM_PARAMS - 1  # every parameter but the body type (column 0)
 # auxiliary targets (parameter columns 1..) that a horizontal flip changes: facing is negated, the centre x mirrored
@@ -53,11 +51,12 @@ FLIP_NEGATE, FLIP_MIRROR = toy_cars.PARAM_INDEX["facing"] - 1, toy_cars.PARAM_IN
 class FeatureNetConfig:
     """Architecture of :class:`ToyCarsFeatureNet` (saved in the weights file)."""
 
+    # channels of the three stages (two 3x3 convs each, then 2x2 max-pool)
     widths: tuple[int, ...] = (
         32,
         64,
         128,
-    )  # channels of the three stages (two 3x3 convs each, then 2x2 max-pool)
+    )
     image_size: int = 32  # inputs of another size are resized to this
     num_classes: int = len(toy_cars.BODY_TYPES)  # body types
     num_aux: int = NUM_DRAWING_PARAMS  # drawing parameters regressed by the auxiliary head
@@ -87,9 +86,8 @@ class ToyCarsFeatureNet(nn.Module):
             c_in = c
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(c_in, cfg.num_classes)  # body type
-        self.aux_head = nn.Linear(
-            c_in, cfg.num_aux
-        )  # standardized drawing parameters (training only)
+        # standardized drawing parameters (training only)
+        self.aux_head = nn.Linear(c_in, cfg.num_aux)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [0, 255] or float [-1, 1] ``(B, 3, H, W)`` -> float [-1, 1] ``(B, 3, 32, 32)`` on the weights' device."""
@@ -222,11 +220,12 @@ def train_feature_net(
         order = torch.randperm(num_train, generator=g)
         for i in range(num_train // batch_size):
             idx = order[i * batch_size : (i + 1) * batch_size]
+            # (B, 3, 32, 32) uint8, (B,), (B, 29)
             x, y, p = (
                 images[idx],
                 labels[idx],
                 params[idx].clone(),
-            )  # (B, 3, 32, 32) uint8, (B,), (B, 29)
+            )
             flip = torch.rand(len(idx), generator=g) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
             p[flip, FLIP_NEGATE] = -p[flip, FLIP_NEGATE]

@@ -130,6 +130,7 @@ def reference_features(
     (``seed``) without replacement, all of them when the split is smaller. The cache key is
     ``(dataset, image_size, count, split, root, seed, extractor)``.
     """
+    # the key keeps the extractor alive
     key = (
         dataset,
         image_size,
@@ -138,7 +139,7 @@ def reference_features(
         str(root),
         seed,
         extractor,
-    )  # the key keeps the extractor alive
+    )
     if key not in _REFERENCE_CACHE:
         if dataset == "toy_cars":
             ds = load_dataset("toy_cars", image_size, split, num_images=count)
@@ -240,9 +241,8 @@ def knn_radii(features: torch.Tensor, k: int = 3, chunk: int = 1024) -> torch.Te
     radii = []
     for i in range(0, len(features), chunk):
         d = torch.cdist(features[i : i + chunk], features)  # (chunk, N)
-        d[torch.arange(len(d)), torch.arange(i, i + len(d))] = (
-            math.inf
-        )  # a point is not its own neighbour
+        # a point is not its own neighbour
+        d[torch.arange(len(d)), torch.arange(i, i + len(d))] = math.inf
         radii.append(d.kthvalue(k, dim=1).values)
     return torch.cat(radii)
 

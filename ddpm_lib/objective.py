@@ -19,9 +19,8 @@ import torch
 from ddpm_lib.checks import check_image_range
 from ddpm_lib.diffusion import GaussianDiffusion, Model, eval_mode
 
-BIN_HALF_WIDTH = (
-    1.0 / 255.0
-)  # pixels in [-1, 1] take 256 values, 2/255 apart (Ho et al. 2020, Eq. 13)
+# pixels in [-1, 1] take 256 values, 2/255 apart (Ho et al. 2020, Eq. 13)
+BIN_HALF_WIDTH = 1.0 / 255.0
 EDGE = 1.0 - BIN_HALF_WIDTH / 2  # values beyond +-EDGE fall in the edge bins, which extend to +-inf
 
 
@@ -46,10 +45,11 @@ def normal_kl(
 def _log_diff_normal_cdf(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """log(Phi(b) - Phi(a)) for a < b, accurate in both tails (the upper tail is mirrored to the lower one)."""
     upper = (a + b) > 0
+    # Phi(b) - Phi(a) = Phi(-a) - Phi(-b)
     lo, hi = (
         torch.where(upper, -b, a),
         torch.where(upper, -a, b),
-    )  # Phi(b) - Phi(a) = Phi(-a) - Phi(-b)
+    )
     log_hi, log_lo = torch.special.log_ndtr(hi), torch.special.log_ndtr(lo)
     return log_hi + torch.log(-torch.expm1((log_lo - log_hi).clamp(max=-1e-12)))
 

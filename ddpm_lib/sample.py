@@ -156,6 +156,7 @@ def _write_samples(samples: Samples, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     checkpoint = args.checkpoint or PRETRAINED
+    # OSError: FileNotFoundError, a full disk
     try:
         check_writable(args.out)
         device = select_device(args.device)
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         ValueError,
         RuntimeError,
         FloatingPointError,
-    ) as exc:  # OSError: FileNotFoundError, a full disk
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(

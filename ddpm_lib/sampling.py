@@ -128,9 +128,8 @@ def generate(
     if x_T is not None and tuple(x_T.shape) != shape:
         raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {shape}")
     labels = _check_labels(labels, model, num_samples)
-    timesteps = diffusion.sampling_timesteps(
-        sampler, num_steps
-    )  # checks the steps against T up front
+    # checks the steps against T up front
+    timesteps = diffusion.sampling_timesteps(sampler, num_steps)
     choice = _precision(precision, model, shape, batch_size)
     device = model_device(model)
     images = torch.empty(shape)

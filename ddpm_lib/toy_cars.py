@@ -232,9 +232,10 @@ def render(params: np.ndarray, image_size: int, supersample: int = 2) -> torch.T
     img = paint(img, _box(u, v, 0.0, 1.0, clearance, body_h, 0.045), body)
     img = paint(img, _box(u, v, 0.01, 0.99, clearance, clearance + 0.025, 0.01), dark, 0.6)  # sill
     is_pickup = (body_type == BODY_TYPES.index("pickup")).float()
+    # bed rail
     img = paint(
         img, _box(u, v, 0.03, rb - 0.02, body_h - 0.025, body_h - 0.012, 0.005), dark, is_pickup
-    )  # bed rail
+    )
     # lights
     img = paint(
         img,
@@ -273,9 +274,8 @@ def generate(num_images: int, image_size: int, seed: int = 0, split: str = "trai
         else np.zeros((0, NUM_PARAMS))
     )
     images = torch.empty(num_images, 3, image_size, image_size, dtype=torch.uint8)
-    chunk = max(
-        1, 2**19 // (2 * image_size) ** 2
-    )  # ~0.5M fine pixels per batch keeps the work in cache
+    # ~0.5M fine pixels per batch keeps the work in cache
+    chunk = max(1, 2**19 // (2 * image_size) ** 2)
     for i in range(0, num_images, chunk):
         images[i : i + chunk] = render(params[i : i + chunk], image_size)
     return images, torch.as_tensor(params[:, 0], dtype=torch.int64)

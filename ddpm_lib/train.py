@@ -155,6 +155,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # OSError: FileNotFoundError, a full disk
     try:
         config = config_from_args(args)
         trainer = Trainer(
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         OSError,
         RuntimeError,
         TrainingDiverged,
-    ) as exc:  # OSError: FileNotFoundError, a full disk
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if trainer.is_main:
@@ -177,9 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"stopped at step {trainer.step}; loss {last.get('loss', float('nan')):.4f}; checkpoint {args.out}/checkpoint.pt"
         )
-    if (
-        trainer.distributed
-    ):  # leave the process group before exit: gloo aborts a process that exits inside one
+    # leave the process group before exit: gloo aborts a process that exits inside one
+    if trainer.distributed:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return 0

@@ -93,26 +93,22 @@ class Trainer:
             )
         self.local_batch = cfg.batch_size // self.world_size
         self.progress = progress and self.is_main
-        if (
-            self.device.type == "cuda"
-        ):  # the fastest kernels by default; cuDNN's autotuner may pick others in a resumed run
+        # the fastest kernels by default; cuDNN's autotuner may pick others in a resumed run
+        if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = not cfg.deterministic
             torch.backends.cudnn.deterministic = cfg.deterministic
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-            if (
-                cfg.deterministic
-            ):  # also the embedding's backward (atomic adds) and cuBLAS's workspace
+            # also the embedding's backward (atomic adds) and cuBLAS's workspace
+            if cfg.deterministic:
                 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
                 torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.manual_seed(
-            cfg.seed + self.rank
-        )  # model init is identical on every rank (DDP broadcasts rank 0's)
+        # model init is identical on every rank (DDP broadcasts rank 0's)
+        torch.manual_seed(cfg.seed + self.rank)
 
         self.dataset = dataset if dataset is not None else self._load_data()
-        if (
-            self.device.type != "cpu" and self.dataset.images.numel() < 2**31
-        ):  # small enough: keep the uint8 images on the GPU
+        # small enough: keep the uint8 images on the GPU
+        if self.device.type != "cpu" and self.dataset.images.numel() < 2**31:
             self.dataset = ImageTensorDataset(
                 self.dataset.images.to(self.device), self.dataset.labels, self.dataset.classes
             )
@@ -268,9 +264,8 @@ class Trainer:
                 raise ValueError(
                     "a class-conditional run needs the batch's labels: train_step(x0, labels)"
                 )
-            drop = (
-                torch.rand(len(labels)) < cfg.p_uncond
-            )  # the CPU RNG: part of the checkpoint, so a resume is exact
+            # the CPU RNG: part of the checkpoint, so a resume is exact
+            drop = torch.rand(len(labels)) < cfg.p_uncond
             labels = torch.where(drop, cfg.num_classes, labels.cpu().long()).to(self.device)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
@@ -286,9 +281,8 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        if not self.scaler.is_enabled() and not torch.isfinite(
-            grad_norm
-        ):  # fp16's scaler skips such steps by itself
+        # fp16's scaler skips such steps by itself
+        if not self.scaler.is_enabled() and not torch.isfinite(grad_norm):
             self._diverged(f"the gradient norm is {grad_norm.item()}")
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -480,9 +474,8 @@ class Trainer:
                 f"the checkpoint was written by {ckpt['world_size']} processes, this run has {self.world_size}"
             )
         rng = ckpt["rng"]
-        pick = (
-            (lambda v: v[self.rank].clone()) if self.distributed else (lambda v: v)
-        )  # clone: set_rng_state misreads views
+        # clone: set_rng_state misreads views
+        pick = (lambda v: v[self.rank].clone()) if self.distributed else (lambda v: v)
         torch.set_rng_state(pick(rng["cpu"]))
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(pick(rng["cuda"]), self.device)

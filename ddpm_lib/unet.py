@@ -139,13 +139,11 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         heads, d = self.num_heads, C // self.num_heads
-        qkv = self.qkv(
-            self.norm(x)
-        )  # (B, 3C, H, W): channel s*C + head*d + j is q (s=0), k (1) or v (2)
+        # (B, 3C, H, W): channel s*C + head*d + j is q (s=0), k (1) or v (2)
+        qkv = self.qkv(self.norm(x))
         if x.device.type != "cpu":
-            q, k, v = (
-                qkv.reshape(B, 3, heads, d, H * W).transpose(-1, -2).unbind(1)
-            )  # each (B, heads, H*W, d)
+            # each (B, heads, H*W, d)
+            q, k, v = qkv.reshape(B, 3, heads, d, H * W).transpose(-1, -2).unbind(1)
             h = F.scaled_dot_product_attention(q, k, v)  # (B, heads, H*W, d)
             return x + self.proj_out(h.transpose(-1, -2).reshape(B, C, H, W))
         # positions as rows; with channels-last qkv (the engine's layout) and one head these are views, no copies
@@ -228,9 +226,8 @@ class UNet(nn.Module):
             nn.Linear(ch, temb_ch), nn.SiLU(), nn.Linear(temb_ch, temb_ch)
         )
         self.num_classes = cfg.num_classes
-        self.class_emb = (
-            nn.Embedding(cfg.num_classes + 1, temb_ch) if cfg.num_classes else None
-        )  # + the null label
+        # + the null label
+        self.class_emb = nn.Embedding(cfg.num_classes + 1, temb_ch) if cfg.num_classes else None
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
 
         self.down = nn.ModuleList()  # each entry: ResBlock [+ attention], or Downsample
@@ -405,9 +402,10 @@ class ResNet18UNet(nn.Module):
             nn.Linear(time_emb_dim, time_emb_dim), nn.SiLU(), nn.Linear(time_emb_dim, time_emb_dim)
         )
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu)  # /2, 64
+        # /4../32
         self.stages = nn.ModuleList(
             [nn.Sequential(net.maxpool, net.layer1), net.layer2, net.layer3, net.layer4]
-        )  # /4../32
+        )
         enc_chs = [64, 64, 128, 256, 512]
         self.enc_temb = nn.ModuleList(nn.Linear(time_emb_dim, c) for c in enc_chs)
         self.dec = nn.ModuleList()

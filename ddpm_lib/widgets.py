@@ -187,9 +187,8 @@ def forward_frames(
     """One :class:`Frame` per timestep: x_0 | noise | x_t | histogram composed as one PNG, upscaled ``scale`` times (default: to about 128 px)."""
     scale = scale or max(1, 128 // x0.shape[-2])
     height = x0.shape[-2] * scale
-    hist_fig = Figure(
-        figsize=(1.9 * height / 100, height / 100), dpi=100
-    )  # one small figure, redrawn per frame
+    # one small figure, redrawn per frame
+    hist_fig = Figure(figsize=(1.9 * height / 100, height / 100), dpi=100)
     canvas, ax = FigureCanvasAgg(hist_fig), hist_fig.add_subplot()
     hist_fig.subplots_adjust(left=0.1, right=0.98, bottom=0.12, top=0.97)
     fixed = [to_numpy_image(x0), to_numpy_image(noise.clamp(-1, 1))]

@@ -41,9 +41,8 @@ T = 20  # the tiny run's number of timesteps
 TINY = f"--model tiny --image-size 16 --batch-size 8 --num-timesteps {T} --precision fp32 --device cpu --no-progress --log-every 1 "
 TINY += "--num-sample-images 1 --sample-steps 1 --max-steps 2"  # a one-image, one-step sample grid at the end
 SAMPLE = "--precision fp32 --device cpu --num-samples 1 --steps 1"
-SKIPPED_IMAGES = pytest.mark.filterwarnings(
-    "ignore:skipped 1 image"
-)  # the warning that precedes the error
+# the warning that precedes the error
+SKIPPED_IMAGES = pytest.mark.filterwarnings("ignore:skipped 1 image")
 NO_GPU = pytest.mark.skipif(
     torch.cuda.is_available(), reason="this row needs a machine without a CUDA GPU"
 )
@@ -73,14 +72,12 @@ def paths(tmp_path_factory) -> SimpleNamespace:
     p.file.write_text("a file, not a folder")
     p.empty = root / "empty"
     p.empty.mkdir()
-    p.exported_run = (
-        root / "exported_run"
-    )  # a run folder whose checkpoint.pt holds exported weights
+    # a run folder whose checkpoint.pt holds exported weights
+    p.exported_run = root / "exported_run"
     p.exported_run.mkdir()
     shutil.copy(weights, p.exported_run / CHECKPOINT_NAME)
-    p.float_images = (
-        root / "float_images"
-    )  # float TIFFs outside [0, 1]: no way to tell their brightness
+    # float TIFFs outside [0, 1]: no way to tell their brightness
+    p.float_images = root / "float_images"
     p.float_images.mkdir()
     Image.fromarray(np.full((8, 8), 3.5, np.float32)).save(p.float_images / "hdr.tif")
 
@@ -94,14 +91,14 @@ def paths(tmp_path_factory) -> SimpleNamespace:
     p.text_pt = bad("text.pt", b"step: 2\nweights: somewhere else\n")
     p.random_pt = bad("random.pt", np.random.default_rng(0).bytes(4096))
     p.truncated_pt = bad("truncated.pt", data[: len(data) // 2])
-    with zipfile.ZipFile(
-        weights
-    ) as archive:  # zero 32 bytes inside the largest tensor: a damaged copy, still a valid zip
+    # zero 32 bytes inside the largest tensor: a damaged copy, still a valid zip
+    with zipfile.ZipFile(weights) as archive:
         largest = max(archive.infolist(), key=lambda info: info.file_size)
     damaged = bytearray(weights.read_bytes())
+    # local header
     name_len, extra_len = struct.unpack(
         "<HH", damaged[largest.header_offset + 26 : largest.header_offset + 30]
-    )  # local header
+    )
     start = largest.header_offset + 30 + name_len + extra_len + largest.file_size // 2
     damaged[start : start + 32] = bytes(32)
     p.flipped_pt = bad("flipped.pt", bytes(damaged))

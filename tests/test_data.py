@@ -197,9 +197,8 @@ def test_stanford_cars_slow_download_that_progresses_is_not_cut(
     )
 
     def slow_download(handle):
-        for _ in range(
-            8
-        ):  # 0.8 s in all, longer than the 0.3 s deadline, with data arriving every 0.1 s
+        # 0.8 s in all, longer than the 0.3 s deadline, with data arriving every 0.1 s
+        for _ in range(8):
             with open(partial, "ab") as f:
                 f.write(b"x" * 100)
             time.sleep(0.1)
@@ -304,16 +303,13 @@ def test_folder_converts_modes_and_skips_corrupt(tmp_path):
 def test_folder_scales_16bit_and_float_images(tmp_path):
     """16-bit and float images keep their brightness (Pillow alone would clip them to white or black)."""
     ramp = np.linspace(0, 1, 16 * 16).reshape(16, 16)
-    Image.fromarray((ramp * 65535).round().astype(np.uint16)).save(
-        tmp_path / "a_16bit.png"
-    )  # mode I;16
-    Image.fromarray((ramp * 65535).round().astype(np.int32)).save(
-        tmp_path / "b_int32.tif"
-    )  # mode I
+    # mode I;16
+    Image.fromarray((ramp * 65535).round().astype(np.uint16)).save(tmp_path / "a_16bit.png")
+    # mode I
+    Image.fromarray((ramp * 65535).round().astype(np.int32)).save(tmp_path / "b_int32.tif")
     Image.fromarray(ramp.astype(np.float32)).save(tmp_path / "c_float.tif")  # mode F
-    Image.fromarray((ramp * 255).round().astype(np.uint8)).save(
-        tmp_path / "d_8bit.png"
-    )  # the reference
+    # the reference
+    Image.fromarray((ramp * 255).round().astype(np.uint8)).save(tmp_path / "d_8bit.png")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ds = load_dataset("folder", image_size=16, root=tmp_path)
@@ -390,9 +386,8 @@ def test_batch_scales_and_flips():
     )
     torch.manual_seed(0)
     again = torch.cat([ds.batch(torch.arange(5 * k, 5 * k + 5), flip=True) for k in range(2)])
-    assert torch.equal(
-        x, again
-    )  # the flips come from the global RNG: a seed (or a checkpoint's RNG state) fixes them
+    # the flips come from the global RNG: a seed (or a checkpoint's RNG state) fixes them
+    assert torch.equal(x, again)
 
 
 def test_uint8_round_trip():

@@ -35,9 +35,8 @@ def cache(tmp_path, monkeypatch):
 
 
 def test_slow_bf16_gives_fp32(cache):
-    choice = resolve_precision(
-        "auto", "cpu", timer=FakeTimer(fp32=0.3, bf16=5.3)
-    )  # an AVX2-only CPU: bf16 emulated
+    # an AVX2-only CPU: bf16 emulated
+    choice = resolve_precision("auto", "cpu", timer=FakeTimer(fp32=0.3, bf16=5.3))
     assert choice.name == "fp32" and choice.dtype == torch.float32 and choice.source == "measured"
     assert choice.speedup == pytest.approx(0.3 / 5.3)
     assert "bf16 measured 17.7x slower than fp32" in str(choice)
@@ -78,9 +77,8 @@ def test_overrides_win(cache, monkeypatch):
     monkeypatch.setenv("DDPM_PRECISION", "fp32")
     choice = resolve_precision("auto", "cpu", timer=timer)
     assert choice.name == "fp32" and choice.source == "environment" and timer.calls == 0
-    assert (
-        resolve_precision("bf16", "cpu", timer=timer).name == "bf16"
-    )  # an explicit argument beats the environment
+    # an explicit argument beats the environment
+    assert resolve_precision("bf16", "cpu", timer=timer).name == "bf16"
 
 
 @pytest.mark.parametrize(

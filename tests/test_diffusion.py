@@ -68,12 +68,10 @@ def test_q_posterior_matches_bayes_rule():
     grid = torch.linspace(-6, 6, 200001, dtype=torch.float64)
     for t, x0v, xtv in [(1, 0.7, 0.1), (10, -0.3, 0.9), (50, 0.5, -1.2), (99, 0.0, 0.4)]:
         ab_prev = d.alphas_cumprod[t - 1]
-        prior = -((grid - ab_prev.sqrt() * x0v) ** 2) / (
-            2 * (1 - ab_prev)
-        )  # log q(x_{t-1} | x_0), Eq. 4
-        lik = -((xtv - d.alphas[t].sqrt() * grid) ** 2) / (
-            2 * d.betas[t]
-        )  # log q(x_t | x_{t-1}), Eq. 2
+        # log q(x_{t-1} | x_0), Eq. 4
+        prior = -((grid - ab_prev.sqrt() * x0v) ** 2) / (2 * (1 - ab_prev))
+        # log q(x_t | x_{t-1}), Eq. 2
+        lik = -((xtv - d.alphas[t].sqrt() * grid) ** 2) / (2 * d.betas[t])
         w = torch.softmax(prior + lik, 0)
         mean_bayes = (w * grid).sum()
         var_bayes = (w * (grid - mean_bayes) ** 2).sum()
@@ -210,9 +208,8 @@ def test_training_loss_draws_t_uniformly():
     for _ in range(50):
         d.training_loss(model, torch.zeros(64, 1, 1, 1), generator=g)
     counts = torch.bincount(torch.cat(seen), minlength=10)
-    assert (
-        counts.numel() == 10 and counts.min() > 200
-    )  # 3200 draws, ~320 each, t = 0 and T-1 included
+    # 3200 draws, ~320 each, t = 0 and T-1 included
+    assert counts.numel() == 10 and counts.min() > 200
 
 
 def test_sample_restores_train_mode_and_uses_eval():
@@ -263,9 +260,8 @@ def test_sample_seeded_and_progressive(oracle_cls):
     )
     assert torch.equal(a, steps[-1].x_prev.clamp(-1, 1))
     assert [s.t for s in steps] == list(range(19, -1, -1))
-    assert all(
-        torch.equal(s.x_prev, nxt.x_t) for s, nxt in zip(steps, steps[1:])
-    )  # each step's output is the next one's input
+    # each step's output is the next one's input
+    assert all(torch.equal(s.x_prev, nxt.x_t) for s, nxt in zip(steps, steps[1:]))
     assert steps[0].x_t.shape == steps[0].x0_pred.shape == (2, 3, 4, 4)
     assert a.min() >= -1 and a.max() <= 1
     assert torch.is_grad_enabled()  # no grad mode leaks out of the generator
@@ -357,9 +353,8 @@ def test_v_model_samples_match_the_same_eps_model(oracle_cls, sampler, steps, et
         _AsVelocity(d_eps, oracle), (500, 1, 2, 2), generator=torch.Generator().manual_seed(0), **kw
     )
     torch.testing.assert_close(b, a, rtol=0, atol=2e-4)
-    if (
-        sampler == "ddpm"
-    ):  # (DDIM-50 at eta 0 under-disperses: test_ddim_few_steps_error_shrinks_with_more_steps)
+    # (DDIM-50 at eta 0 under-disperses: test_ddim_few_steps_error_shrinks_with_more_steps)
+    if sampler == "ddpm":
         assert b.mean().item() == pytest.approx(0.3, abs=0.03) and b.std().item() == pytest.approx(
             0.25, rel=0.08
         )

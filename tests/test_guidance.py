@@ -34,9 +34,8 @@ TINY = dict(
 def _conditional_unet(num_classes=6):
     torch.manual_seed(0)
     model = build_model("tiny", image_size=16, num_classes=num_classes).eval()
-    with (
-        torch.no_grad()
-    ):  # a trained-looking class embedding, so that labels change the output visibly
+    # a trained-looking class embedding, so that labels change the output visibly
+    with torch.no_grad():
         model.class_emb.weight.normal_(0, 3)
     return model
 
@@ -293,9 +292,8 @@ def test_class_cond_needs_labelled_data_and_a_unet(tmp_path):
     from PIL import Image
 
     for i in range(10):
-        Image.new("RGB", (16, 16), (i * 20, 0, 0)).save(
-            tmp_path / f"{i}.png"
-        )  # a flat folder: one class
+        # a flat folder: one class
+        Image.new("RGB", (16, 16), (i * 20, 0, 0)).save(tmp_path / f"{i}.png")
     with pytest.raises(ValueError, match="at least two classes"):
         Trainer(
             TrainConfig.cpu_demo(
@@ -306,9 +304,8 @@ def test_class_cond_needs_labelled_data_and_a_unet(tmp_path):
         )
     with pytest.raises(ValueError, match="DDPM U-Net"):
         TrainConfig.cpu_demo(**{**TINY, "model": "simple"})
-    assert (
-        sample_cli.main(["--class", "pickup", "--out", str(tmp_path / "x.png")]) == 2
-    )  # the shipped model is unconditional
+    # the shipped model is unconditional
+    assert sample_cli.main(["--class", "pickup", "--out", str(tmp_path / "x.png")]) == 2
 
 
 def test_class_cond_reads_the_classes_of_an_image_folder(tmp_path):

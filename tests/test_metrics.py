@@ -82,17 +82,17 @@ def test_kid_is_zero_for_one_distribution_and_positive_for_shifted_sets():
         == pytest.approx(float(2 * off / (m * (m - 1)) - 2 * (off + k.trace()) / m**2), rel=1e-9)
         and std < 1e-12
     )
+    # seeded subsets
     assert metrics.kernel_distance(x, y, 10, 200, seed=3) == metrics.kernel_distance(
         x, y, 10, 200, seed=3
-    )  # seeded subsets
+    )
 
 
 def test_the_feature_network_is_a_torchmetrics_feature_and_matches_the_precomputed_path(net):
     real = load_dataset("toy_cars", 32, "train", num_images=64).images
     fake = load_dataset("toy_cars", 32, "test", num_images=64).images
-    fid = FrechetInceptionDistance(
-        feature=net
-    )  # uint8 images straight in, as torchmetrics' default normalize=False
+    # uint8 images straight in, as torchmetrics' default normalize=False
+    fid = FrechetInceptionDistance(feature=net)
     fid.update(real, real=True)
     fid.update(fake, real=False)
     fid.train()  # torchmetrics may switch its modules to training mode; BatchNorm must stay frozen
@@ -177,9 +177,8 @@ def test_evaluate_samples_reports_spread_and_baseline(net):
     assert set(r["spread"]) == {"fid", "precision", "recall", "class_tv"} and all(
         v > 0 for v in r["spread"].values()
     )
-    assert (
-        r["baseline"]["num_samples"] == 100 and r["fid"] < 5 * r["baseline"]["fid"] + 1
-    )  # real held-out samples: baseline level
+    # real held-out samples: baseline level
+    assert r["baseline"]["num_samples"] == 100 and r["fid"] < 5 * r["baseline"]["fid"] + 1
 
 
 # ---------------------------------------------------------------------------------- the feature network

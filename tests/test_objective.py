@@ -169,9 +169,8 @@ def test_bound_is_above_the_entropy_of_the_data_and_close_for_the_optimal_model(
     )
     standard_error = total.std().item() / math.sqrt(len(total))
     assert total.mean().item() > entropy - 3 * standard_error
-    gap = (
-        0.1 if variance_type == "fixed_large" else 1.0
-    )  # tilde-beta_t is too small for a spread-out x_0
+    # tilde-beta_t is too small for a spread-out x_0
+    gap = 0.1 if variance_type == "fixed_large" else 1.0
     assert total.mean().item() < entropy + gap
 
 
@@ -189,13 +188,11 @@ def test_prior_term_is_the_kl_to_the_standard_normal():
     d = _diffusion(T=200)
     x0 = _gaussian_images(n=3)
     ab = d.alphas_cumprod[-1].item()
-    expected = 0.5 * (
-        ab * x0**2 + (1 - ab) - 1 - math.log(1 - ab)
-    )  # KL(N(sqrt(ab) x, 1 - ab) || N(0, 1))
+    # KL(N(sqrt(ab) x, 1 - ab) || N(0, 1))
+    expected = 0.5 * (ab * x0**2 + (1 - ab) - 1 - math.log(1 - ab))
     assert torch.allclose(prior_bpd(d, x0), expected.flatten(1).mean(1) / LN2, atol=1e-12)
-    assert (
-        prior_bpd(_diffusion(T=1000), x0).max().item() < 1e-4
-    )  # the paper's schedule ends in noise
+    # the paper's schedule ends in noise
+    assert prior_bpd(_diffusion(T=1000), x0).max().item() < 1e-4
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -232,9 +229,10 @@ def test_log_spaced_subset_estimates_the_full_sum(oracle_cls, schedule):
     x0 = _gaussian_images()
     full = bits_per_dim(d, oracle, x0, generator=torch.Generator().manual_seed(0))
     steps = log_spaced_timesteps(1000, 50)
+    # 0 gets added back
     subset = bits_per_dim(
         d, oracle, x0, generator=torch.Generator().manual_seed(1), timesteps=steps[1:]
-    )  # 0 gets added back
+    )
     assert subset["timesteps"].tolist() == steps and subset["terms"].shape == (16, len(steps))
     assert subset["weights"].sum().item() == pytest.approx(1000)
     assert torch.allclose(
@@ -248,9 +246,8 @@ def test_sum_weights_interpolate_linearly():
     assert torch.equal(sum_weights(torch.arange(T), T), torch.ones(T, dtype=torch.float64))
     # KL indices 3 and 7: 1, 2 take L_3; 3..6 interpolate; 7, 8, 9 take L_7
     assert sum_weights(torch.tensor([0, 3, 7]), T).tolist() == [1.0, 2 + 2.5, 1.5 + 3]
-    f = (
-        torch.arange(T, dtype=torch.float64) * 0.3 + 2
-    )  # a linear function is summed exactly over [3, 7]
+    # a linear function is summed exactly over [3, 7]
+    f = torch.arange(T, dtype=torch.float64) * 0.3 + 2
     k = torch.tensor([0, 3, 5, 7])
     w = sum_weights(k, T)
     assert (w[1:] * f[k[1:]]).sum().item() == pytest.approx(
@@ -294,9 +291,8 @@ def test_eps_weights_match_a_direct_computation(variance_type):
         and bool((w > 0).all())
     )
     beta, alpha, ab = d.betas, d.alphas, d.alphas_cumprod
-    if (
-        variance_type == "fixed_small"
-    ):  # sigma^2 = tilde-beta: the weight simplifies to beta / (2 alpha (1 - ab_{t-1}))
+    # sigma^2 = tilde-beta: the weight simplifies to beta / (2 alpha (1 - ab_{t-1}))
+    if variance_type == "fixed_small":
         assert torch.allclose(
             w[1:], beta[1:] / (2 * alpha[1:] * (1 - d.alphas_cumprod_prev[1:])), rtol=1e-12
         )
@@ -332,9 +328,8 @@ def test_inputs_are_validated(oracle_cls):
     d = _diffusion(T=20)
     oracle = oracle_cls(d, 0.0, S)
     with pytest.raises(ValueError, match=r"\[-1, 1\].*\[0, 255\]"):  # says the range found
-        bits_per_dim(
-            d, oracle, torch.linspace(0, 255, 48).view(1, 3, 4, 4)
-        )  # uint8 values, not scaled
+        # uint8 values, not scaled
+        bits_per_dim(d, oracle, torch.linspace(0, 255, 48).view(1, 3, 4, 4))
     with pytest.raises(ValueError, match="float"):
         bits_per_dim(d, oracle, torch.zeros(1, 3, 4, 4, dtype=torch.uint8))
     with pytest.raises(ValueError, match="shape"):
@@ -353,6 +348,5 @@ def test_the_last_index_counts_once():
     """Cosine's clipped last beta makes L_{T-1} far larger than its neighbours: it must not be spread over the last gap."""
     w = sum_weights(torch.tensor([0, 1, 500, 999]), 1000)
     assert w[-1].item() == 1.0 and w.sum().item() == pytest.approx(1000)
-    assert w[2].item() == pytest.approx(
-        249 + 499
-    )  # interpolated on 2..499, then held over 500..998
+    # interpolated on 2..499, then held over 500..998
+    assert w[2].item() == pytest.approx(249 + 499)

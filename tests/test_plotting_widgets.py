@@ -95,9 +95,8 @@ def test_forward_explorer_shows_the_precomputed_frame_for_t():
     assert w.slider.continuous_update
     _check_play(w, len(ts) - 1)
     assert max(len(f.png) for f in w.frames) < 64 * 1024  # PNG bytes, not float arrays
-    noise = torch.randn(
-        x0.shape, generator=torch.Generator().manual_seed(3)
-    )  # the explorer's noise for seed=3
+    # the explorer's noise for seed=3
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3))
     for t in [999, 0, ts[5]]:
         w.slider.value = t
         assert w.frame.t == t and w.image.value == w.frames[ts.index(t)].png
@@ -112,16 +111,14 @@ def test_forward_explorer_shows_the_precomputed_frame_for_t():
             w.frame.stats["std"] == pytest.approx(x_t.std().item())
             and f"{x_t.std().item():.3f}" in w.text.value
         )
-        img = _decode(
-            w.image.value
-        )  # panels: x_0 | noise | x_t | histogram, 16 px upscaled 8 times, 8 px gaps
+        # panels: x_0 | noise | x_t | histogram, 16 px upscaled 8 times, 8 px gaps
+        img = _decode(w.image.value)
         assert img.shape[0] == 128
         panel = img[:, 2 * (128 + 8) : 2 * (128 + 8) + 128][::8, ::8]
         assert np.array_equal(panel, plotting.to_numpy_image(x_t.clamp(-1, 1)))
     assert w.frames[-1].stats["std"] == pytest.approx(1.0, abs=0.1)  # pure noise at the last step
-    assert w.frames[0].stats["std"] == pytest.approx(
-        x0.std().item(), abs=0.02
-    )  # x_0 barely changed at t=0
+    # x_0 barely changed at t=0
+    assert w.frames[0].stats["std"] == pytest.approx(x0.std().item(), abs=0.02)
 
 
 def test_forward_static_draws_the_explorer_frames():

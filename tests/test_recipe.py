@@ -29,12 +29,10 @@ def test_every_recipe_builds_and_has_a_timing_key():
     for name, overrides in recipe.RECIPES.items():
         recipe.config_of(overrides, seed=0)  # a valid TrainConfig
         assert recipe.speed_key(overrides) in todo, name
-    assert recipe.speed_key({"lr": 2e-3, "schedule": "cosine"}) == recipe.speed_key(
-        {}
-    )  # only shape and batch cost time
-    start = recipe.config_of(
-        {}, seed=0
-    )  # the study's baseline is the recipe it replaced, not today's default
+    # only shape and batch cost time
+    assert recipe.speed_key({"lr": 2e-3, "schedule": "cosine"}) == recipe.speed_key({})
+    # the study's baseline is the recipe it replaced, not today's default
+    start = recipe.config_of({}, seed=0)
     assert (
         start.schedule,
         start.num_timesteps,

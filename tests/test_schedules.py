@@ -46,9 +46,8 @@ def test_monotone_schedules():
 
 def test_terminal_signal_small_T_linear_is_not_noise():
     assert terminal_signal(make_betas("linear", 1000)) < 0.01
-    assert terminal_signal(make_betas("linear", 300)) == pytest.approx(
-        0.2192, abs=1e-4
-    )  # a fifth of the signal left
+    # a fifth of the signal left
+    assert terminal_signal(make_betas("linear", 300)) == pytest.approx(0.2192, abs=1e-4)
     assert terminal_signal(make_betas("cosine", 300)) < 0.01
 
 

@@ -52,9 +52,8 @@ def test_cpu_trainer_uses_fused_adam_with_the_same_update():
     # the fused kernel takes the step plain Adam takes, on the same weights and gradients
     reference = build_model("tiny", image_size=16)
     reference.load_state_dict(trainer.model.state_dict())
-    reference = reference.to(
-        memory_format=CL
-    )  # the engine's layout: the same convolutions, only Adam's kernel differs
+    # the engine's layout: the same convolutions, only Adam's kernel differs
+    reference = reference.to(memory_format=CL)
     plain = torch.optim.Adam(reference.parameters(), lr=trainer.lr_at(0), foreach=False)
     x0 = trainer.get_batch(0)
     rng = torch.get_rng_state()

@@ -183,9 +183,8 @@ def test_resume_with_other_model_is_refused(tmp_path):
     Trainer(tiny_config(max_steps=1), tmp_path, progress=False).fit()
     with pytest.raises(ValueError, match="ema_decay: checkpoint 0.99 vs now 0.5"):
         Trainer(tiny_config(max_steps=1, ema_decay=0.5), tmp_path, resume=True, progress=False)
-    resumed = Trainer(
-        tiny_config(max_steps=5), tmp_path, resume=True, progress=False
-    )  # max_steps may change
+    # max_steps may change
+    resumed = Trainer(tiny_config(max_steps=5), tmp_path, resume=True, progress=False)
     assert resumed.config.max_steps == 5
 
 
@@ -221,9 +220,8 @@ def test_batches_cover_the_dataset_each_epoch(tmp_path):
     trainer = Trainer(tiny_config(), tmp_path, progress=False)
     idx = torch.cat([trainer.batch_indices(s) for s in range(trainer.steps_per_epoch)])
     assert sorted(idx.tolist()) == list(range(64))
-    assert not torch.equal(
-        trainer.batch_indices(0), trainer.batch_indices(trainer.steps_per_epoch)
-    )  # reshuffled
+    # reshuffled
+    assert not torch.equal(trainer.batch_indices(0), trainer.batch_indices(trainer.steps_per_epoch))
     x = trainer.get_batch(0)
     assert x.shape == (8, 3, 16, 16) and -1 <= x.min() and x.max() <= 1
 

@@ -87,9 +87,11 @@ def generate_assignments(notebooks: Sequence[Path], course: Path) -> list[Path]:
     ``nbgrader autograde`` can grade the submissions later in the same course.
     """
     from nbconvert.preprocessors import ClearMetadataPreprocessor
+
+    # the classroom extra: pip install -e ".[classroom]"
     from nbgrader.converters import (
         GenerateAssignment,
-    )  # the classroom extra: pip install -e ".[classroom]"
+    )
     from nbgrader.coursedir import CourseDirectory
     from traitlets.config import Config
 
