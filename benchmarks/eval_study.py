@@ -19,7 +19,7 @@ baseline: what a perfect generator would get at that sample count). The studies:
    steps), each scored from its EMA and its raw weights with the same noise (DDIM-50, eta 1), and from its
    EMA weights at eta 0 too (does the gap between eta 0 and 1 depend on training length?);
 6. ``bits_per_dim``: the variational bound of the pretrained model per timestep on held-out images (the
-   training rows carry their own). The total is ``ddpm_lib.objective``'s log-spaced estimate; every row
+   training rows carry their own). The total is ``ddpm_lib.bound``'s log-spaced estimate; every row
    also stores the per-timestep terms and weights, since the estimate's linear interpolation spreads a
    term that spikes at one index (the cosine schedule's last, beta clipped at 0.999) over the indices
    around it.
@@ -60,7 +60,7 @@ from ddpm_lib.devices import cpu_signature
 from ddpm_lib.diffusion import GaussianDiffusion
 from ddpm_lib.features import load_feature_extractor
 from ddpm_lib.metrics import FeatureSet, compute_features, evaluate_samples, reference_features
-from ddpm_lib.objective import bits_per_dim, log_spaced_timesteps
+from ddpm_lib.bound import bits_per_dim, log_spaced_timesteps
 from ddpm_lib.sampling import generate
 from ddpm_lib.training import Trainer
 

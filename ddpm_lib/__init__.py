@@ -1,7 +1,7 @@
 """ddpm_lib: the library behind the ddpm-from-scratch notebook series.
 
 Modules in the order the notebooks teach them: ``schedules`` (beta_t), ``diffusion`` (forward
-process, posterior, loss, the progressive DDPM/DDIM sampler), ``objective`` (the variational bound,
+process, posterior, loss, the progressive DDPM/DDIM sampler), ``bound`` (the variational bound,
 bits/dim), ``unet`` (eps_theta), ``toy_cars`` and ``data`` (datasets), ``devices`` (device and measured
 precision), ``config`` and ``checkpoints``, ``sampling`` (the one sampling path), ``training`` (the
 engine), ``features`` and ``metrics`` (evaluation), the CLIs ``train``, ``sample`` and ``evaluate``, and

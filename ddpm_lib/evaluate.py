@@ -6,7 +6,7 @@ Two ways in:
   the ADM evaluation suite and of ``python -m ddpm_lib.sample --out FILE.npz``);
 - ``--checkpoint PATH`` (alone: the shipped pretrained toy-cars model) first draws ``--num-samples`` through
   ``ddpm_lib.sampling.generate``, then also estimates the model's negative log-likelihood in bits/dim on
-  held-out test images (Ho et al. 2020, Eq. 5, via ``ddpm_lib.objective.bits_per_dim``).
+  held-out test images (Ho et al. 2020, Eq. 5, via ``ddpm_lib.bound.bits_per_dim``).
 
 The reference is ``--num-reference`` images (default 5,000) of the dataset's train split at the samples'
 size. Features: the toy-cars feature network (``ddpm_lib.features``) for ``toy_cars``, InceptionV3 for the
@@ -226,7 +226,7 @@ def estimate_bits_per_dim(
     seed: int,
 ) -> dict:
     """Mean bits/dim (Ho et al. 2020, Eq. 5) of ``num_images`` test images, in float32; an estimate with a timestep subset."""
-    from ddpm_lib.objective import bits_per_dim, log_spaced_timesteps
+    from ddpm_lib.bound import bits_per_dim, log_spaced_timesteps
 
     if dataset == "toy_cars":
         images = load_dataset("toy_cars", image_size, "test", num_images=num_images).images

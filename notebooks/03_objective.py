@@ -23,7 +23,7 @@
 # of a real model in **bits per dimension**, and meet the same loss from a second angle: denoising score matching.
 #
 # **You will:** derive the posterior by completing the square, write the KL divergence of two Gaussians and the
-# discretised decoder by hand and check both against `ddpm_lib.objective`, plot the weights that $L_\text{simple}$
+# discretised decoder by hand and check both against `ddpm_lib.bound`, plot the weights that $L_\text{simple}$
 # drops, measure the bits/dim of a trained toy-cars model, and see that the optimal noise predictor is the score.
 #
 # **Deviations from the paper.** Timesteps are indices from 0 (NOTATION.md): the term the paper calls $L_{t-1}$
@@ -42,7 +42,7 @@ import torch
 from ddpm_lib import GaussianDiffusion, make_betas
 from ddpm_lib.checkpoints import STUDY_MODEL, load_ema_model
 from ddpm_lib.data import from_uint8, load_dataset
-from ddpm_lib.objective import bits_per_dim, discretized_gaussian_log_likelihood, eps_weights, log_spaced_timesteps, normal_kl, prior_bpd, vlb_terms
+from ddpm_lib.bound import bits_per_dim, discretized_gaussian_log_likelihood, eps_weights, log_spaced_timesteps, normal_kl, prior_bpd, vlb_terms
 from ddpm_lib.plotting import show_images
 
 FAST = os.environ.get("DDPM_FAST") == "1"
@@ -81,7 +81,7 @@ show_images(x0[:16], nrow=16, title="held-out toy cars", scale=1.0);
 # + \sum_{t>1} \underbrace{D_\text{KL}\big(q(x_{t-1} \mid x_t, x_0)\,\|\,p_\theta(x_{t-1} \mid x_t)\big)}_{L_{t-1}}
 # \;\underbrace{-\log p_\theta(x_0 \mid x_1)}_{L_0}\Big].$$
 #
-# | term | what it measures | in `ddpm_lib.objective` |
+# | term | what it measures | in `ddpm_lib.bound` |
 # | --- | --- | --- |
 # | $L_T$ | how far $x_T$ is from pure noise; no parameters | `prior_bpd` |
 # | $L_{t-1}$, $t = 2..T$ | one reverse step against the true posterior | `vlb_terms` at index $t-1 = 1..T-1$ |
@@ -465,7 +465,7 @@ import torch
 
 from ddpm_lib import GaussianDiffusion, make_betas
 from ddpm_lib.data import from_uint8, load_dataset
-from ddpm_lib.objective import discretized_gaussian_log_likelihood, eps_weights, prior_bpd
+from ddpm_lib.bound import discretized_gaussian_log_likelihood, eps_weights, prior_bpd
 
 LN2 = math.log(2.0)
 x0 = from_uint8(load_dataset("toy_cars", image_size=32, split="test", num_images=64).images)  # (64, 3, 32, 32): the held-out cars

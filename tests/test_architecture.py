@@ -13,7 +13,7 @@ ORDER = [
     "checks",
     "schedules",
     "diffusion",
-    "objective",
+    "bound",
     "unet",
     "toy_cars",
     "data",

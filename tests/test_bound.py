@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ddpm_lib.diffusion import GaussianDiffusion
-from ddpm_lib.objective import (
+from ddpm_lib.bound import (
     bits_per_dim,
     discretized_gaussian_log_likelihood,
     eps_weights,
