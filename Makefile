@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: install demo test unit-test nb-test gpu-check lab lint format bench student clean
+.PHONY: install demo test test-fast unit-test nb-test gpu-check lab lint format bench student clean
 
 install: $(STAMP)
 
@@ -25,17 +25,30 @@ demo: $(STAMP)
 		echo "== $$nb: $$(( $$(date +%s) - start )) s"; \
 	done
 
-# Every test: unit tests, then the notebooks as nbval regression tests in fast mode.
-test: unit-test nb-test
+# Every test in one pytest run spread over both cores (pytest-xdist; a notebook's cells stay in one
+# worker, one thread each): the unit tests, and the notebooks as nbval regression tests in fast mode
+# (DDPM_FAST=1: smaller data, a few training steps). Ends with the time of each part and the CPU kind.
+WORKERS ?= 2
+FAST_ENV := DDPM_FAST=1 TQDM_DISABLE=1 OMP_NUM_THREADS=1
+NBVAL := --nbval-current-env --nbval-lax --nbval-sanitize-with notebooks/sanitize.cfg \
+	--nbval-cell-timeout=900 -W "ignore:Overlapping options"
+
+test: $(STAMP)
+	$(FAST_ENV) $(BIN)/python -m pytest -p tools.suite_times -p no:cacheprovider -n $(WORKERS) \
+		--dist loadscope $(NBVAL) --suite-times-json build/test_times.json tests $(NOTEBOOKS)
+
+# The quick tier while editing (well under a minute): math, shapes, the analytic-oracle checks and the
+# command lines' argument checks; everything marked slow (training runs, subprocesses, notebooks) waits
+# for `make test`.
+test-fast: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -p no:cacheprovider -q -n $(WORKERS) -m "not slow" tests
 
 unit-test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(FAST_ENV) $(BIN)/python -m pytest -p tools.suite_times -n $(WORKERS) --dist loadscope tests
 
 nb-test: $(STAMP)
-	@if [ -n "$(NOTEBOOKS)" ]; then \
-		cd notebooks && DDPM_FAST=1 TQDM_DISABLE=1 ../$(BIN)/python -m pytest -p no:cacheprovider --nbval-current-env \
-			--nbval-lax --nbval-sanitize-with sanitize.cfg --nbval-cell-timeout=900 -W "ignore:Overlapping options" $(notdir $(NOTEBOOKS)); \
-	else echo "no notebooks yet"; fi
+	$(FAST_ENV) $(BIN)/python -m pytest -p tools.suite_times -p no:cacheprovider -n $(WORKERS) \
+		--dist loadscope $(NBVAL) $(NOTEBOOKS)
 
 # On a machine with a CUDA GPU (under 10 minutes): the tests that need CUDA (fp16 + GradScaler, bf16, channels-last,
 # torch.compile, a 1-process NCCL torchrun, exact resume on CUDA), then the training and sampling notebooks in fast

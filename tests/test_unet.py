@@ -15,19 +15,28 @@ from ddpm_lib.unet import (
 
 
 def test_paper_cifar10_parameter_count():
-    model = UNet(UNetConfig())
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        model = UNet(UNetConfig())
     # Ho et al. 2020 report 35.7M parameters for their CIFAR-10 model
     assert count_parameters(model) == 35_746_307
 
 
 @pytest.mark.parametrize("preset", MODEL_PRESETS)
 def test_output_shape_every_preset(preset):
+    """Every preset maps (B, 3, H, W) to (B, 3, H, W); the paper-sized ones on the meta device.
+
+    A meta tensor carries shapes and dtypes but no values, so the 35.7M-parameter networks are
+    checked without seconds of convolutions; the smaller presets run for real and must be finite.
+    """
     size = 64 if preset == "ddpm-64" else 32
-    model = build_model(preset, image_size=size).eval()
-    x = torch.randn(2, 3, size, size)
-    with torch.no_grad():
-        out = model(x, torch.tensor([0, 999]))
-    assert out.shape == x.shape and torch.isfinite(out).all()
+    device = "meta" if preset.startswith("ddpm") else "cpu"
+    with torch.device(device):
+        model = build_model(preset, image_size=size).eval()
+        x = torch.randn(2, 3, size, size)
+        with torch.no_grad():
+            out = model(x, torch.tensor([0, 999]))
+    assert out.shape == x.shape
+    assert device == "meta" or torch.isfinite(out).all()
 
 
 def test_small_preset_size_and_channels_last_bf16():
