@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: install demo test test-fast unit-test nb-test gpu-check lab lint format bench student clean
+.PHONY: install demo test test-fast unit-test nb-test gpu-check lab lint format bench student site site-test clean
 
 install: $(STAMP)
 
@@ -79,6 +79,18 @@ bench: $(STAMP)
 # how to hand them out and grade them.
 student: $(STAMP)
 	$(BIN)/python tools/make_student.py --out student
+
+# The course as a static website in build/site/ (open build/site/index.html): every notebook with its stored
+# outputs (nothing is executed), README, TEACHING and NOTATION; builds and reads offline (tools/build_site.py).
+site: $(STAMP)
+	$(BIN)/python -c "import myst_nb, sphinx_book_theme, jupyter_server_mathjax" 2>/dev/null || $(BIN)/python -m pip install -e ".[site]"
+	$(BIN)/python tools/build_site.py
+
+# Every page of the site in headless Chromium (Debian's: apt-get install chromium): no error, no request to another
+# host, math typeset, pictures loaded, links alive, explorer sliders that move. Not part of `make test`.
+site-test: site
+	$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/python -m pip install -e ".[site]"
+	DDPM_SITE_TEST=1 $(BIN)/python -m pytest -p no:cacheprovider -rs tests/test_site.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache runs student

@@ -22,11 +22,22 @@ shared with other jobs). Moving a precomputed slider costs 0.03-0.05 ms in the k
 costs 27-60 ms a frame for the forward slider (3-6 s for 101 frames) and 6-20 ms a frame for the
 trajectory (1-2 s for 100). A schedule position costs 0.35-1 s to draw and encode the first time,
 under 0.5 ms when revisited.
+
+Pages without a kernel (the course website, a notebook viewer): every explorer also answers
+``text/html`` (:func:`frames_html`): the precomputed frames as base64 PNGs inside the output, an
+``<input type=range>`` (and a ``<select>`` for the guidance classes) and a few lines of inline
+JavaScript that swap them, with no other script. JupyterLab keeps showing the ipywidgets view (its
+widget renderer ranks first); the website's build prefers the HTML. A page copy carries at most
+:data:`PAGE_BYTES` of PNG (evenly spaced positions when the frames weigh more). The schedule explorer
+redraws on demand, so its page copy shows the position drawn and says that it needs a kernel.
 """
 
 from __future__ import annotations
 
+import base64
+import html
 import io
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -41,6 +52,7 @@ from ddpm_lib.plotting import plot_schedules, to_numpy_image
 from ddpm_lib.schedules import SCHEDULES, make_betas, terminal_signal
 
 _GAP = 8  # white pixels between the panels of a frame
+PAGE_BYTES = 1_000_000  # PNG in one explorer's page copy, at most (base64 adds a third)
 
 
 @dataclass(frozen=True)
@@ -291,6 +303,113 @@ def trajectory_frames(
     return frames
 
 
+# ------------------------------------------------------------------------------ pages without a kernel
+_KERNEL_NOTE = (
+    "In JupyterLab with a running kernel this cell shows the same explorer as ipywidgets."
+)
+
+# Reads the frames from the JSON beside it; the range (and the select) pick the picture; play steps.
+_FRAMES_JS = """(function (root) {
+  var d = JSON.parse(root.querySelector('script[type="application/json"]').textContent);
+  var img = root.querySelector('img'), cap = root.querySelector('.ddpm-caption');
+  var range = root.querySelector('input[type=range]'), out = root.querySelector('output');
+  var sel = root.querySelector('select'), play = root.querySelector('button'), timer = null;
+  function show() {
+    var k = sel ? sel.selectedIndex : 0, i = +range.value;
+    img.src = 'data:image/png;base64,' + d.pngs[k][i];
+    cap.innerHTML = d.captions[k][i];
+    out.textContent = d.labels[i];
+  }
+  range.addEventListener('input', show);
+  if (sel) sel.addEventListener('change', show);
+  play.addEventListener('click', function () {
+    if (timer) { clearInterval(timer); timer = null; play.textContent = 'play'; return; }
+    play.textContent = 'pause';
+    timer = setInterval(function () {
+      range.value = (+range.value + 1) % (+range.max + 1); show();
+    }, d.interval);
+  });
+})(document.currentScript.parentNode);"""
+
+
+def _evenly(n: int, k: int) -> list[int]:
+    """At most ``k`` (at least 2) of the indices 0 .. n-1, evenly spaced, both ends kept; all when k >= n."""
+    if k >= n:
+        return list(range(n))
+    k = max(2, k)
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
+
+
+def _b64(png: bytes) -> str:
+    return base64.b64encode(png).decode("ascii")
+
+
+def frames_html(
+    frames: Sequence[Sequence[Frame]],
+    labels: Sequence[str],
+    name: str,
+    value: int = 0,
+    options: Sequence[str] = (),
+    option_name: str = "",
+    option: int = 0,
+    interval_ms: int = 100,
+    max_bytes: int = PAGE_BYTES,
+) -> str:
+    """A frame explorer as one self-contained HTML block that works on a static page (no kernel).
+
+    ``frames[k][i]``: the picture at slider position i (labelled ``labels[i]``) for dropdown entry k
+    (``options[k]``; one row and no dropdown when ``options`` is empty). The PNGs travel base64 in a
+    JSON script; an ``<input type=range>`` named ``name`` (and a ``<select>``) swaps them, a play
+    button steps every ``interval_ms``. Positions are thinned evenly (ends kept) to stay under
+    ``max_bytes`` of PNG; it starts on entry ``option`` at the kept position nearest ``value``.
+    """
+    per_position = max(sum(len(row[i].png) for row in frames) for i in range(len(labels)))
+    keep = _evenly(len(labels), max(1, max_bytes // max(1, per_position)))
+    start = min(range(len(keep)), key=lambda j: abs(keep[j] - value))
+    data = {
+        "labels": [str(labels[i]) for i in keep],
+        "captions": [[row[i].caption for i in keep] for row in frames],
+        "pngs": [[_b64(row[i].png) for i in keep] for row in frames],
+        "interval": interval_ms,
+    }
+    select = ""
+    if options:
+        entries = "".join(
+            f"<option{' selected' if k == option else ''}>{html.escape(str(o))}</option>"
+            for k, o in enumerate(options)
+        )
+        select = f"<label>{html.escape(option_name)} <select>{entries}</select></label> "
+    shown = frames[option][keep[start]]
+    thinned = f"{len(keep)} of {len(labels)} positions" if len(keep) < len(labels) else "positions"
+    return (
+        '<div class="ddpm-explorer">'
+        f'<div>{select}<button type="button">play</button> <label>{html.escape(name)} '
+        f'<input type="range" min="0" max="{len(keep) - 1}" step="1" value="{start}" '
+        f'style="vertical-align: middle; width: 16em"></label> '
+        f"<output>{html.escape(data['labels'][start])}</output></div>"
+        f'<div class="ddpm-caption">{shown.caption}</div>'
+        f'<img src="data:image/png;base64,{data["pngs"][option][start]}" alt="{html.escape(name)} explorer"'
+        ' style="image-rendering: pixelated; max-width: 100%">'
+        f"<div><small>The precomputed frames ({thinned}) travel with this page: the slider works "
+        f"without a kernel. {_KERNEL_NOTE}</small></div>"
+        '<script type="application/json">'
+        + json.dumps(data).replace("</", "<\\/")
+        + f"</script><script>{_FRAMES_JS}</script></div>"
+    )
+
+
+def _kernel_only_html(png: bytes, caption: str, what: str) -> str:
+    """The picture an explorer drew last, and a note that moving it needs a running kernel."""
+    return (
+        f'<div class="ddpm-explorer"><div>{caption}</div>'
+        f'<img src="data:image/png;base64,{_b64(png)}" alt="{html.escape(what)}"'
+        ' style="max-width: 100%">'
+        f"<div><small>The {html.escape(what)} redraws its plots for each position, so it needs a "
+        "running kernel: open the notebook in JupyterLab to move it. This page shows the position "
+        f"it was drawn at. {_KERNEL_NOTE}</small></div></div>"
+    )
+
+
 # ------------------------------------------------------------------------------------------- explorers
 def _play_box(slider, trait: str, interval_ms: int, step: int = 1):
     """A Play button jslinked to ``slider.<trait>``, laid out beside it; returns (play, HBox); ``play.link`` is the link."""
@@ -324,6 +443,10 @@ def _frame_explorer(frames: list[Frame], slider, trait: str, interval_ms: int):
 
     slider.observe(show, trait)
     show()
+    labels = [str(o) for o in slider.options] if trait == "index" else list(range(len(frames)))
+    box._repr_html_ = lambda: frames_html(
+        [frames], labels, slider.description, getattr(slider, trait), interval_ms=interval_ms
+    )
     return box
 
 
@@ -364,6 +487,7 @@ def schedule_explorer(num_timesteps: int = 1000):
     dropdown.observe(show, "value")
     slider.observe(show, "value")
     show()
+    box._repr_html_ = lambda: _kernel_only_html(image.value, text.value, "schedule explorer")
     return box
 
 
@@ -454,6 +578,16 @@ def guidance_explorer(
     dropdown.observe(show, "index")
     slider.observe(show, "index")
     show()
+    box._repr_html_ = lambda: frames_html(
+        frames,
+        [f"{w:g}" for w in scales],
+        "w",
+        value=slider.index,
+        options=class_names,
+        option_name="body type",
+        option=dropdown.index,
+        interval_ms=700,
+    )
     return box
 
 
