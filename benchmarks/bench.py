@@ -55,6 +55,7 @@ from ddpm_lib.config import TrainConfig
 from ddpm_lib.data import from_uint8, load_dataset
 from ddpm_lib.devices import PrecisionChoice, cpu_signature
 from ddpm_lib.diffusion import GaussianDiffusion
+from ddpm_lib.outputs import write_text_atomic
 from ddpm_lib.sampling import generate
 from ddpm_lib.schedules import make_betas
 from ddpm_lib.training import Trainer
@@ -482,8 +483,7 @@ def main(argv=None) -> dict:
         if k in r:
             print_profile("fp32" if k == "profile_fp32" else r["fast_setting"], r[k])
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(r, f, indent=2)
+        write_text_atomic(args.json, json.dumps(r, indent=2))
     return r
 
 

@@ -53,6 +53,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ddpm_lib.bound import bits_per_dim, log_spaced_timesteps
 from ddpm_lib.checkpoints import STUDY_MODEL, load_checkpoint, load_ema_model
 from ddpm_lib.config import CPU_RECIPE_BEFORE_STUDY, TrainConfig
 from ddpm_lib.data import from_uint8, load_dataset, to_uint8
@@ -60,7 +61,6 @@ from ddpm_lib.devices import cpu_signature
 from ddpm_lib.diffusion import GaussianDiffusion
 from ddpm_lib.features import load_feature_extractor
 from ddpm_lib.metrics import FeatureSet, compute_features, evaluate_samples, reference_features
-from ddpm_lib.bound import bits_per_dim, log_spaced_timesteps
 from ddpm_lib.sampling import generate
 from ddpm_lib.training import Trainer
 

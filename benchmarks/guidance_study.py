@@ -35,6 +35,7 @@ from ddpm_lib.data import load_dataset
 from ddpm_lib.devices import cpu_signature, resolve_precision, select_device
 from ddpm_lib.features import load_feature_extractor
 from ddpm_lib.metrics import compute_features, evaluate_samples, reference_features
+from ddpm_lib.outputs import write_text_atomic
 from ddpm_lib.sampling import generate
 
 CONDITIONAL = WEIGHTS_DIR / "pretrained_toy_cars_cond_32.pt"
@@ -276,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             "argv": sys.argv[1:],
         }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    write_text_atomic(args.out, json.dumps(result, indent=1))
     print(f"wrote {args.out} in {time.perf_counter() - start:.0f} s")
     return 0
 

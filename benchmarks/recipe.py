@@ -38,6 +38,7 @@ import torch
 
 from ddpm_lib.config import CPU_RECIPE_BEFORE_STUDY, TrainConfig
 from ddpm_lib.devices import cpu_signature
+from ddpm_lib.outputs import write_text_atomic
 
 GROUPS: dict[str, dict[str, dict]] = {
     "lr": {"lr5e-4": {"lr": 5e-4}, "lr2e-3": {"lr": 2e-3}},
@@ -317,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"recall {last['recall']:.3f}",
                 flush=True,
             )
-            args.out.write_text(json.dumps(result, indent=1))
+            write_text_atomic(args.out, json.dumps(result, indent=1))
         return 0
     if args.stage == "one":
         run = train_recipe(
@@ -329,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             args.num_samples,
             args.device,
         )
-        args.out.write_text(json.dumps(run))
+        write_text_atomic(args.out, json.dumps(run))
         return 0
     result = json.loads(args.out.read_text()) if args.out.exists() else {}
     machine = f"{cpu_signature()}, torch {torch.__version__}"
@@ -342,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{key:>70}: {speeds[key]['s_per_step'] * 1000:6.0f} ms/step ({speeds[key]['precision']})",
                 flush=True,
             )
-            args.out.write_text(json.dumps(result, indent=1))
+            write_text_atomic(args.out, json.dumps(result, indent=1))
         return 0
     speeds = result.get("cpu_timing", {}).get("speeds", {})
     missing = [n for n in [*args.recipes, "default"] if speed_key(RECIPES[n]) not in speeds]
@@ -427,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"precision {last['precision']:.3f} recall {last['recall']:.3f}  ({run['wall_s']:.0f} s)",
                     flush=True,
                 )
-                args.out.write_text(json.dumps(result, indent=1))
+                write_text_atomic(args.out, json.dumps(result, indent=1))
             time.sleep(0.5)
 
     variants = [n for n in args.recipes if n != "default"]
@@ -452,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         runs.pop(name, None)
     run_all(todo)
     run_all([(n, RECIPES[n], s) for s in args.seeds[1 : args.variant_seeds] for n in variants])
-    args.out.write_text(json.dumps(result, indent=1))
+    write_text_atomic(args.out, json.dumps(result, indent=1))
     print(f"wrote {args.out} after {(time.perf_counter() - started) / 60:.1f} min")
     return 0
 

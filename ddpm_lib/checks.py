@@ -7,6 +7,7 @@ CLI can print the message as it is (``error: ...``) and a notebook reader knows 
 from __future__ import annotations
 
 import math
+import os
 from typing import get_args
 
 import torch
@@ -88,3 +89,26 @@ def check_image_range(x: torch.Tensor, what: str = "x0") -> None:
         raise ValueError(
             f"{what} must lie in [-1, 1], got values in [{lo:.3g}, {hi:.3g}]; scale images with x / 127.5 - 1 (from_uint8)"
         )
+
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off", "")
+
+
+def env_flag(name: str, default: bool = False) -> bool:
+    """A yes/no environment variable such as ``DDPM_FAST``: 1/0, true/false, yes/no, on/off in any case.
+
+    Unset (or empty) gives ``default``; anything else is refused with a ``ValueError`` rather than read
+    as "off" (``DDPM_FAST=ture`` would silently run the slow path).
+    """
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    word = value.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return default if word == "" else False
+    raise ValueError(
+        f"${name} must be one of {', '.join(TRUE_WORDS)} or {', '.join(FALSE_WORDS[:-1])}, got {value!r}"
+    )

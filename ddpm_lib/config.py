@@ -239,6 +239,9 @@ class TrainConfig:
         return dataclasses.replace(self, **{k: getattr(given, k) for k in changed})
 
 
+# The defaults a run starts from (``python -m ddpm_lib.train --preset NAME``): each builds a TrainConfig from overrides.
+PRESETS = {"paper": TrainConfig, "cpu": TrainConfig.cpu_demo}
+
 # TrainConfig.cpu_demo(**CPU_RECIPE_BEFORE_STUDY) is the CPU recipe before benchmarks/recipe.py chose the current one
 # (attention at 16x16, the paper's linear schedule, T = 1000, eps loss): the baseline of that study and the recipe of
 # ddpm_lib/weights/study_toy_cars_32.pt.

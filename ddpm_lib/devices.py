@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import platform
 import time
@@ -30,6 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ddpm_lib.checks import check_choice
+from ddpm_lib.outputs import write_text_atomic
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 StepKind = Literal["sample", "train"]
@@ -108,8 +110,13 @@ class PrecisionChoice:
         return f"{self.name}: {self.reduced} measured {ratio} than fp32 ({self.source})"
 
 
-def cpu_signature() -> str:
-    """The CPU model, its relevant instruction-set flags, torch's kernel level and the thread count."""
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")
+# native bfloat16 arithmetic; without them bf16 is emulated
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_model_and_flags() -> tuple[str, tuple[str, ...]]:
+    """The CPU's model name (``/proc/cpuinfo``, else the platform's) and which of ``CPU_FLAGS`` it has."""
     model, flags = platform.processor() or platform.machine(), set()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -118,9 +125,14 @@ def cpu_signature() -> str:
             elif line.startswith("flags") and ":" in line:
                 flags = set(line.split(":", 1)[1].split())
                 break
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")
+    return model, tuple(f for f in CPU_FLAGS if f in flags)
+
+
+def cpu_signature() -> str:
+    """The CPU model, its relevant instruction-set flags, torch's kernel level and the thread count."""
+    model, flags = cpu_model_and_flags()
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "") + "/" + torch.backends.cpu.get_cpu_capability()
-    return f"{model} [{' '.join(f for f in wanted if f in flags)}] {isa} {torch.get_num_threads()} threads"
+    return f"{model} [{' '.join(flags)}] {isa} {torch.get_num_threads()} threads"
 
 
 def cache_path() -> Path:
@@ -135,21 +147,33 @@ def _model_key(model: nn.Module, example_shape: tuple[int, ...], kind: str) -> s
 
 
 def _read_cache() -> dict:
+    """The cache file's entries; an unreadable file, or one that is not a JSON object, counts as empty."""
     try:
-        return json.loads(cache_path().read_text())
+        data = json.loads(cache_path().read_text())
     except (OSError, ValueError):
         return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _cached_speedup(key: str) -> float | None:
+    """The speed-up stored under ``key``, or None (re-measure) unless it is a finite number > 0.
+
+    The file is the user's to edit or damage: a list, a string, Infinity, NaN or a negative ratio is
+    never trusted.
+    """
+    entry = _read_cache().get(key)
+    speedup = entry.get("speedup") if isinstance(entry, dict) else None
+    if isinstance(speedup, bool) or not isinstance(speedup, (int, float)):
+        return None
+    return float(speedup) if math.isfinite(speedup) and speedup > 0 else None
 
 
 def _write_cache(key: str, value: dict) -> None:
     path = cache_path()
     with contextlib.suppress(OSError):  # a read-only home only costs a re-measurement next time
-        path.parent.mkdir(parents=True, exist_ok=True)
         data = _read_cache()
         data[key] = value
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 def time_step(
@@ -261,9 +285,9 @@ def resolve_precision(
     key += "|" + (
         _model_key(model, (batch, *example_shape), kind) if model is not None else f"timer-{kind}"
     )
-    cached = _read_cache().get(key) if use_cache else None
+    cached = _cached_speedup(key) if use_cache else None
     if cached is not None:
-        speedup, source = float(cached["speedup"]), "cached"
+        speedup, source = cached, "cached"
     else:
         if timer is not None:
             speedup = measure_speedup(timer, reduced)

@@ -260,6 +260,24 @@ class GaussianDiffusion:
             + self._extract("sqrt_alphas_cumprod", t, x_t) * output
         )
 
+    @staticmethod
+    def model_output(
+        model: Model, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The network's output at ``x_t`` ``(B, C, H, W)`` and ``t`` ``(B,)``, checked to be ``(B, C, H, W)`` too.
+
+        Every call of the network (the loss, DDPM, DDIM, the bound) goes through here: an output of another
+        shape, e.g. ``(B, 1, H, W)``, would broadcast silently into a wrong loss or wrong samples.
+        """
+        output = model(x_t, t) if labels is None else model(x_t, t, labels)
+        if not isinstance(output, torch.Tensor) or output.shape != x_t.shape:
+            got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            raise ValueError(
+                f"model returned shape {got}, expected x_t's shape {tuple(x_t.shape)}: the network must "
+                "predict one value per input pixel and channel"
+            )
+        return output
+
     def snr(self, t: torch.Tensor | int) -> torch.Tensor:
         """SNR(t) = bar-alpha_t / (1 - bar-alpha_t) (Kingma et al. 2021), float64 ``(B,)``."""
         return (self.alphas_cumprod / (1.0 - self.alphas_cumprod))[
@@ -300,7 +318,7 @@ class GaussianDiffusion:
                 x0.shape, generator=generator, device=rng_device, dtype=x0.dtype
             ).to(x0.device)
         x_t = self.q_sample(x0, t, noise)
-        output = (model(x_t, t) if labels is None else model(x_t, t, labels)).float()
+        output = self.model_output(model, x_t, t, labels).float()
         target = (
             noise.float()
             if self.prediction_type == "epsilon"
@@ -330,11 +348,7 @@ class GaussianDiffusion:
         ``variance`` ``(B, 1, 1, 1)``, ``x0_pred`` and ``eps_pred`` ``(B, C, H, W)``.
         """
         t = self._as_timesteps(t, x_t)
-        output = model(x_t, t).to(x_t.dtype)
-        if output.shape != x_t.shape:
-            raise ValueError(
-                f"model returned shape {tuple(output.shape)}, expected x_t's shape {tuple(x_t.shape)}"
-            )
+        output = self.model_output(model, x_t, t).to(x_t.dtype)
         eps_pred = self.eps_from_output(x_t, t, output)
         x0_pred = self.predict_x0_from_noise(x_t, t, eps_pred)
         if clip_denoised:
@@ -404,7 +418,7 @@ class GaussianDiffusion:
         Returns ``(x_prev, x0_pred)``, both ``(B, C, H, W)``. Runs without gradients.
         """
         tt = self._as_timesteps(t, x_t)
-        eps_pred = self.eps_from_output(x_t, tt, model(x_t, tt).to(x_t.dtype))
+        eps_pred = self.eps_from_output(x_t, tt, self.model_output(model, x_t, tt).to(x_t.dtype))
         x0_pred = self.predict_x0_from_noise(x_t, tt, eps_pred)
         if clip_denoised:
             x0_pred = x0_pred.clamp(-1.0, 1.0)
@@ -433,6 +447,31 @@ class GaussianDiffusion:
                 )
             return list(range(self.num_timesteps - 1, -1, -1))
         return self.ddim_timesteps(min(50, self.num_timesteps) if num_steps is None else num_steps)
+
+    def _check_guidance_interval(
+        self, interval, guidance_scale: float, labels: torch.Tensor | None, timesteps: list[int]
+    ) -> None:
+        """Refuse a guidance interval that would change nothing: no guidance, outside [0, T-1], or no step in it."""
+        if interval is None:
+            return
+        if labels is None or not guidance_scale:
+            raise ValueError(
+                "guidance_interval only limits classifier-free guidance: it needs labels and guidance_scale > 0"
+            )
+        lo, hi = tuple(interval)
+        last = self.num_timesteps - 1
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi)) or not (
+            0 <= lo <= hi <= last
+        ):
+            raise ValueError(
+                f"guidance_interval must be timestep indices (lo, hi) with 0 <= lo <= hi <= {last} "
+                f"(T = {self.num_timesteps}), got {tuple(interval)}"
+            )
+        if not any(lo <= t <= hi for t in timesteps):
+            raise ValueError(
+                f"guidance_interval {tuple(interval)} holds none of the {len(timesteps)} timesteps the sampler "
+                f"visits (e.g. {', '.join(map(str, timesteps[:6]))}); widen it or use more steps"
+            )
 
     def sample_progressive(
         self,
@@ -475,6 +514,7 @@ class GaussianDiffusion:
         def randn():
             return torch.randn(shape, generator=generator, device=device)
 
+        self._check_guidance_interval(guidance_interval, guidance_scale, labels, timesteps)
         net = model
         if labels is not None:
             if tuple(labels.shape) != shape[:1]:

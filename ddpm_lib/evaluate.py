@@ -37,6 +37,7 @@ from ddpm_lib.metrics import (
     evaluate_samples,
     reference_features,
 )
+from ddpm_lib.outputs import file_size_limit_as_error, write_atomic, write_text_atomic
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 MIN_SAMPLES = 10
@@ -102,18 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="sample from this checkpoint first (alone: the shipped pretrained toy-cars model)",
     )
     g = p.add_argument_group("sampling (with --checkpoint)")
-    g.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
-    g.add_argument("--steps", type=int, default=50, help="DDIM steps (ddpm runs all T)")
+    # defaults in SAMPLING_DEFAULTS: an option given with --samples is refused, not ignored
+    g.add_argument("--sampler", choices=["ddpm", "ddim"], help="default ddim")
+    g.add_argument("--steps", type=int, help="DDIM steps (default min(50, T); ddpm runs all T)")
     g.add_argument(
         "--eta",
         type=float,
-        default=1.0,
-        help="DDIM stochasticity: 0 deterministic, 1 = DDPM variance",
+        help="DDIM stochasticity: 0 deterministic, 1 = DDPM variance (default 1)",
     )
-    g.add_argument("--num-samples", type=int, default=1000)
+    g.add_argument("--num-samples", type=int, help="default 1000")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--batch-size", type=int, default=256)
-    g.add_argument("--precision", choices=PRECISIONS, default="auto")
+    g.add_argument("--batch-size", type=int, help="default 256")
+    g.add_argument("--precision", choices=PRECISIONS, help="default auto")
     g.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:N or mps (default: the best available)"
     )
@@ -123,14 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--bpd-images",
         type=int,
-        default=64,
-        help="held-out test images for bits/dim (0: skip; default %(default)s)",
+        help="held-out test images for bits/dim (0: skip; default 64)",
     )
     g.add_argument(
         "--bpd-timesteps",
         type=int,
-        default=50,
-        help="log-spaced timesteps for bits/dim, an estimate within a few per cent (0: all T, exact; default %(default)s)",
+        help="log-spaced timesteps for bits/dim, an estimate within a few per cent (0: all T, exact; default 50)",
     )
     r = p.add_argument_group("reference and metrics")
     r.add_argument(
@@ -176,6 +175,55 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-baseline", action="store_true", help="skip the real-vs-real baseline")
     p.add_argument("--json", type=Path, default=None, help="write every figure to this JSON file")
     return p
+
+
+SAMPLING_DEFAULTS = {
+    "sampler": "ddim",
+    "steps": None,
+    "eta": 1.0,
+    "num_samples": 1000,
+    "batch_size": 256,
+    "precision": "auto",
+    "save_samples": None,
+    "bpd_images": 64,
+    "bpd_timesteps": 50,
+}
+
+
+def check_options(args) -> None:
+    """Refuse options that would change nothing, and outputs that cannot be written or are inputs; before any work.
+
+    Fills the sampling defaults (:data:`SAMPLING_DEFAULTS`) in ``args``.
+    """
+    from ddpm_lib.checkpoints import PRETRAINED
+    from ddpm_lib.outputs import check_output
+
+    given = [name for name in SAMPLING_DEFAULTS if getattr(args, name, None) is not None]
+    if args.samples is not None and given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise EvaluationInputError(
+            f"{flags}: sampling option(s), for --checkpoint; --samples scores samples already drawn"
+        )
+    if args.sampler == "ddpm" and (args.steps is not None or args.eta is not None):
+        raise EvaluationInputError(
+            "--steps and --eta are DDIM options; the ddpm sampler runs all T steps with its own noise"
+        )
+    for name, default in SAMPLING_DEFAULTS.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, default)
+    checkpoint = PRETRAINED if str(args.checkpoint) == "pretrained" else args.checkpoint
+    inputs = [
+        ("the input --samples", args.samples),
+        ("the input --checkpoint", checkpoint),
+        ("the input --features", args.features),
+        ("the input --inception-weights", args.inception_weights),
+    ]
+    if args.save_samples is not None:
+        check_output(args.save_samples, "--save-samples", (".npz",), inputs)
+    if args.json is not None:
+        check_output(
+            args.json, "--json", (), [*inputs, ("the output --save-samples", args.save_samples)]
+        )
 
 
 def _load_model(args, device: torch.device) -> tuple:
@@ -306,6 +354,7 @@ def run(args) -> dict:
     """Everything ``main`` does but printing: returns the result dict (raises on bad input)."""
     from ddpm_lib.devices import select_device
 
+    check_options(args)
     for name in ("num_samples", "batch_size", "num_reference", "kid_subsets", "kid_subset_size"):
         if getattr(args, name) < 1:
             raise EvaluationInputError(
@@ -340,8 +389,7 @@ def run(args) -> dict:
     if trained is not None:
         images, info = _sample(args, *trained)
         if args.save_samples is not None:
-            args.save_samples.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(args.save_samples, arr_0=images)
+            write_atomic(args.save_samples, lambda f: np.savez(f, arr_0=images))
     t1 = time.perf_counter()
     reference = reference_features(dataset, size, args.num_reference, extractor, "train", root)
     baseline = None
@@ -387,13 +435,18 @@ def run(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    file_size_limit_as_error()
     try:
         result = run(args)
+        print(format_table(result))
+        if args.json is not None:
+            write_text_atomic(args.json, json.dumps(result, indent=2) + "\n")
+            print(f"wrote {args.json}")
     except (
         EvaluationInputError,
         DatasetUnavailableError,
         InceptionUnavailableError,
-        FileNotFoundError,
+        OSError,
         ValueError,
     ) as exc:
         # one line, whatever the message
@@ -402,11 +455,6 @@ def main(argv: list[str] | None = None) -> int:
     except FloatingPointError as exc:  # a diverged model: not bad input, but no traceback either
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(format_table(result))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
     return 0
 
 

@@ -147,9 +147,18 @@ def save_denoising_animation(
     scale: int = 3,
     duration_ms: int = 80,
 ) -> Path:
-    """A GIF of the reverse process from :func:`ddpm_lib.sampling.trajectory`: x_t (left) and the predicted x_0 (right)."""
+    """A GIF of the reverse process from :func:`ddpm_lib.sampling.trajectory`: x_t (left) and the predicted x_0 (right).
+
+    ``path`` must end in ``.gif``; it is written atomically (:func:`ddpm_lib.outputs.write_atomic`).
+    """
     from PIL import Image
 
+    from ddpm_lib.checks import check_int
+    from ddpm_lib.outputs import check_output, write_atomic
+
+    path = check_output(path, "path", (".gif",))
+    for value, what in ((frames, "frames"), (scale, "scale"), (duration_ms, "duration_ms")):
+        check_int(value, what, 1)
     steps = len(trajectory["timesteps"])
     idx = np.unique(np.round(np.linspace(0, steps - 1, frames)).astype(int))
     images = []
@@ -162,10 +171,12 @@ def save_denoising_animation(
             frame.resize((frame.width * scale, frame.height * scale), Image.Resampling.NEAREST)
         )
     durations = [duration_ms] * (len(images) - 1) + [2000]  # rest on the result
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0)
-    return path
+    return write_atomic(
+        path,
+        lambda f: images[0].save(
+            f, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0
+        ),
+    )
 
 
 def plot_recipe_study(study: dict, budget: str = "budget_10min", highlight: Sequence[str] = ()):

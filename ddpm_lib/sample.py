@@ -7,13 +7,14 @@ class-conditional checkpoint draws the classes given by ``--class`` (names or in
 cycled over the samples) with classifier-free guidance ``--guidance-scale`` w (Ho & Salimans 2022:
 ``(1 + w) eps_cond - w eps_uncond``; 0 = the conditional model alone), e.g.
 ``python -m ddpm_lib.sample --checkpoint ddpm_lib/weights/pretrained_toy_cars_cond_32.pt --class pickup --guidance-scale 3 --out pickups.png``.
+``--info`` prints the file's model card (how it was trained, its measured scores, the command that
+reproduces it) and exits without sampling.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 from typing import get_args
@@ -24,6 +25,8 @@ import torch
 from ddpm_lib.checkpoints import PRETRAINED, load_ema_model
 from ddpm_lib.devices import Precision, device_report, resolve_precision, select_device
 from ddpm_lib.diffusion import Sampler
+from ddpm_lib.model_card import describe_file
+from ddpm_lib.outputs import check_output, file_size_limit_as_error, write_atomic
 from ddpm_lib.sampling import Samples, generate
 
 
@@ -50,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--eta",
         type=float,
-        default=1.0,
-        help="DDIM stochasticity in [0, 1]: 0 deterministic, 1 = DDPM's variance",
+        default=None,
+        help="DDIM stochasticity in [0, 1]: 0 deterministic, 1 = DDPM's variance (default 1)",
     )
     p.add_argument(
         "--class",
@@ -87,33 +90,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: measured on this machine (see README)",
     )
     p.add_argument(
-        "--out", type=Path, required=True, help="a .png grid or a .npz batch (arr_0, uint8 NHWC)"
+        "--out", type=Path, default=None, help="a .png grid or a .npz batch (arr_0, uint8 NHWC)"
+    )
+    p.add_argument(
+        "--info",
+        action="store_true",
+        help="print the checkpoint's model card (recipe, data, training, metrics, command) and exit",
     )
     return p
 
 
-def check_writable(path: Path) -> None:
-    """Refuse an output path that cannot be written, before any sampling work."""
-    if str(path).strip() in ("", "."):
+def check_writable(path: Path, checkpoint: Path | None = None) -> None:
+    """Refuse an output path that cannot be written or is the input checkpoint, before any sampling work."""
+    check_output(path, "--out", (".png", ".npz"), [("the input --checkpoint", checkpoint)])
+
+
+def check_guidance(args: argparse.Namespace, num_timesteps: int) -> None:
+    """Refuse guidance options that would change nothing (the library checks them again, without flag names)."""
+    if args.guidance_interval is None:
+        return
+    if not args.guidance_scale:
         raise ValueError(
-            "--out is empty; give a file name ending in .png or .npz, e.g. samples.png"
+            "--guidance-interval limits guidance to some steps: it needs --guidance-scale > 0"
         )
-    if path.suffix not in (".png", ".npz"):
-        raise ValueError(f"--out must end in .png or .npz, got {path}")
-    if path.is_dir():
-        raise ValueError(f"--out {path} is a folder; give a file name ending in .png or .npz")
-    folder = path.parent if str(path.parent) else Path(".")
-    blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        raise ValueError(f"cannot write --out {path}: {blocking} is a file, not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
+    lo, hi = args.guidance_interval
+    if not 0 <= lo <= hi < num_timesteps:
         raise ValueError(
-            f"cannot create the folder of --out {path}: {exc.strerror or exc}"
-        ) from exc
-    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise ValueError(f"cannot write --out {path}: permission denied")
+            f"--guidance-interval {lo} {hi}: LO and HI are timestep indices, 0 <= LO <= HI <= {num_timesteps - 1} "
+            f"for this model (T = {num_timesteps})"
+        )
 
 
 def parse_classes(
@@ -142,23 +147,46 @@ def parse_classes(
 
 
 def _write_samples(samples: Samples, out: Path) -> None:
-    """A ``.npz`` batch (``arr_0``, uint8 NHWC) or a ``.png`` grid of ``samples``."""
-    if out.suffix == ".npz":
-        np.savez(out, arr_0=samples.to_uint8_nhwc())
+    """A ``.npz`` batch (``arr_0``, uint8 NHWC) or a ``.png`` grid of ``samples``, written atomically."""
+    if out.suffix.lower() == ".npz":
+        write_atomic(out, lambda f: np.savez(f, arr_0=samples.to_uint8_nhwc()))
     else:
         from torchvision.utils import save_image
 
-        save_image(
-            (samples.images + 1) / 2, out, nrow=int(math.ceil(math.sqrt(len(samples.images))))
+        nrow = int(math.ceil(math.sqrt(len(samples.images))))
+        write_atomic(
+            out, lambda f: save_image((samples.images + 1) / 2, f, format="png", nrow=nrow)
         )
 
 
+def print_info(checkpoint: Path) -> int:
+    """``--info``: print the file's model card, or what a file without one says; samples nothing."""
+    try:
+        print(describe_file(checkpoint))
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     checkpoint = args.checkpoint or PRETRAINED
+    if args.info:
+        return print_info(checkpoint)
+    if args.out is None:
+        parser.error("the following arguments are required: --out (or --info)")
+    file_size_limit_as_error()
     # OSError: FileNotFoundError, a full disk
     try:
-        check_writable(args.out)
+        check_writable(args.out, checkpoint)
+        if args.guidance_interval is not None and not args.guidance_scale:
+            check_guidance(args, 1)  # refused before loading anything
+        if args.eta is not None and args.sampler == "ddpm":
+            raise ValueError(
+                "--eta is a DDIM option; the ddpm sampler's noise is fixed by the model's variance type"
+            )
         device = select_device(args.device)
         model, diffusion, cfg = load_ema_model(checkpoint, device)
         labels = parse_classes(args.classes, cfg.class_names, cfg.num_classes, args.num_samples)
@@ -166,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(
                 "--guidance-scale needs a class-conditional checkpoint (trained with --class-cond)"
             )
+        check_guidance(args, diffusion.num_timesteps)
         batch = min(args.batch_size, max(args.num_samples, 1), 32)
         precision = resolve_precision(
             args.precision,
@@ -183,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.image_size,
             sampler=args.sampler,
             num_steps=args.steps,
-            eta=args.eta,
+            eta=1.0 if args.eta is None else args.eta,
             seed=args.seed,
             batch_size=args.batch_size,
             precision=precision,

@@ -294,23 +294,46 @@ def preview(per_type: int = 8, image_size: int = 32, seed: int = 0) -> torch.Ten
     return render(params, image_size)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ddpm_lib.toy_cars``: write the preview grid; a bad option is one ``error:`` line and exit 2."""
     import argparse
+    import sys
 
     from torchvision.utils import save_image
 
+    from ddpm_lib.outputs import check_output, file_size_limit_as_error, write_atomic
+
     parser = argparse.ArgumentParser(
-        description="Save a preview grid of the toy-cars dataset: one row per body type."
+        prog="python -m ddpm_lib.toy_cars",
+        description="Save a preview grid of the toy-cars dataset: one row per body type.",
     )
     parser.add_argument("--out", default="assets/toy_cars_preview.png", help="PNG file to write")
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--per-type", type=int, default=12, help="images per body type (columns)")
+    parser.add_argument("--image-size", type=int, default=32, help="8 to 512 pixels")
+    parser.add_argument(
+        "--per-type", type=int, default=12, help="images per body type (columns), 1 to 256"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    images = preview(args.per_type, args.image_size, args.seed)
-    save_image(images.float() / 255, args.out, nrow=args.per_type, padding=1, pad_value=1.0)
+    file_size_limit_as_error()
+    try:
+        for name, lo, hi in (("image_size", 8, 512), ("per_type", 1, 256), ("seed", 0, 2**63 - 1)):
+            if not lo <= getattr(args, name) <= hi:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} must be in [{lo}, {hi}], got {getattr(args, name)}")
+        out = check_output(args.out, "--out", (".png",))
+        images = preview(args.per_type, args.image_size, args.seed)
+        write_atomic(
+            out,
+            lambda f: save_image(
+                images.float() / 255, f, format="png", nrow=args.per_type, padding=1, pad_value=1.0
+            ),
+        )
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {args.out}: rows = {', '.join(BODY_TYPES)}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 from typing import get_args
 
 import torch.distributed
 
-from ddpm_lib.config import Optimizer, TrainConfig
+from ddpm_lib.config import PRESETS, Optimizer, TrainConfig
 from ddpm_lib.data import DatasetName
 from ddpm_lib.devices import Precision, device_report
 from ddpm_lib.diffusion import LossType, PredictionType, Sampler, VarianceType
+from ddpm_lib.outputs import file_size_limit_as_error
 from ddpm_lib.schedules import SCHEDULES
-from ddpm_lib.training import Trainer, TrainingDiverged
+from ddpm_lib.training import Trainer, TrainingDiverged, TrainingInterrupted
 from ddpm_lib.unet import MODEL_PRESETS
-
-PRESETS = {"paper": TrainConfig, "cpu": TrainConfig.cpu_demo}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--grad-clip", type=float)
     g.add_argument("--ema-decay", type=float)
+    g.add_argument(
+        "--no-ema-warmup",
+        dest="ema_warmup",
+        action="store_false",
+        default=None,
+        help="EMA at --ema-decay from the first step (default: decay_k = min(decay, (1 + k) / (10 + k)))",
+    )
     g.add_argument("--seed", type=int)
     g = p.add_argument_group("speed")
     g.add_argument("--precision", choices=get_args(Precision))
@@ -155,6 +162,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    file_size_limit_as_error()
     # OSError: FileNotFoundError, a full disk
     try:
         config = config_from_args(args)
@@ -164,7 +172,17 @@ def main(argv: list[str] | None = None) -> int:
         if trainer.is_main:
             print(device_report(trainer.device, trainer.precision))
             print(trainer.describe(), flush=True)
-        trainer.fit()
+        status = 0
+        try:
+            trainer.fit()
+        except TrainingInterrupted as exc:  # saved at a step boundary: say how to continue
+            status = 128 + exc.signum  # 130 for Ctrl-C, the shell's convention
+            if trainer.is_main:
+                print(
+                    f"interrupted by {signal.Signals(exc.signum).name} at step {exc.step}; checkpoint saved to {exc.path}; "
+                    f"continue with: python -m ddpm_lib.train --out {args.out} --resume",
+                    file=sys.stderr,
+                )
     except (
         ValueError,
         OSError,
@@ -173,7 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if trainer.is_main:
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training began: no traceback
+        print(
+            f"interrupted; nothing more was saved (a checkpoint in {args.out}, if any, is kept)",
+            file=sys.stderr,
+        )
+        return 130
+    if trainer.is_main and status == 0:
         last = trainer.history[-1] if trainer.history else {}
         print(
             f"stopped at step {trainer.step}; loss {last.get('loss', float('nan')):.4f}; checkpoint {args.out}/checkpoint.pt"
@@ -182,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     if trainer.distributed:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-    return 0
+    return status
 
 
 if __name__ == "__main__":

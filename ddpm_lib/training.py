@@ -15,9 +15,12 @@ One engine serves the training notebook (step by step, live progress) and the co
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -32,22 +35,77 @@ from ddpm_lib.checkpoints import (
     LOG_NAME,
     CheckpointError,
     append_log_row,
+    check_run_dir,
+    check_training_state,
+    claim_run_dir,
     diffusion_from_config,
     load_checkpoint,
     model_args,
-    prepare_run_dir,
     save_atomic,
+    state_mismatch,
     truncate_log,
 )
 from ddpm_lib.config import TrainConfig
 from ddpm_lib.data import ImageTensorDataset, load_dataset
 from ddpm_lib.devices import dist_info, init_distributed, resolve_precision, select_device
+from ddpm_lib.model_card import (
+    BOOKKEEPING_FIELDS,
+    add_training,
+    data_entry,
+    hardware,
+    images_fingerprint,
+    new_card,
+    train_command,
+)
+from ddpm_lib.outputs import write_atomic
 from ddpm_lib.sampling import generate
 from ddpm_lib.unet import build_model, count_parameters
 
 
 class TrainingDiverged(FloatingPointError):
     """The loss or the weights became non-finite; nothing was written after the last good checkpoint."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT (Ctrl-C) or SIGTERM stopped :meth:`Trainer.fit` at a step boundary, after saving the checkpoint.
+
+    ``signum`` is the signal's number (a command line exits with 128 + signum), ``step`` the step saved.
+    """
+
+    def __init__(self, signum: int, step: int, path: Path | None):
+        self.signum, self.step, self.path = signum, step, path
+        saved = f"checkpoint saved to {path}" if path else "no run folder, nothing saved"
+        super().__init__(
+            f"interrupted by {signal.Signals(signum).name} at step {step}; {saved}"
+            + ("; continue with --resume (resume=True) and the same --out" if path else "")
+        )
+
+
+@contextlib.contextmanager
+def _stop_signals():
+    """Within: SIGINT and SIGTERM ask the loop to stop at the next step boundary (the number is appended to
+    the yielded list) instead of stopping mid-step; a second signal stops at once (KeyboardInterrupt).
+
+    Only the main thread can install handlers; elsewhere the signals keep their own behaviour.
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum, frame):
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 
 # ---------------------------------------------------------------------------------- the engine
@@ -75,16 +133,17 @@ class Trainer:
         if device is None and self.distributed and torch.cuda.is_available():
             device = f"cuda:{local_rank}"
         self.device = select_device(device)
+        # checked before any work, claimed (created, locked) once the run is built
         self.out_dir = (
-            prepare_run_dir(out_dir, resume) if self.is_main or out_dir is None else Path(out_dir)
+            check_run_dir(out_dir, resume) if self.is_main or out_dir is None else Path(out_dir)
+        )
+        self._run_lock = (
+            None  # held as long as the trainer: no other process trains into the folder
         )
         ckpt = None
         if resume:
             ckpt = load_checkpoint(self.out_dir / CHECKPOINT_NAME)
-            if not {"model", "optimizer", "rng"} <= set(ckpt):
-                raise CheckpointError(
-                    f"{self.out_dir / CHECKPOINT_NAME} holds exported weights (for sampling), not a training state to resume"
-                )
+            check_training_state(ckpt, self.out_dir / CHECKPOINT_NAME)
             config = TrainConfig.from_dict(ckpt["config"]).resumed_with(config)
         self.config = cfg = config
         if cfg.batch_size % self.world_size:
@@ -161,6 +220,7 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.name == "fp16")
         self.step = 0
+        self._stepping = False  # inside train_step: the state is not whole
         self.train_model: nn.Module = model
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -172,8 +232,11 @@ class Trainer:
             cfg.num_sample_images, 3, cfg.image_size, cfg.image_size, generator=g
         )
         self.history: list[dict[str, float]] = []
+        if self.is_main and self.out_dir is not None:
+            self._run_lock = claim_run_dir(self.out_dir, resume)
         if ckpt is not None:
             self._restore(ckpt)
+        self._start_card(ckpt)
 
     # -------------------------------------------------------------- construction helpers
     def _load_data(self) -> ImageTensorDataset:
@@ -255,6 +318,7 @@ class Trainer:
         A class-conditional run replaces each label ``(B,)`` by the null label with probability ``p_uncond``
         (Ho & Salimans 2022, Algorithm 1), so one network learns the conditional and unconditional model.
         """
+        start = time.perf_counter()
         cfg = self.config
         if x0 is None:
             x0 = self.get_batch(self.step)
@@ -288,6 +352,7 @@ class Trainer:
         self.scaler.update()
         self.ema.update_parameters(self.model)
         self.step += 1
+        self.train_seconds += time.perf_counter() - start  # the model card's training time
         return value
 
     def _diverged(self, what: str) -> None:
@@ -316,8 +381,13 @@ class Trainer:
 
         Writes (main process, when out_dir is set) ``loss.csv``, sample grids ``samples/step_NNNNNN.png``
         every ``sample_every`` steps and at the end, and ``checkpoint.pt`` every ``checkpoint_every``
-        steps, at the end and on KeyboardInterrupt. ``callback(trainer, row)`` is called after each logged
-        row. Returns the loss history.
+        steps and at the end. ``callback(trainer, row)`` is called after each logged row. Returns the
+        loss history.
+
+        SIGINT (Ctrl-C) or SIGTERM stops the run at the next step boundary: the checkpoint is saved and
+        :class:`TrainingInterrupted` raised, so ``resume=True`` continues bit-identically to a run never
+        stopped; a second signal stops at once without saving. A KeyboardInterrupt raised otherwise
+        (a callback) saves when it falls between steps, and saves nothing inside one.
         """
         cfg = self.config
         max_steps = cfg.max_steps if max_steps is None else max_steps
@@ -331,51 +401,85 @@ class Trainer:
             disable=not self.progress,
             dynamic_ncols=True,
         )
-        start = time.perf_counter()
-        window_start, window_steps, window_loss = start, 0, 0.0
+        signum = 0
         try:
-            while self.step < max_steps:
-                if max_minutes is not None and time.perf_counter() - start > 60 * max_minutes:
-                    break
-                loss = self.train_step()
-                bar.update(1)
-                window_steps += 1
-                window_loss += loss
-                if self.step % cfg.log_every == 0 or self.step == max_steps:
-                    now = time.perf_counter()
-                    row = {
-                        "step": self.step,
-                        "loss": window_loss / window_steps,
-                        "lr": self.lr_at(self.step - 1),
-                        "img_per_s": window_steps * cfg.batch_size / (now - window_start),
-                        "elapsed_s": now - start,
-                    }
-                    self.history.append(row)
-                    if self.is_main and self.out_dir:
-                        append_log_row(self.out_dir / LOG_NAME, row)
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.0f}")
-                    window_start, window_steps, window_loss = now, 0, 0.0
-                    if callback is not None:
-                        callback(self, row)
-                if cfg.sample_every and self.step % cfg.sample_every == 0:
-                    self.save_sample_grid()
-                if self.step % cfg.checkpoint_every == 0:
-                    self.save_checkpoint()
+            with _stop_signals() as received:
+                signum = self._run_steps(max_steps, max_minutes, callback, bar, received)
         except TrainingDiverged:
             bar.close()
             raise
-        except KeyboardInterrupt:
-            self.save_checkpoint()
+        except KeyboardInterrupt:  # raised inside the loop: a second signal, a callback, a notebook
             bar.close()
+            if (
+                self._stepping
+            ):  # the weights, the EMA and the optimizer may disagree: nothing is saved
+                self._stepping = False
+                if self.is_main:
+                    print(
+                        f"interrupted during step {self.step + 1}: not saved; the last checkpoint is kept"
+                    )
+                raise
+            self.save_checkpoint()
             if self.is_main:
                 print(
                     f"interrupted at step {self.step}; checkpoint saved, resume with resume=True / --resume"
                 )
             raise
         bar.close()
-        self.save_checkpoint()
+        path = self.save_checkpoint()
+        if signum:
+            raise TrainingInterrupted(signum, self.step, path)
         self.save_sample_grid()
         return self.history
+
+    def _run_steps(self, max_steps: int, max_minutes: float | None, callback, bar, received) -> int:
+        """The loop of :meth:`fit`; returns the number of a stop signal received (0: none)."""
+        cfg = self.config
+        start = time.perf_counter()
+        window_start, window_steps, window_loss = start, 0, 0.0
+        while self.step < max_steps:
+            if max_minutes is not None and time.perf_counter() - start > 60 * max_minutes:
+                break
+            self._stepping = True
+            loss = self.train_step()
+            self._stepping = False
+            bar.update(1)
+            window_steps += 1
+            window_loss += loss
+            if self.step % cfg.log_every == 0 or self.step == max_steps:
+                now = time.perf_counter()
+                row = {
+                    "step": self.step,
+                    "loss": window_loss / window_steps,
+                    "lr": self.lr_at(self.step - 1),
+                    "img_per_s": window_steps * cfg.batch_size / (now - window_start),
+                    "elapsed_s": now - start,
+                }
+                self.history.append(row)
+                if self.is_main and self.out_dir:
+                    append_log_row(self.out_dir / LOG_NAME, row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.0f}")
+                window_start, window_steps, window_loss = now, 0, 0.0
+                if callback is not None:
+                    callback(self, row)
+            if cfg.sample_every and self.step % cfg.sample_every == 0:
+                self.save_sample_grid()
+            if self.step % cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+            signum = self._signal_received(received)
+            if signum:  # a step boundary: the state is whole
+                return signum
+        return 0
+
+    def _signal_received(self, received: list[int]) -> int:
+        """The stop signal this process received (0: none); under torchrun every process agrees (MAX over ranks)."""
+        signum = received[0] if received else 0
+        if self.distributed:
+            comm = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+            flag = torch.tensor([signum], device=comm)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            signum = int(flag.item())
+        return signum
 
     # -------------------------------------------------------------- sampling
     def sample(
@@ -423,9 +527,8 @@ class Trainer:
 
         x = self.sample(noise=self.fixed_noise)
         path = self.out_dir / "samples" / f"step_{self.step:06d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_image((x + 1) / 2, path, nrow=int(math.ceil(math.sqrt(len(x)))))
-        return path
+        nrow = int(math.ceil(math.sqrt(len(x))))
+        return write_atomic(path, lambda f: save_image((x + 1) / 2, f, format="png", nrow=nrow))
 
     # -------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
@@ -444,7 +547,50 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": rng,
             "world_size": self.world_size,
+            "model_card": self.model_card(),
         }
+
+    def _start_card(self, ckpt: dict | None) -> None:
+        """What the model card keeps of earlier invocations (hardware, time, notes) and of this one's resume."""
+        card = (ckpt or {}).get("model_card") or {}
+        self._card_sessions = list(card.get("training", {}).get("hardware", []))
+        self._card_notes = list(card.get("notes", []))
+        self._card_start_step, self.train_seconds, self._images_sha1 = self.step, 0.0, None
+        if ckpt is None:
+            return
+        if not card:
+            self._card_notes.append(
+                f"steps 1-{self.step} were trained before model cards: their time and hardware are not recorded"
+            )
+        before = TrainConfig.from_dict(ckpt["config"])
+        changed = [
+            f"{f.name} {getattr(before, f.name)!r} -> {getattr(self.config, f.name)!r}"
+            for f in dataclasses.fields(TrainConfig)
+            if f.name not in BOOKKEEPING_FIELDS
+            and getattr(before, f.name) != getattr(self.config, f.name)
+        ]
+        if changed:
+            self._card_notes.append(f"resumed at step {self.step} with {', '.join(changed)}")
+
+    def model_card(self) -> dict:
+        """The run's model card at this step (:mod:`ddpm_lib.model_card`): recipe, data, time, hardware, command.
+
+        The time counts the seconds spent in :meth:`train_step` (not sample grids or checkpoints).
+        """
+        cfg = self.config
+        if self._images_sha1 is None:
+            self._images_sha1 = images_fingerprint(self.dataset.images)
+        where = hardware(self.device, self.precision.name, self.world_size)
+        steps_here = self.step - self._card_start_step
+        return new_card(
+            cfg,
+            command=train_command(cfg, self.out_dir or "runs/run", self.world_size),
+            steps=self.step,
+            sessions=add_training(self._card_sessions, where, steps_here, self.train_seconds),
+            data=data_entry(cfg, len(self.dataset), self._images_sha1),
+            parameters=count_parameters(self.model),
+            notes=self._card_notes,
+        )
 
     def _gather(self, state: torch.Tensor) -> torch.Tensor:
         comm_device = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
@@ -464,11 +610,14 @@ class Trainer:
         return path
 
     def _restore(self, ckpt: dict) -> None:
-        self.model.load_state_dict(ckpt["model"])
-        self.ema.load_state_dict(ckpt["ema"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        self.step = int(ckpt["step"])
+        """Load every part of a training checkpoint; a part that does not fit is one line naming the field."""
+        path = self.out_dir / CHECKPOINT_NAME
+        for field, module in (("model", self.model), ("ema", self.ema)):
+            mismatch = state_mismatch(module.state_dict(), ckpt[field])
+            if mismatch:
+                raise CheckpointError(
+                    f"{path}: its {field!r} does not fit this run's network ({mismatch})"
+                )
         if int(ckpt.get("world_size", 1)) != self.world_size:
             raise ValueError(
                 f"the checkpoint was written by {ckpt['world_size']} processes, this run has {self.world_size}"
@@ -476,11 +625,37 @@ class Trainer:
         rng = ckpt["rng"]
         # clone: set_rng_state misreads views
         pick = (lambda v: v[self.rank].clone()) if self.distributed else (lambda v: v)
-        torch.set_rng_state(pick(rng["cpu"]))
+        parts = {
+            "model": lambda: self.model.load_state_dict(ckpt["model"]),
+            "ema": lambda: self.ema.load_state_dict(ckpt["ema"]),
+            "optimizer": lambda: self._load_optimizer(ckpt["optimizer"]),
+            "scaler": lambda: self.scaler.load_state_dict(ckpt.get("scaler", {})),
+            "rng": lambda: torch.set_rng_state(pick(rng["cpu"])),
+        }
         if "cuda" in rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(pick(rng["cuda"]), self.device)
+            parts["rng (cuda)"] = lambda: torch.cuda.set_rng_state(pick(rng["cuda"]), self.device)
+        for field, load in parts.items():
+            try:
+                load()
+            except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+                why = " ".join(str(exc).split())[:300] or type(exc).__name__
+                raise CheckpointError(
+                    f"{path}: its {field!r} cannot be restored ({why}); the file was edited or damaged, use an earlier copy"
+                ) from exc
+        self.step = int(ckpt["step"])
         if self.out_dir is not None and self.is_main:
             self.history = truncate_log(self.out_dir / LOG_NAME, self.step)
+
+    def _load_optimizer(self, state: dict) -> None:
+        """The optimizer's state, each moment checked against its parameter's shape (torch does not check)."""
+        self.optimizer.load_state_dict(state)
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                for name, v in self.optimizer.state.get(p, {}).items():
+                    if name != "step" and isinstance(v, torch.Tensor) and v.shape != p.shape:
+                        raise ValueError(
+                            f"its {name} has shape {tuple(v.shape)}, the parameter {tuple(p.shape)}"
+                        )
 
     def describe(self) -> str:
         cfg = self.config

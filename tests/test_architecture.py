@@ -11,6 +11,7 @@ LIB = pathlib.Path(__file__).resolve().parents[1] / "ddpm_lib"
 # The series' order: a module may import only modules listed before it.
 ORDER = [
     "checks",
+    "outputs",
     "schedules",
     "diffusion",
     "bound",
@@ -20,6 +21,7 @@ ORDER = [
     "devices",
     "config",
     "checkpoints",
+    "model_card",
     "sampling",
     "training",
     "features",
@@ -29,6 +31,7 @@ ORDER = [
     "train",
     "sample",
     "evaluate",
+    "diagnose",
 ]
 
 

@@ -20,15 +20,20 @@ import pytest
 import torch
 from PIL import Image
 
+from ddpm_lib import evaluate as evaluate_cli
 from ddpm_lib import sample as sample_cli
+from ddpm_lib import toy_cars
 from ddpm_lib import train as train_cli
 from ddpm_lib.checkpoints import (
     CHECKPOINT_NAME,
+    LOCK_NAME,
+    WEIGHTS_DIR,
     CheckpointError,
     export_weights,
     load_checkpoint,
     load_ema_model,
 )
+from ddpm_lib.checks import env_flag
 from ddpm_lib.config import TrainConfig
 from ddpm_lib.data import DatasetUnavailableError, ImageTensorDataset, load_dataset
 from ddpm_lib.devices import resolve_precision, select_device
@@ -38,6 +43,7 @@ from ddpm_lib.schedules import make_betas
 from ddpm_lib.training import Trainer
 
 T = 20  # the tiny run's number of timesteps
+COND_MODEL = WEIGHTS_DIR / "pretrained_toy_cars_cond_32.pt"  # class-conditional, T = 1000
 TINY = f"--model tiny --image-size 16 --batch-size 8 --num-timesteps {T} --precision fp32 --device cpu --no-progress --log-every 1 "
 TINY += "--num-sample-images 1 --sample-steps 1 --max-steps 2"  # a one-image, one-step sample grid at the end
 SAMPLE = "--precision fp32 --device cpu --num-samples 1 --steps 1"
@@ -50,6 +56,29 @@ NO_GPU = pytest.mark.skipif(
 
 def zero_model(x_t, t):
     return torch.zeros_like(x_t)
+
+
+def one_channel(x_t, t):
+    """A network that forgot two of the three colour channels: ``(B, 1, H, W)``."""
+    return torch.zeros_like(x_t[:, :1])
+
+
+class CondZero:
+    """A class-conditional network (two classes) that predicts no noise."""
+
+    num_classes = 2
+
+    def __call__(self, x_t, t, y=None):
+        return torch.zeros_like(x_t)
+
+
+class CondOneChannel(CondZero):
+    def __call__(self, x_t, t, y=None):
+        return torch.zeros_like(x_t[:, :1])
+
+
+LABELS = torch.tensor([0, 1])
+ONE_CHANNEL = r"model returned shape \(2, 1, 8, 8\), expected x_t's shape \(2, 3, 8, 8\)"
 
 
 def diffusion() -> GaussianDiffusion:
@@ -131,7 +160,46 @@ def paths(tmp_path_factory) -> SimpleNamespace:
     )
     p.config_str_pt = edited("config_str.pt", config="tiny")
     p.config_bad_pt = edited("config_bad.pt", config={**cfg, "num_timesteps": 0})
+    p.step_negative_pt = edited("step_negative.pt", step=-1)
+    # outputs that are inputs: a checkpoint named like a sample batch, and a second name for it
+    p.weights_npz = root / "weights.npz"
+    shutil.copy(weights, p.weights_npz)
+    p.alias_npz = root / "alias.npz"
+    p.alias_npz.symlink_to(p.weights_npz)
+    p.samples_npz = root / "samples.npz"
+    np.savez(p.samples_npz, arr_0=np.zeros((12, 16, 16, 3), np.uint8))
+    # a folder of someone else's files
+    p.foreign = root / "foreign"
+    (p.foreign / "samples").mkdir(parents=True)
+    (p.foreign / "loss.csv").write_text("epoch,accuracy\n1,0.5\n")
+    (p.foreign / "samples" / "mine.png").write_bytes(b"not ours")
+    _tampered_runs(p, root)
     return p
+
+
+def _tampered_runs(p: SimpleNamespace, root: Path) -> None:
+    """Copies of the run folder whose training checkpoint has one field edited: ``p.tampered_<name>``."""
+    full = torch.load(p.ckpt, weights_only=True)
+    model, opt = full["model"], full["optimizer"]
+    first = next(k for k, v in model.items() if v.dim() == 4)
+    moment = {i: {**s, "exp_avg": s["exp_avg"][:1]} for i, s in opt["state"].items()}
+    edits = {
+        "step_huge": dict(step=10**12),
+        "step_text": dict(step="2"),
+        "model_shape": dict(model={**model, first: model[first][:1]}),
+        "model_nan": dict(model={**model, first: torch.full_like(model[first], float("nan"))}),
+        "ema_shape": dict(ema={k: v[:1] if v.dim() else v for k, v in full["ema"].items()}),
+        "optimizer_list": dict(optimizer=[1, 2]),
+        "optimizer_moment": dict(optimizer={**opt, "state": moment}),
+        "rng_text": dict(rng="seed 0"),
+        "rng_short": dict(rng={"cpu": full["rng"]["cpu"][:100]}),
+        "world_size_text": dict(world_size="1"),
+    }
+    for name, change in edits.items():
+        folder = root / f"tampered_{name}"
+        shutil.copytree(p.run, folder)
+        torch.save({**full, **change}, folder / CHECKPOINT_NAME)
+        setattr(p, f"tampered_{name}", folder)
 
 
 class _Payload:
@@ -153,6 +221,16 @@ def train(name: str, argv: str, match: str, env: dict | None = None, marks=()):
 def sample(name: str, argv: str, match: str, env: dict | None = None, marks=()):
     """A row of ``python -m ddpm_lib.sample``; ``{sample}`` is a one-image, one-step fp32 run on the CPU."""
     return pytest.param("sample", argv, match, None, env, id=f"sample {name}", marks=marks)
+
+
+def evaluate(name: str, argv: str, match: str, marks=()):
+    """A row of ``python -m ddpm_lib.evaluate`` (refused before any sampling or scoring)."""
+    return pytest.param("evaluate", argv, match, None, None, id=f"evaluate {name}", marks=marks)
+
+
+def toy(name: str, argv: str, match: str):
+    """A row of ``python -m ddpm_lib.toy_cars``."""
+    return pytest.param("toy_cars", argv, match, None, None, id=f"toy_cars {name}")
 
 
 def call(
@@ -265,6 +343,65 @@ ROWS = [
            r"weights do not fit a 'small' network at 16px \(\d+ missing tensor"),
     sample("weights of another shape", "{sample} --checkpoint {ema_shape_pt} --out {tmp}/s.png", r"\d+ shape mismatch\(es\) \(first: "),
     sample("NaN weights", "{sample} --checkpoint {ema_nan_pt} --out {tmp}/s.png", r"sampling produced non-finite values"),
+    sample("a negative step", "{sample} --checkpoint {step_negative_pt} --out {tmp}/s.png",
+           r"step_negative.pt: its 'step' must be an integer in \[0, 1000000000\], got -1"),
+    # outputs that are inputs, and options that would change nothing
+    sample("--out is the checkpoint", "{sample} --checkpoint {weights_npz} --out {weights_npz}",
+           r"--out .*weights.npz is also the input --checkpoint: writing it would destroy that file"),
+    sample("--out is the checkpoint by another name", "{sample} --checkpoint {weights_npz} --out {alias_npz}",
+           r"--out .*alias.npz is also the input --checkpoint"),
+    sample("--guidance-interval without a scale", "{sample} --guidance-interval 2 5 --out {tmp}/s.png",
+           r"--guidance-interval limits guidance to some steps: it needs --guidance-scale > 0"),
+    sample("--guidance-scale, unconditional model", "{sample} --guidance-scale 3 --guidance-interval 2000 3000 --out {tmp}/s.png",
+           r"--guidance-scale needs a class-conditional checkpoint"),
+    sample("--guidance-interval beyond T", "{sample} --checkpoint {cond} --guidance-scale 3 --guidance-interval 2000 3000 --out {tmp}/s.png",
+           r"--guidance-interval 2000 3000: LO and HI are timestep indices, 0 <= LO <= HI <= 999 for this model \(T = 1000\)"),
+    sample("--eta with ddpm", "{sample} --sampler ddpm --eta 0.5 --out {tmp}/s.png", r"--eta is a DDIM option"),
+
+    # python -m ddpm_lib.train: tampered training checkpoints, one line naming the file and the field
+    train("--resume, step 1e12", "{tiny} --num-images 64 --out {tampered_step_huge} --resume",
+          r"checkpoint.pt: its 'step' must be an integer in \[0, 1000000000\], got 1000000000000"),
+    train("--resume, step as text", "{tiny} --num-images 64 --out {tampered_step_text} --resume", r"its 'step' must be an integer .*got '2'"),
+    train("--resume, weights of another shape", "{tiny} --num-images 64 --out {tampered_model_shape} --resume",
+          r"checkpoint.pt: its 'model' does not fit this run's network \(1 shape mismatch\(es\)"),
+    train("--resume, NaN raw weights", "{tiny} --num-images 64 --out {tampered_model_nan} --resume",
+          r"raw weights \('model', first: .*\) hold NaN or inf values, so resuming would continue from them; restore an earlier "
+          r"copy of the checkpoint, or start a new run \(another folder\) with a lower --lr"),
+    train("--resume, EMA of another shape", "{tiny} --num-images 64 --out {tampered_ema_shape} --resume", r"its 'ema' does not fit this run's network"),
+    train("--resume, optimizer a list", "{tiny} --num-images 64 --out {tampered_optimizer_list} --resume",
+          r"its 'optimizer' is not an optimizer state"),
+    train("--resume, Adam moments of another shape", "{tiny} --num-images 64 --out {tampered_optimizer_moment} --resume",
+          r"its 'optimizer' cannot be restored \(its exp_avg has shape \(1"),
+    train("--resume, RNG state text", "{tiny} --num-images 64 --out {tampered_rng_text} --resume", r"its 'rng' has no CPU generator state"),
+    train("--resume, RNG state cut short", "{tiny} --num-images 64 --out {tampered_rng_short} --resume",
+          r"its 'rng' cannot be restored \(Expected a CPUGeneratorImplState of size \d+"),
+    train("--resume, world_size text", "{tiny} --num-images 64 --out {tampered_world_size_text} --resume",
+          r"its 'world_size' must be an integer >= 1, got '1'"),
+    train("a folder of other files", "{tiny} --out {foreign}",
+          r"the run folder .*foreign holds files that are not a training run's \(loss.csv, samples\); to continue a run use --resume"),
+
+    # python -m ddpm_lib.evaluate: outputs checked before any sampling or scoring
+    evaluate("--json is the samples", "--samples {samples_npz} --json {samples_npz}", r"--json .*samples.npz is also the input --samples"),
+    evaluate("--json is the checkpoint", "--checkpoint {ckpt} --json {ckpt}", r"--json .*checkpoint.pt is also the input --checkpoint"),
+    evaluate("--json under a file", "--samples {samples_npz} --json {file}/scores.json",
+             r"cannot write --json .*a_file/scores.json: .*a_file is a file, not a folder"),
+    evaluate("--json a folder", "--samples {samples_npz} --json {empty}", r"--json .*empty is a folder"),
+    evaluate("--json is --save-samples", "--checkpoint {weights} --save-samples {tmp}/s.npz --json {tmp}/s.npz",
+             r"--json .*s.npz is also the output --save-samples"),
+    evaluate("--save-samples .png", "--checkpoint {weights} --save-samples {tmp}/s.png", r"--save-samples must end in .npz"),
+    evaluate("--save-samples with --samples", "--samples {samples_npz} --save-samples {tmp}/s.npz",
+             r"--save-samples: sampling option\(s\), for --checkpoint; --samples scores samples already drawn"),
+    evaluate("--steps with --samples", "--samples {samples_npz} --steps 10 --eta 0", r"--steps, --eta: sampling option"),
+    evaluate("--steps with ddpm", "--checkpoint {weights} --sampler ddpm --steps 10", r"--steps and --eta are DDIM options"),
+
+    # python -m ddpm_lib.toy_cars
+    toy("--per-type 0", "--per-type 0 --out {tmp}/p.png", r"--per-type must be in \[1, 256\], got 0"),
+    toy("--image-size 0", "--image-size 0 --out {tmp}/p.png", r"--image-size must be in \[8, 512\], got 0"),
+    toy("--image-size 100000", "--image-size 100000 --out {tmp}/p.png", r"--image-size must be in \[8, 512\], got 100000"),
+    toy("--seed -1", "--seed -1 --out {tmp}/p.png", r"--seed must be in \[0, "),
+    toy("--out under a file", "--out {file}/p.png", r"cannot write --out .*a_file/p.png: .*a_file is a file, not a folder"),
+    toy("--out .jpg", "--out {tmp}/p.jpg", r"--out must end in .png, got"),
+    toy("--out a folder", "--out {empty}", r"--out must end in .png"),
 
     # the library: checkpoints
     call("load an empty file", lambda p: load_checkpoint(p.empty_pt), CheckpointError, r"is empty \(0 bytes\)"),
@@ -308,7 +445,40 @@ ROWS = [
     call("t as floats", lambda p: diffusion().q_sample(torch.zeros(2, 3, 8, 8), torch.tensor([1.5, 2.0])), ValueError,
          r"t must hold integer timesteps"),
 
+    # the library: guidance that would change nothing
+    call("guidance_interval beyond T", lambda p: generate(CondZero(), diffusion(), 2, 8, labels=LABELS, guidance_scale=3.0,
+                                                          guidance_interval=(2000, 3000), precision="fp32"),
+         ValueError, r"guidance_interval must be timestep indices \(lo, hi\) with 0 <= lo <= hi <= 19 \(T = 20\), got \(2000, 3000\)"),
+    call("guidance_interval without a scale", lambda p: generate(CondZero(), diffusion(), 2, 8, labels=LABELS, guidance_interval=(2, 5),
+                                                                 precision="fp32"),
+         ValueError, r"guidance_interval only limits classifier-free guidance: it needs labels and guidance_scale > 0"),
+    call("guidance_interval without labels", lambda p: generate(zero_model, diffusion(), 2, 8, guidance_interval=(2, 5), precision="fp32"),
+         ValueError, r"it needs labels and guidance_scale > 0"),
+    call("guidance_interval between the steps", lambda p: generate(CondZero(), diffusion(), 2, 8, num_steps=2, labels=LABELS,
+                                                                   guidance_scale=3.0, guidance_interval=(5, 10), precision="fp32"),
+         ValueError, r"guidance_interval \(5, 10\) holds none of the 2 timesteps the sampler visits \(e.g. 19, 0\)"),
+    call("guidance_scale, unconditional model", lambda p: generate(zero_model, diffusion(), 2, 8, labels=LABELS, guidance_scale=3.0,
+                                                                   precision="fp32"),
+         ValueError, r"labels need a class-conditional model"),
+    call("guidance_scale without labels", lambda p: diffusion().sample(zero_model, (1, 3, 8, 8), "ddim", 2, guidance_scale=3.0), ValueError,
+         r"guidance_scale needs labels"),
+
+    # the library: a network output of the wrong shape, refused by every sampler and the loss
+    call("(B, 1, H, W) output, loss", lambda p: diffusion().training_loss(one_channel, torch.zeros(2, 3, 8, 8)), ValueError, ONE_CHANNEL),
+    call("(B, 1, H, W) output, loss with labels", lambda p: diffusion().training_loss(CondOneChannel(), torch.zeros(2, 3, 8, 8), labels=LABELS),
+         ValueError, ONE_CHANNEL),
+    call("(B, 1, H, W) output, DDIM", lambda p: generate(one_channel, diffusion(), 2, 8, precision="fp32"), ValueError, ONE_CHANNEL),
+    call("(B, 1, H, W) output, DDPM", lambda p: generate(one_channel, diffusion(), 2, 8, sampler="ddpm", precision="fp32"), ValueError,
+         ONE_CHANNEL),
+    call("(B, 1, H, W) output, guided DDIM", lambda p: generate(CondOneChannel(), diffusion(), 2, 8, labels=LABELS, guidance_scale=2.0,
+                                                                precision="fp32"),
+         ValueError, ONE_CHANNEL),
+    call("a tuple as output", lambda p: diffusion().training_loss(lambda x, t: (x,), torch.zeros(2, 3, 8, 8)), ValueError,
+         r"model returned shape tuple, expected x_t's shape \(2, 3, 8, 8\)"),
+
     # the library: devices and precision
+    call("$DDPM_FAST ture", lambda p: env_flag("DDPM_FAST"), ValueError, r"\$DDPM_FAST must be one of 1, true, yes, on or 0, false, no, off, got 'ture'",
+         env={"DDPM_FAST": "ture"}),
     call("fp16 on a CPU", lambda p: resolve_precision("fp16", "cpu"), ValueError, r"precision 'fp16' is for GPUs"),
     call("auto without a model", lambda p: resolve_precision("auto", "cpu"), ValueError, r"precision 'auto' on a CPU or MPS is measured"),
     call("$DDPM_PRECISION fp8", lambda p: resolve_precision("auto", "cpu"), ValueError, r"unknown precision in \$DDPM_PRECISION 'fp8'",
@@ -356,6 +526,15 @@ def _trainer_on_32px_images():
     )
 
 
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Size and modification time of every file under ``root`` (a run's lock file aside: taking it writes the pid)."""
+    return {
+        str(q): (q.stat().st_size, q.stat().st_mtime_ns)
+        for q in root.rglob("*")
+        if q.is_file() and q.name != LOCK_NAME
+    }
+
+
 @pytest.mark.parametrize("kind, given, match, error, env", ROWS)
 def test_bad_input(kind, given, match, error, env, paths, tmp_path, capsys, monkeypatch):
     for name, value in (env or {}).items():
@@ -367,10 +546,20 @@ def test_bad_input(kind, given, match, error, env, paths, tmp_path, capsys, monk
         names = {k: v for k, v in vars(paths).items() if isinstance(v, Path)}
         argv = shlex.split(
             given.format(
-                **names, tmp=tmp_path, tiny=TINY, sample=f"--checkpoint {paths.weights} {SAMPLE}"
+                **names,
+                tmp=tmp_path,
+                tiny=TINY,
+                sample=f"--checkpoint {paths.weights} {SAMPLE}",
+                cond=COND_MODEL,
             )
         )
-        main = train_cli.main if kind == "train" else sample_cli.main
+        main = {
+            "train": train_cli.main,
+            "sample": sample_cli.main,
+            "evaluate": evaluate_cli.main,
+            "toy_cars": toy_cars.main,
+        }[kind]
+        before = _snapshot(paths.root)
         try:
             status = main(argv)
         except SystemExit as exc:  # argparse refuses a bad option value itself
@@ -383,8 +572,10 @@ def test_bad_input(kind, given, match, error, env, paths, tmp_path, capsys, monk
             re.match(r"(python -m ddpm_lib\.\w+: )?error: ", line.strip()) for line in lines
         ), err
         assert re.search(match, err), err
+        assert "continue with --resume" not in err  # never advice that would resume a broken state
         written = [q.name for q in tmp_path.rglob("*") if q.is_file()]
         assert written == [], f"a refused input still wrote {written}"
+        assert _snapshot(paths.root) == before, "a refused input changed or removed a file"
     assert not paths.marker.exists(), "a pickled payload ran"
 
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-from ddpm_lib.diffusion import GaussianDiffusion
 from ddpm_lib.bound import (
     bits_per_dim,
     discretized_gaussian_log_likelihood,
@@ -21,6 +20,7 @@ from ddpm_lib.bound import (
     sum_weights,
     vlb_terms,
 )
+from ddpm_lib.diffusion import GaussianDiffusion
 from ddpm_lib.schedules import make_betas
 from ddpm_lib.unet import build_model
 
