@@ -29,7 +29,6 @@
 
 # %%
 import math
-import os
 
 import matplotlib.pyplot as plt
 import torch
@@ -38,7 +37,9 @@ from ddpm_lib.plotting import plot_schedules
 from ddpm_lib.schedules import SCHEDULES, alphas_cumprod_from_betas, make_betas, terminal_signal
 from ddpm_lib.widgets import schedule_explorer, schedule_static
 
-FAST = os.environ.get("DDPM_FAST") == "1"  # set by `make test`: the same lessons, less compute
+from ddpm_lib.checks import env_flag
+
+FAST = env_flag("DDPM_FAST")  # set by `make test`: the same lessons, less compute
 ASSETS = "../assets"
 torch.set_printoptions(precision=6)
 

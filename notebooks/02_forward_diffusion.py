@@ -24,7 +24,6 @@
 # watch cars dissolve with a slider over $t$, and check the posterior (Eqs. 6-7) against Bayes' rule.
 
 # %%
-import os
 
 import matplotlib.pyplot as plt
 import torch
@@ -34,7 +33,9 @@ from ddpm_lib.data import DatasetUnavailableError, load_dataset
 from ddpm_lib.plotting import forward_strip, show_images
 from ddpm_lib.widgets import forward_explorer, forward_static
 
-FAST = os.environ.get("DDPM_FAST") == "1"
+from ddpm_lib.checks import env_flag
+
+FAST = env_flag("DDPM_FAST")
 ASSETS = "../assets"
 torch.manual_seed(0);
 

@@ -33,7 +33,6 @@
 
 # %%
 import math
-import os
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -45,7 +44,9 @@ from ddpm_lib.data import from_uint8, load_dataset
 from ddpm_lib.bound import bits_per_dim, discretized_gaussian_log_likelihood, eps_weights, log_spaced_timesteps, normal_kl, prior_bpd, vlb_terms
 from ddpm_lib.plotting import show_images
 
-FAST = os.environ.get("DDPM_FAST") == "1"
+from ddpm_lib.checks import env_flag
+
+FAST = env_flag("DDPM_FAST")
 LN2 = math.log(2.0)
 torch.manual_seed(0);
 

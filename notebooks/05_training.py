@@ -41,7 +41,6 @@
 
 # %%
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -59,7 +58,9 @@ from ddpm_lib.plotting import plot_loss, show_images
 from ddpm_lib.training import Trainer
 from ddpm_lib.unet import UNET_PRESETS
 
-FAST = os.environ.get("DDPM_FAST") == "1"
+from ddpm_lib.checks import env_flag
+
+FAST = env_flag("DDPM_FAST")
 ASSETS = "../assets"
 RUN = Path("../runs/notebook_05_fast" if FAST else "../runs/notebook_05")
 device = select_device()

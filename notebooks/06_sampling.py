@@ -37,7 +37,6 @@
 
 # %%
 import json
-import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -52,7 +51,9 @@ from ddpm_lib.plotting import save_denoising_animation, show_images
 from ddpm_lib.sampling import generate, trajectory
 from ddpm_lib.widgets import trajectory_explorer, trajectory_static
 
-FAST = os.environ.get("DDPM_FAST") == "1"
+from ddpm_lib.checks import env_flag
+
+FAST = env_flag("DDPM_FAST")
 ASSETS = "../assets"
 checkpoint = STUDY_MODEL  # the model of notebook 07's study (section 6: the shipped one)
 device = select_device()

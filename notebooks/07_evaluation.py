@@ -37,7 +37,6 @@
 # %%
 import json
 import math
-import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -54,7 +53,9 @@ from ddpm_lib.metrics import (class_tv, compute_features, evaluate_samples, frec
 from ddpm_lib.plotting import show_images
 from ddpm_lib.sampling import generate
 
-FAST = os.environ.get("DDPM_FAST") == "1"
+from ddpm_lib.checks import env_flag
+
+FAST = env_flag("DDPM_FAST")
 ASSETS = Path("../assets")
 STUDY = json.loads(Path("../benchmarks/eval_study.json").read_text())
 N_REF = 1000 if FAST else 5000  # reference: the first N_REF train images (the study used 5,000)

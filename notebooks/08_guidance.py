@@ -44,7 +44,6 @@
 # %%
 import json
 import math
-import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -63,7 +62,9 @@ from ddpm_lib.plotting import show_images
 from ddpm_lib.sampling import generate
 from ddpm_lib.widgets import guidance_explorer, guidance_static
 
-FAST = os.environ.get("DDPM_FAST") == "1"
+from ddpm_lib.checks import env_flag
+
+FAST = env_flag("DDPM_FAST")
 ASSETS = "../assets"
 CHECKPOINT = Path("../ddpm_lib/weights/pretrained_toy_cars_cond_32.pt")
 STUDY_FILE = json.loads(Path("../benchmarks/guidance_study.json").read_text())
@@ -140,7 +141,8 @@ with torch.no_grad():
 
 # %% tags=["nbval-check-output"]
 # NBVAL_CHECK_OUTPUT
-print("no labels == the null label:", torch.equal(eps_none, eps[K].expand_as(eps_none)))
+gap = (eps_none - eps[K].expand_as(eps_none)).abs().max().item()  # float rounding differs by memory layout
+print("no labels == the null label (to 1e-5):", gap < 1e-5)
 print("each label changes eps:", all(not torch.allclose(eps[y], eps[K], atol=1e-3) for y in range(K)))
 
 # %% [markdown]
