@@ -50,7 +50,8 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.flop_counter import FlopCounterMode
 
-from ddpm_lib.checkpoints import load_ema_model, model_args
+from ddpm_lib.build import model_args
+from ddpm_lib.checkpoints import load_ema_model
 from ddpm_lib.config import TrainConfig
 from ddpm_lib.data import from_uint8, load_dataset
 from ddpm_lib.devices import PrecisionChoice, cpu_signature

@@ -76,9 +76,8 @@ class Sizes:
     num_samples: int = 128  # DDIM 10-100, the precision pairs, the seed check
     num_samples_long: int = 32  # DDIM-250 and DDPM-1000
     num_samples_train: int = 64  # each training run, EMA and raw weights
-    batch_size: int = (
-        32  # one batch size everywhere: the first batch of every run starts from the same x_T
-    )
+    # one batch size everywhere: the first batch of every run starts from the same x_T
+    batch_size: int = 32
     num_reference: int = 5000  # train images
     bootstrap: int = 20
     extra_seeds: int = 2  # seed check: DDIM-10 sets with this many other seeds

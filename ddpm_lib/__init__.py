@@ -2,7 +2,7 @@
 
 Modules in the order the notebooks teach them: ``schedules`` (beta_t), ``diffusion`` (forward
 process, posterior, loss, the progressive DDPM/DDIM sampler), ``bound`` (the variational bound,
-bits/dim), ``unet`` (eps_theta), ``toy_cars`` and ``data`` (datasets), ``devices`` (device and measured
+bits/dim), ``unet`` (the network), ``toy_cars`` and ``data`` (datasets), ``devices`` (device and measured
 precision), ``config`` and ``checkpoints``, ``sampling`` (the one sampling path), ``training`` (the
 engine), ``features`` and ``metrics`` (evaluation), the CLIs ``train``, ``sample`` and ``evaluate``, and
 ``plotting`` and ``widgets``; ``checks`` holds the shared argument checks. Notation: NOTATION.md.

@@ -26,11 +26,14 @@ except ImportError:  # Windows
 import torch
 from torch import nn
 
+from ddpm_lib.build import (
+    build_model_from_checkpoint,
+    checkpoint_model_args,
+    diffusion_from_config,
+)
 from ddpm_lib.config import TrainConfig
 from ddpm_lib.diffusion import GaussianDiffusion
 from ddpm_lib.outputs import OutputError, write_atomic, write_text_atomic
-from ddpm_lib.schedules import make_betas
-from ddpm_lib.unet import build_model
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "loss.csv"
@@ -213,38 +216,6 @@ def check_training_state(ckpt: dict, path: str | os.PathLike) -> None:
             f"{path}: its raw weights ('model', first: {bad}) hold NaN or inf values, so resuming would continue "
             "from them; restore an earlier copy of the checkpoint, or start a new run (another folder) with a lower --lr"
         )
-
-
-def model_args(cfg: TrainConfig) -> dict:
-    """The constructor arguments of the config's network: ``build_model(**model_args(cfg))`` rebuilds it."""
-    overrides = (
-        {}
-        if cfg.dropout is None or cfg.model in ("simple", "resnet18")
-        else {"dropout": cfg.dropout}
-    )
-    for name in ("base_channels", "num_res_blocks", "attention_resolutions"):
-        if getattr(cfg, name) is not None:
-            overrides[name] = getattr(cfg, name)
-    if cfg.num_classes:
-        overrides["num_classes"] = cfg.num_classes
-    return {"preset": cfg.model, "image_size": cfg.image_size, **overrides}
-
-
-def checkpoint_model_args(ckpt: dict) -> dict:
-    """The checkpoint's stored ``model_args``, or, for files written before they were stored, those of its config."""
-    return ckpt.get("model_args") or model_args(TrainConfig.from_dict(ckpt["config"]))
-
-
-def build_model_from_checkpoint(ckpt: dict) -> nn.Module:
-    """An untrained network of the checkpoint's architecture."""
-    return build_model(**checkpoint_model_args(ckpt))
-
-
-def diffusion_from_config(cfg: TrainConfig) -> GaussianDiffusion:
-    """The noise process a run trained with: schedule, T, the reverse variance and what the network predicts."""
-    return GaussianDiffusion(
-        make_betas(cfg.schedule, cfg.num_timesteps), cfg.variance_type, cfg.prediction_type
-    )
 
 
 def _state(weights: dict, dtype: torch.dtype | None = None) -> dict:

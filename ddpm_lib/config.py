@@ -28,40 +28,34 @@ class TrainConfig:
 
     # data
     dataset: DatasetName = "toy_cars"
-    data_root: str | None = (
-        None  # for stanford_cars (optional), cifar10 (optional), folder (required)
-    )
+    # for stanford_cars (optional), cifar10 (optional), folder (required)
+    data_root: str | None = None
     num_images: int | None = None  # toy_cars only: size of the train split (default 8,144)
     image_size: int = 32
     # model and diffusion
     model: str = "ddpm-cifar10"  # a preset of ddpm_lib.unet.build_model (MODEL_PRESETS)
     dropout: float | None = None  # None keeps the preset's dropout (0.1 in the paper's presets)
-    base_channels: int | None = (
-        None  # width: channels of the U-Net's first level (None: the preset's)
-    )
+    # width: channels of the U-Net's first level (None: the preset's)
+    base_channels: int | None = None
     num_res_blocks: int | None = None  # depth: ResBlocks per level (None: the preset's)
-    attention_resolutions: tuple[int, ...] | None = (
-        None  # feature-map sizes with self-attention, () for none (None: the preset's)
-    )
+    # feature-map sizes with self-attention, () for none (None: the preset's)
+    attention_resolutions: tuple[int, ...] | None = None
     schedule: ScheduleName = "linear"  # beta_1 = 1e-4 ... beta_T = 0.02
     num_timesteps: int = 1000  # T
-    variance_type: VarianceType = (
-        "fixed_small"  # sigma_t^2 = tilde-beta_t for the samples the engine draws
-    )
+    # sigma_t^2 = tilde-beta_t for the samples the engine draws
+    variance_type: VarianceType = "fixed_small"
     loss_type: LossType = "mse"  # L_simple, Eq. 14
-    prediction_type: PredictionType = (
-        "epsilon"  # the network predicts eps (the paper) or v (Salimans & Ho 2022)
-    )
-    snr_gamma: float | None = (
-        None  # Min-SNR-gamma loss weighting (Hang et al. 2023; they use 5); None: L_simple's uniform weight
-    )
+    # the network predicts eps (the paper) or v (Salimans & Ho 2022)
+    prediction_type: PredictionType = "epsilon"
+    # Min-SNR-gamma loss weighting (Hang et al. 2023; they use 5); None: L_simple's uniform weight
+    snr_gamma: float | None = None
     # class conditioning with classifier-free guidance (Ho & Salimans 2022)
-    class_cond: bool = False  # learn eps_theta(x_t, t, y) from the dataset's labels
-    p_uncond: float = 0.1  # probability of replacing a label by the null label (the paper's 0.1 and 0.2 tie; 0.5 is worse)
+    class_cond: bool = False  # condition the network on the dataset's labels: f(x_t, t, y)
+    # probability of replacing a label by the null label (the paper's 0.1 and 0.2 tie; 0.5 is worse)
+    p_uncond: float = 0.1
     num_classes: int = 0  # set from the dataset when class_cond (6 body types for toy_cars)
-    class_names: tuple[
-        str, ...
-    ] = ()  # the dataset's class names, kept so a checkpoint samples by name
+    # the dataset's class names, kept so a checkpoint samples by name
+    class_names: tuple[str, ...] = ()
     # optimisation
     batch_size: int = 128  # global batch (split across processes under torchrun)
     lr: float = 2e-4
@@ -70,18 +64,16 @@ class TrainConfig:
     weight_decay: float = 0.0  # for adamw
     grad_clip: float = 1.0  # maximum gradient norm
     ema_decay: float = 0.9999
-    ema_warmup: bool = (
-        True  # decay_k = min(ema_decay, (1 + k) / (10 + k)): a useful EMA in short runs too
-    )
+    # decay_k = min(ema_decay, (1 + k) / (10 + k)): a useful EMA in short runs too
+    ema_warmup: bool = True
     # speed
     precision: Precision = "auto"  # auto: measured on CPUs (ddpm_lib.devices), bf16 or fp16 on CUDA
     channels_last: bool = True
     compile: bool = False  # torch.compile the model (minutes of compilation; pays off on long runs)
     deterministic: bool = False  # CUDA: deterministic kernels, so a resumed run matches an uninterrupted one bit for bit (slower)
     # budget, logging, checkpoints
-    max_steps: int = (
-        800_000  # the run's total number of optimiser steps (a resumed run stops here too)
-    )
+    # the run's total number of optimiser steps (a resumed run stops here too)
+    max_steps: int = 800_000
     max_minutes: float | None = None  # wall-clock budget of this invocation
     seed: int = 0
     log_every: int = 10  # loss CSV rows

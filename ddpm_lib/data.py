@@ -37,9 +37,8 @@ Split = Literal["train", "test"]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 STANFORD_CARS_HANDLE = "jutrera/stanford-car-dataset-by-classes-folder/versions/2"
 STANFORD_CARS_TRAIN_SIZE = 8144
-NETWORK_TIMEOUT_S = (
-    10.0  # seconds without an answer (or without download progress) before giving up
-)
+# seconds without an answer (or without download progress) before giving up
+NETWORK_TIMEOUT_S = 10.0
 _R = TypeVar("_R")
 
 

@@ -51,9 +51,8 @@ class FeatureSet:
     """The features of one image set, computed once and scored against any number of others."""
 
     features: torch.Tensor  # (N, F), stored float64
-    labels: torch.Tensor | None = (
-        None  # (N,) classes predicted by the feature network, if it classifies
-    )
+    # (N,) classes predicted by the feature network, if it classifies
+    labels: torch.Tensor | None = None
 
     def __post_init__(self):
         self.features = self.features.double()

@@ -30,6 +30,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DistributedSampler
 
+from ddpm_lib.build import diffusion_from_config, model_args
 from ddpm_lib.checkpoints import (
     CHECKPOINT_NAME,
     LOG_NAME,
@@ -38,9 +39,7 @@ from ddpm_lib.checkpoints import (
     check_run_dir,
     check_training_state,
     claim_run_dir,
-    diffusion_from_config,
     load_checkpoint,
-    model_args,
     save_atomic,
     state_mismatch,
     truncate_log,
@@ -110,7 +109,7 @@ def _stop_signals():
 
 # ---------------------------------------------------------------------------------- the engine
 class Trainer:
-    """Train eps_theta with L_simple (Algorithm 1) and keep an EMA of its weights.
+    """Train the network with Algorithm 1 (eps or v target, L_simple or Min-SNR) and keep an EMA of it.
 
     ``Trainer(config, out_dir)`` builds everything; ``resume=True`` continues from
     ``out_dir/checkpoint.pt``. :meth:`train_step` runs one optimiser step on a batch (the notebook
@@ -127,72 +126,111 @@ class Trainer:
         dataset: ImageTensorDataset | None = None,
         progress: bool = True,
     ):
+        self._join_processes(device)
+        # checked before any work, claimed (created, locked) once the run is built
+        self.out_dir = (
+            check_run_dir(out_dir, resume) if self.is_main or out_dir is None else Path(out_dir)
+        )
+        # held as long as the trainer: no other process trains into the folder
+        self._run_lock = None
+        ckpt = self._resume_state() if resume else None
+        if ckpt is not None:
+            config = TrainConfig.from_dict(ckpt["config"]).resumed_with(config)
+        self.config = config
+        if config.batch_size % self.world_size:
+            raise ValueError(
+                f"batch_size {config.batch_size} must be divisible by the "
+                f"{self.world_size} processes"
+            )
+        self.local_batch = config.batch_size // self.world_size
+        self.progress = progress and self.is_main
+        self._choose_kernels()
+        # model init is identical on every rank (DDP broadcasts rank 0's)
+        torch.manual_seed(config.seed + self.rank)
+        self._set_data(dataset if dataset is not None else self._load_data())
+        self._build_model()
+        self._build_optimizer()
+        g = torch.Generator().manual_seed(self.config.seed + 12345)  # fixed noise for the grids
+        size = self.config.image_size
+        self.fixed_noise = torch.randn(self.config.num_sample_images, 3, size, size, generator=g)
+        self.step = 0
+        self._stepping = False  # inside train_step: the state is not whole
+        self.history: list[dict[str, float]] = []
+        if self.is_main and self.out_dir is not None:
+            self._run_lock = claim_run_dir(self.out_dir, resume)
+        if ckpt is not None:
+            self._restore(ckpt)
+        self._start_card(ckpt)
+
+    # -------------------------------------------------------------- construction helpers
+    def _join_processes(self, device: str | torch.device | None) -> None:
+        """Rank, world size and device; under torchrun each process takes its local GPU."""
         self.distributed = init_distributed()
         self.rank, self.world_size, local_rank = dist_info()
         self.is_main = self.rank == 0
         if device is None and self.distributed and torch.cuda.is_available():
             device = f"cuda:{local_rank}"
         self.device = select_device(device)
-        # checked before any work, claimed (created, locked) once the run is built
-        self.out_dir = (
-            check_run_dir(out_dir, resume) if self.is_main or out_dir is None else Path(out_dir)
-        )
-        self._run_lock = (
-            None  # held as long as the trainer: no other process trains into the folder
-        )
-        ckpt = None
-        if resume:
-            ckpt = load_checkpoint(self.out_dir / CHECKPOINT_NAME)
-            check_training_state(ckpt, self.out_dir / CHECKPOINT_NAME)
-            config = TrainConfig.from_dict(ckpt["config"]).resumed_with(config)
-        self.config = cfg = config
-        if cfg.batch_size % self.world_size:
-            raise ValueError(
-                f"batch_size {cfg.batch_size} must be divisible by the {self.world_size} processes"
-            )
-        self.local_batch = cfg.batch_size // self.world_size
-        self.progress = progress and self.is_main
-        # the fastest kernels by default; cuDNN's autotuner may pick others in a resumed run
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = not cfg.deterministic
-            torch.backends.cudnn.deterministic = cfg.deterministic
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-            # also the embedding's backward (atomic adds) and cuBLAS's workspace
-            if cfg.deterministic:
-                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-                torch.use_deterministic_algorithms(True, warn_only=True)
-        # model init is identical on every rank (DDP broadcasts rank 0's)
-        torch.manual_seed(cfg.seed + self.rank)
 
-        self.dataset = dataset if dataset is not None else self._load_data()
+    def _resume_state(self) -> dict:
+        """The run folder's checkpoint, checked to be a whole training state."""
+        ckpt = load_checkpoint(self.out_dir / CHECKPOINT_NAME)
+        check_training_state(ckpt, self.out_dir / CHECKPOINT_NAME)
+        return ckpt
+
+    def _choose_kernels(self) -> None:
+        """The fastest CUDA kernels, or deterministic ones for a bit-exact resume (--deterministic).
+
+        cuDNN's autotuner may pick other kernels in a resumed run, so only deterministic kernels
+        (which also cover the embedding's atomic adds and cuBLAS's workspace) resume bit for bit.
+        """
+        if self.device.type != "cuda":
+            return
+        deterministic = self.config.deterministic
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.deterministic = deterministic
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        if deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+
+    def _set_data(self, dataset: ImageTensorDataset) -> None:
+        """The images (on the GPU when they fit), their classes, and each epoch's shuffled order."""
+        cfg = self.config
         # small enough: keep the uint8 images on the GPU
-        if self.device.type != "cpu" and self.dataset.images.numel() < 2**31:
-            self.dataset = ImageTensorDataset(
-                self.dataset.images.to(self.device), self.dataset.labels, self.dataset.classes
+        if self.device.type != "cpu" and dataset.images.numel() < 2**31:
+            dataset = ImageTensorDataset(
+                dataset.images.to(self.device), dataset.labels, dataset.classes
             )
-        if tuple(self.dataset.images.shape[-2:]) != (cfg.image_size, cfg.image_size):
+        if tuple(dataset.images.shape[-2:]) != (cfg.image_size, cfg.image_size):
             raise ValueError(
-                f"the dataset's images are {tuple(self.dataset.images.shape[-2:])} but image_size is {cfg.image_size}; "
-                f"load it with image_size={cfg.image_size}"
+                f"the dataset's images are {tuple(dataset.images.shape[-2:])} but image_size is "
+                f"{cfg.image_size}; load it with image_size={cfg.image_size}"
             )
+        self.dataset = dataset
         if cfg.class_cond:
             self.config = cfg = self._with_classes(cfg)
-        self.sampler = DistributedSampler(
-            self.dataset,
+        # which images each process draws in each epoch (PyTorch's meaning of "sampler")
+        self.data_sampler = DistributedSampler(
+            dataset,
             num_replicas=self.world_size,
             rank=self.rank,
             shuffle=True,
             seed=cfg.seed,
             drop_last=True,
         )
-        self.steps_per_epoch = len(self.sampler) // self.local_batch
+        self.steps_per_epoch = len(self.data_sampler) // self.local_batch
         self._epoch_order: tuple[int, torch.Tensor] = (-1, torch.empty(0, dtype=torch.long))
         if self.steps_per_epoch < 1:
             raise ValueError(
-                f"the dataset has {len(self.dataset)} images, fewer than one batch of {cfg.batch_size}; lower batch_size"
+                f"the dataset has {len(dataset)} images, fewer than one batch of "
+                f"{cfg.batch_size}; lower batch_size"
             )
 
+    def _build_model(self) -> None:
+        """The process, the network (channels-last), its measured precisions and its EMA."""
+        cfg = self.config
         self.diffusion = diffusion_from_config(cfg)
         model = build_model(**model_args(cfg)).to(self.device)
         if cfg.channels_last:
@@ -206,39 +244,31 @@ class Trainer:
             choice = [self.precision]
             dist.broadcast_object_list(choice, src=0)
             self.precision = choice[0]
+        sample_batch = min(cfg.num_sample_images, 32)
         self.sample_precision = resolve_precision(
-            cfg.precision, self.device, model, "sample", shape, batch=min(cfg.num_sample_images, 32)
+            cfg.precision, self.device, model, "sample", shape, batch=sample_batch
         )
         self.ema = AveragedModel(model, multi_avg_fn=self._ema_update, use_buffers=True)
         self.ema.requires_grad_(False)
-        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = opt_cls(
-            model.parameters(),
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            fused=self.device.type == "cpu" or None,
-        )
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.name == "fp16")
-        self.step = 0
-        self._stepping = False  # inside train_step: the state is not whole
         self.train_model: nn.Module = model
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         if cfg.compile:
             self.train_model = torch.compile(self.train_model)
-        g = torch.Generator().manual_seed(cfg.seed + 12345)  # fixed noise for the sample grids
-        self.fixed_noise = torch.randn(
-            cfg.num_sample_images, 3, cfg.image_size, cfg.image_size, generator=g
-        )
-        self.history: list[dict[str, float]] = []
-        if self.is_main and self.out_dir is not None:
-            self._run_lock = claim_run_dir(self.out_dir, resume)
-        if ckpt is not None:
-            self._restore(ckpt)
-        self._start_card(ckpt)
 
-    # -------------------------------------------------------------- construction helpers
+    def _build_optimizer(self) -> None:
+        """Adam or AdamW (fused on a CPU) and the fp16 gradient scaler."""
+        cfg = self.config
+        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = opt_cls(
+            self.model.parameters(),
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            fused=self.device.type == "cpu" or None,
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.name == "fp16")
+
     def _load_data(self) -> ImageTensorDataset:
         cfg = self.config
         options = (
@@ -295,8 +325,11 @@ class Trainer:
         """This process's dataset indices for optimiser step ``step``: epoch-wise shuffles fixed by the seed."""
         epoch, offset = divmod(step, self.steps_per_epoch)
         if self._epoch_order[0] != epoch:
-            self.sampler.set_epoch(epoch)
-            self._epoch_order = (epoch, torch.tensor(list(iter(self.sampler)), dtype=torch.long))
+            self.data_sampler.set_epoch(epoch)
+            self._epoch_order = (
+                epoch,
+                torch.tensor(list(iter(self.data_sampler)), dtype=torch.long),
+            )
         return self._epoch_order[1][offset * self.local_batch : (offset + 1) * self.local_batch]
 
     def get_batch(self, step: int) -> torch.Tensor:

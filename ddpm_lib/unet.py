@@ -1,4 +1,4 @@
-"""Noise-prediction networks eps_theta(x_t, t) (stage 3 of the series).
+"""The denoising networks f_theta(x_t, t) (stage 3 of the series): eps_theta or v_theta.
 
 - :class:`UNet`: the DDPM U-Net of Ho et al. 2020 (Appendix B): a PixelCNN++-style U-Net with
   wide ResBlocks, GroupNorm, SiLU, a sinusoidal time embedding fed to every ResBlock, dropout and
@@ -9,8 +9,9 @@
   depend on the batch in train mode).
 - :class:`ResNet18UNet`: a torchvision ResNet-18 encoder with a transposed-convolution decoder.
 
-Every model maps ``(x_t, t)`` with x_t ``(B, C, H, W)`` and t a LongTensor ``(B,)`` to a noise
-prediction of x_t's shape. A :class:`UNet` built with ``num_classes > 0`` also takes class labels
+Every model maps ``(x_t, t)`` with x_t ``(B, C, H, W)`` and t a LongTensor ``(B,)`` to an output of
+x_t's shape: the noise eps (the paper) or v, as the diffusion's ``prediction_type`` reads it; the
+network itself knows nothing about noise. A :class:`UNet` built with ``num_classes > 0`` also takes class labels
 ``y`` ``(B,)``: a learned class embedding added to the time embedding, with one extra "null" class
 (index ``num_classes``) for the unconditional model of classifier-free guidance (Ho & Salimans 2022).
 """
@@ -57,9 +58,8 @@ class UNetConfig:
     dropout: float = 0.1  # inside each ResBlock (the paper's CIFAR-10 value)
     num_heads: int = 1  # attention heads (the paper uses 1)
     num_groups: int = 32  # GroupNorm groups
-    num_classes: int = (
-        0  # > 0: class-conditional, labels 0..num_classes-1 plus the null label num_classes
-    )
+    # > 0: class-conditional, labels 0..num_classes-1 plus the null label num_classes
+    num_classes: int = 0
 
 
 UNET_PRESETS: dict[str, UNetConfig] = {
@@ -215,7 +215,10 @@ def validate_unet_config(cfg: UNetConfig) -> None:
 
 
 class UNet(nn.Module):
-    """The DDPM U-Net (Ho et al. 2020, App. B): eps_theta(x_t, t[, y]), ``(B, C, H, W), (B,)[, (B,)] -> (B, C, H, W)``."""
+    """The DDPM U-Net (Ho et al. 2020, App. B): f_theta(x_t, t[, y]), eps or v by the training target.
+
+    Shapes: ``(B, C, H, W), (B,)[, (B,)] -> (B, C, H, W)``.
+    """
 
     def __init__(self, config: UNetConfig = UNetConfig()):
         super().__init__()
@@ -457,7 +460,7 @@ MODEL_PRESETS: tuple[str, ...] = (*UNET_PRESETS, "simple", "resnet18")
 def build_model(
     preset: str = "small", image_size: int = 32, in_channels: int = 3, **overrides
 ) -> nn.Module:
-    """Build a noise-prediction network by preset name (see ``MODEL_PRESETS``).
+    """Build a denoising network by preset name (see ``MODEL_PRESETS``).
 
     The DDPM presets accept :class:`UNetConfig` field overrides, e.g. ``dropout=0.0``.
     """

@@ -20,6 +20,7 @@ ORDER = [
     "data",
     "devices",
     "config",
+    "build",
     "checkpoints",
     "model_card",
     "sampling",

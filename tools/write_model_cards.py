@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from ddpm_lib.checkpoints import WEIGHTS_DIR, build_model_from_checkpoint, save_atomic
+from ddpm_lib.build import build_model_from_checkpoint
+from ddpm_lib.checkpoints import WEIGHTS_DIR, save_atomic
 from ddpm_lib.config import TrainConfig
 from ddpm_lib.model_card import (
     CARD_VERSION,
