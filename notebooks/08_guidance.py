@@ -411,7 +411,7 @@ GRID_SCALES = (0.0, 2.0, 8.0) if FAST else (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 LIVE_SCALES = (0.0, 8.0) if FAST else (0.0, 0.5, 4.0)  # measured in section 5 on N_LIVE samples
 PER_CLASS = 2 if FAST else 4  # images per body type in the grid
 STEPS = 10 if FAST else 20
-N_LIVE = 48 if FAST else 96
+N_LIVE = 32 if FAST else 96
 BATCH = K * PER_CLASS
 count = {w: N_LIVE if w in LIVE_SCALES else BATCH for w in GRID_SCALES}
 cost = sum(n * STEPS * (1 if w else 0.5) for w, n in count.items()) * per_image_step  # an unguided step: about half a guided one
@@ -587,7 +587,7 @@ print("study: lowest FID at w =", min(by_w, key=lambda w: by_w[w]["fid"]), "| hi
 
 # %% tags=["nbval-ignore-output"]
 # NBVAL_IGNORE_OUTPUT
-REPEATS = 3
+REPEATS = 1 if FAST else 3
 timing_labels = torch.arange(8) % K
 settings = {"unguided (w = 0)": (0.0, None), "guided, w = 2": (2.0, None), "guided, w = 2 on t in (300, 700)": (2.0, (300, 700))}
 generate(model, diffusion, 8, S, num_steps=10, labels=timing_labels, guidance_scale=2.0, precision="auto")  # warm-up
