@@ -72,6 +72,7 @@ def test_lines_are_not_packed_past_the_formatter(path):
     assert not packed, f"{path.name}: lines {packed} opt out of the formatter; split them instead"
 
 
+@pytest.mark.slow
 def test_sample_cli_does_not_load_the_training_engine():
     code = "import sys, ddpm_lib.sample; print('ddpm_lib.training' in sys.modules)"
     out = subprocess.run(

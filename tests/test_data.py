@@ -55,6 +55,7 @@ def test_toy_cars_shapes_range_labels():
     assert ds.classes == list(toy_cars.BODY_TYPES)
 
 
+@pytest.mark.slow
 def test_toy_cars_default_size_is_stanford_train():
     assert len(load_dataset("toy_cars", image_size=16)) == 8144
 
@@ -72,6 +73,7 @@ def test_toy_cars_deterministic_per_index():
 TOY_CARS_MEAN = 129.5645
 
 
+@pytest.mark.slow
 def test_toy_cars_train_test_disjoint():
     train = load_dataset("toy_cars", image_size=32, num_images=1000)
     test = load_dataset("toy_cars", image_size=32, split="test", num_images=1000)

@@ -120,6 +120,7 @@ def test_guided_prediction_is_one_batched_pass_of_the_paper_formula():
         )
 
 
+@pytest.mark.slow
 def test_scale_zero_sampling_reproduces_the_conditional_model_exactly():
     model = _conditional_unet()
     d = GaussianDiffusion(make_betas("linear", 100))
@@ -232,6 +233,7 @@ def test_generate_checks_labels_and_guidance():
     assert out.images.shape == (3, 3, 16, 16) and torch.isfinite(out.images).all()
 
 
+@pytest.mark.slow
 def test_class_conditional_training_resumes_exactly_and_samples_by_name(tmp_path, capsys):
     cfg = TrainConfig.cpu_demo(**{**TINY, "checkpoint_every": 3}, max_steps=6)
     full = Trainer(cfg, tmp_path / "full", progress=False)

@@ -142,6 +142,7 @@ def test_class_tv_of_known_histograms():
 
 
 # ---------------------------------------------------------------------------------- on real images
+@pytest.mark.slow
 def test_real_cars_score_far_better_than_blurred_ones_than_noise(net):
     ref = metrics.compute_features(
         load_dataset("toy_cars", 32, "train", num_images=300).images, net
@@ -191,6 +192,7 @@ def test_shipped_feature_network_file():
     )
 
 
+@pytest.mark.slow
 def test_feature_network_training_is_deterministic_and_round_trips(tmp_path):
     kw = dict(num_train=128, num_test=32, epochs=1, batch_size=64, log=lambda s: None)
     (a, acc_a), (b, acc_b) = features.train_feature_net(**kw), features.train_feature_net(**kw)

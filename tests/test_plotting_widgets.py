@@ -50,6 +50,7 @@ def _check_play(w, max_value, step=1):
     assert w.play.link.target == (w.slider, "index" if hasattr(w.slider, "index") else "value")
 
 
+@pytest.mark.slow
 def test_schedule_explorer_slider_changes_result():
     w = widgets.schedule_explorer()
     assert "T=1000" in w.text.value and "T=1000" in w.figure._suptitle.get_text()

@@ -123,6 +123,7 @@ def test_guidance_html_has_a_class_select_and_a_scale_slider():
     assert _range(page)["value"] == "2" and "<b>pickup, w = 2</b>" in page.split("<script")[0]
 
 
+@pytest.mark.slow
 def test_schedule_html_says_it_needs_a_kernel():
     w = widgets.schedule_explorer(num_timesteps=100)
     page = w._repr_html_()

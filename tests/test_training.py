@@ -47,6 +47,7 @@ def _params(module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
+@pytest.mark.slow
 def test_loss_falls_when_overfitting(tmp_path):
     trainer = Trainer(
         tiny_config(num_images=8, batch_size=8, max_steps=80, lr=3e-3), tmp_path, progress=False
@@ -60,6 +61,7 @@ def test_loss_falls_when_overfitting(tmp_path):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.slow
 def test_resume_in_process_is_exact(tmp_path, precision):
     cfg = tiny_config(max_steps=12, precision=precision, checkpoint_every=5)
     full = Trainer(cfg, tmp_path / "full", progress=False)
@@ -74,6 +76,7 @@ def test_resume_in_process_is_exact(tmp_path, precision):
         assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     """A CLI run killed with SIGKILL and resumed ends with the same weights as an uninterrupted run."""
     args = [*TINY_ARGS, "--max-steps", "60", "--checkpoint-every", "6", "--seed", "3"]
@@ -229,6 +232,7 @@ def test_precision_choices():
         TrainConfig(model="giant")
 
 
+@pytest.mark.slow
 def test_v_prediction_with_min_snr_trains_and_its_checkpoint_samples_as_v(tmp_path):
     args = train_cli.build_parser().parse_args(
         ["--out", str(tmp_path), "--prediction-type", "v_prediction", "--snr-gamma", "5"]
@@ -272,6 +276,7 @@ def test_v_prediction_with_min_snr_trains_and_its_checkpoint_samples_as_v(tmp_pa
         tiny_config(snr_gamma=-1.0)
 
 
+@pytest.mark.slow
 def test_width_depth_and_attention_overrides_reach_the_network_and_its_checkpoint(tmp_path):
     args = train_cli.build_parser().parse_args(
         ["--out", "x", "--base-channels", "24", "--num-res-blocks", "1", "--attention-resolutions"]
@@ -300,6 +305,7 @@ def test_width_depth_and_attention_overrides_reach_the_network_and_its_checkpoin
         tiny_config(num_res_blocks=0)
 
 
+@pytest.mark.slow
 def test_export_weights_and_sample_cli(tmp_path):
     Trainer(tiny_config(max_steps=3), tmp_path / "run", progress=False).fit()
     size = export_weights(tmp_path / "run/checkpoint.pt", tmp_path / "w.pt")
@@ -363,6 +369,7 @@ def test_train_cli_help_and_errors(tmp_path, capsys):
     assert "no checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_torchrun_two_gloo_processes(tmp_path):
     """The same program under torchrun: DDP with gloo on the CPU, rank 0 writes the checkpoint."""
     out = tmp_path / "ddp"
