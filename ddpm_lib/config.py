@@ -245,23 +245,18 @@ CPU_RECIPE_BEFORE_STUDY = dict(
     snr_gamma=None,
 )
 
-# Fields that may change when a run is resumed; every other field must match the checkpoint. lr may change so that
-# a diverged run continues from its last checkpoint with a lower learning rate (the exact resume would diverge again).
-RESUMABLE_OVERRIDES = frozenset(
-    {
-        "max_steps",
-        "max_minutes",
-        "checkpoint_every",
-        "sample_every",
-        "log_every",
-        "num_sample_images",
-        "sample_sampler",
-        "sample_steps",
-        "sample_eta",
-        "compile",
-        "data_root",
-        "precision",
-        "lr",
-        "deterministic",
-    }
+# Fields that change only the budget, the logs or the sample grids of a run, never its weights.
+BOOKKEEPING_FIELDS = frozenset(
+    {"max_steps", "max_minutes", "checkpoint_every", "sample_every", "log_every"}
+    | {"num_sample_images", "sample_sampler", "sample_steps", "sample_eta"}
 )
+# Fields that may change when a run is resumed; every other field must match the checkpoint. lr may
+# change so that a diverged run continues from its last checkpoint with a lower learning rate (the
+# exact resume would diverge again).
+RESUMABLE_OVERRIDES = BOOKKEEPING_FIELDS | {
+    "compile",
+    "data_root",
+    "precision",
+    "lr",
+    "deterministic",
+}

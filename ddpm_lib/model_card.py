@@ -65,20 +65,6 @@ RECIPE_FIELDS = (
 )
 # the trainer sets these from the dataset's classes, so a command never names them
 DERIVED_FIELDS = frozenset({"num_classes", "class_names"})
-# resumable fields that only change the budget, the logs or the sample grids, not the weights
-BOOKKEEPING_FIELDS = frozenset(
-    {
-        "max_steps",
-        "max_minutes",
-        "checkpoint_every",
-        "sample_every",
-        "log_every",
-        "num_sample_images",
-        "sample_sampler",
-        "sample_steps",
-        "sample_eta",
-    }
-)
 # boolean fields with a switch of their own on the train CLI
 _SWITCH_ON = ("class_cond", "compile", "deterministic")  # --class-cond turns a False default on
 _SWITCH_OFF = ("channels_last", "ema_warmup")  # --no-channels-last turns a True default off

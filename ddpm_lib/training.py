@@ -44,11 +44,10 @@ from ddpm_lib.checkpoints import (
     state_mismatch,
     truncate_log,
 )
-from ddpm_lib.config import TrainConfig
+from ddpm_lib.config import BOOKKEEPING_FIELDS, TrainConfig
 from ddpm_lib.data import ImageTensorDataset, load_dataset
 from ddpm_lib.devices import dist_info, init_distributed, resolve_precision, select_device
 from ddpm_lib.model_card import (
-    BOOKKEEPING_FIELDS,
     add_training,
     data_entry,
     hardware,

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from tiny import TINY as SHARED_TINY
 
 from ddpm_lib.checkpoints import load_checkpoint, load_ema_model
 from ddpm_lib.config import TrainConfig
@@ -16,20 +17,7 @@ from ddpm_lib.training import Trainer
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU (run `make gpu-check` on one)"
 )
-TINY = dict(
-    model="tiny",
-    image_size=16,
-    num_images=64,
-    batch_size=8,
-    lr=2e-3,
-    warmup_steps=5,
-    ema_decay=0.99,
-    num_timesteps=100,
-    num_sample_images=4,
-    sample_steps=5,
-    log_every=2,
-    checkpoint_every=1000,
-)
+TINY = dict(SHARED_TINY)
 
 
 def _params(module):

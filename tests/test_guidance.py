@@ -3,6 +3,7 @@ prediction, the samplers on a distribution whose optimal denoiser is known, trai
 
 import pytest
 import torch
+from tiny import TINY as SHARED_TINY
 
 from ddpm_lib import sample as sample_cli
 from ddpm_lib.checkpoints import load_checkpoint, load_ema_model
@@ -13,22 +14,7 @@ from ddpm_lib.schedules import make_betas
 from ddpm_lib.training import Trainer
 from ddpm_lib.unet import build_model
 
-TINY = dict(
-    model="tiny",
-    image_size=16,
-    num_images=64,
-    batch_size=8,
-    lr=2e-3,
-    warmup_steps=5,
-    ema_decay=0.99,
-    num_timesteps=100,
-    num_sample_images=6,
-    sample_steps=5,
-    log_every=2,
-    checkpoint_every=1000,
-    precision="fp32",
-    class_cond=True,
-)
+TINY = dict(SHARED_TINY, num_sample_images=6, precision="fp32", class_cond=True)
 
 
 def _conditional_unet(num_classes=6):

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import TINY as SHARED_TINY
 
 from ddpm_lib.checkpoints import load_ema_model
 from ddpm_lib.config import TrainConfig
@@ -15,21 +16,7 @@ from ddpm_lib.training import Trainer
 from ddpm_lib.unet import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(
-    model="tiny",
-    image_size=16,
-    num_images=64,
-    batch_size=8,
-    lr=2e-3,
-    warmup_steps=5,
-    ema_decay=0.99,
-    num_timesteps=100,
-    num_sample_images=4,
-    sample_steps=5,
-    log_every=2,
-    checkpoint_every=1000,
-    precision="fp32",
-)
+TINY = dict(SHARED_TINY, precision="fp32")
 CL = torch.channels_last
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import TINY as SHARED_TINY
 
 from ddpm_lib import sample as sample_cli
 from ddpm_lib import train as train_cli
@@ -19,20 +20,7 @@ from ddpm_lib.devices import resolve_precision
 from ddpm_lib.training import Trainer, TrainingDiverged
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(
-    model="tiny",
-    image_size=16,
-    num_images=64,
-    batch_size=8,
-    lr=2e-3,
-    warmup_steps=5,
-    ema_decay=0.99,
-    num_timesteps=100,
-    num_sample_images=4,
-    sample_steps=5,
-    log_every=2,
-    checkpoint_every=1000,
-)
+TINY = dict(SHARED_TINY)
 TINY_ARGS = shlex.split(
     "--model tiny --image-size 16 --num-images 64 --batch-size 8 --num-timesteps 100 "
     "--log-every 5 --no-progress --precision fp32"
