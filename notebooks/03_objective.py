@@ -208,8 +208,11 @@ print("Eq. 12 gives the library's KL terms:", torch.allclose(by_hand_bits, libra
 # %% [markdown]
 # **What $L_\text{simple}$ drops.** The paper trains with $L_\text{simple} = \mathbb E_{t, x_0, \epsilon}\|\epsilon - \epsilon_\theta\|^2$
 # (Eq. 14): Eq. 12 with every $w_t$ replaced by 1 (and $t$ drawn uniformly). Relative to the bound, it down-weights the
-# small $t$, where the noise is faint and predicting it is easy, and so spends the model's capacity on the harder
-# large-$t$ denoising that shapes the image. The weights span two orders of magnitude:
+# small $t$, where the noise is faint: an error in $\epsilon$ there is a tiny error in the image (it reaches $\hat x_0$
+# scaled by $\sqrt{1-\bar\alpha_t}/\sqrt{\bar\alpha_t}$), so the bound weighs it heavily, while $L_\text{simple}$ spends the
+# model's capacity on the large-$t$ denoising that shapes the image. (Measured in $\epsilon$ units, small $t$ is where
+# the error is largest, as notebook 05 shows: easy in image units, hard in noise units.) The weights span two orders
+# of magnitude:
 
 # %%
 large = GaussianDiffusion(make_betas("linear", 1000), "fixed_large")

@@ -131,7 +131,8 @@ ax.grid(alpha=0.3)
 print(f"MSE at t = {ts[0]}: {per_t[0]:.3f}, at t = {ts[1]}: {per_t[1]:.3f}, at t = {ts[-1]}: {per_t[-1]:.4f}")
 
 # %% [markdown]
-# Small $t$ is by far the hardest. At $t = 0$ the noise is a sliver of $x_t$ ($\sqrt{1-\bar\alpha_0} = \sqrt{\beta_1} =
+# Small $t$ is by far the hardest in these units, the noise's (in the image's units it is the easiest: notebook 03's
+# weights). At $t = 0$ the noise is a sliver of $x_t$ ($\sqrt{1-\bar\alpha_0} = \sqrt{\beta_1} =
 # 0.01$), and predicting it means knowing the clean image to within that sliver; near $t = T$, $x_t$ is almost pure noise
 # ($\sqrt{\bar\alpha_{T}} < 0.01$) and the network can nearly copy its input. Since $t$ is drawn uniformly, four
 # training steps in five land at $t \ge 200$, where the curve is already low and flat.
@@ -360,9 +361,11 @@ print(f"new default, on the CPU: FID {cpu['fid']:.1f} after {cpu['step']} steps;
 # ± 2.9):
 #
 # - **The loss matters most.** v-prediction with Min-SNR-5: 12.4. Min-SNR-5 on the $\epsilon$ loss: 16.8. v-prediction
-#   *alone* is the worst working recipe (43.4, recall 0.04): its weight $\mathrm{SNR}_t + 1$ on the $x_0$ error is even
-#   more lopsided than $\epsilon$'s. Hang et al. report that Min-SNR-5 speeds up convergence for both targets; here it
-#   is what makes v work.
+#   *alone* is the worst working recipe (43.4, recall 0.04). Its weight on the $x_0$ error, $\mathrm{SNR}_t + 1$, is not
+#   more lopsided than $\epsilon$'s $\mathrm{SNR}_t$: it stays at least 1 at high noise, where $\epsilon$'s falls to
+#   about $10^{-8}$ (the plot above). So the weighting alone does not explain the failure, and the study did not
+#   separate the cause. Hang et al. report that Min-SNR-5 speeds up convergence for both targets; here it is what
+#   makes v work.
 # - **Fewer, better-spread noise levels**: $T = 500$ 12.8, the cosine schedule 14.0 (Nichol & Dhariwal 2021).
 # - **Cheaper steps**: no attention (the step takes 547 ms instead of 699: 28% more steps) 14.6; one ResBlock per level 16.2
 #   (below the bar). Batch 32 (twice the steps) 17.9; batch 128 29.3. Narrower (24 channels, 32.2), wider (48, 29.6) and

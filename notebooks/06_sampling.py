@@ -598,7 +598,9 @@ print(f"scores of the shipped model (README; 1,000 samples): FID {scores['fid']:
 # than 95% of the data and 2% darker than the darkest 5% (the study model: 29% and 11%), and its channel means agree
 # with the data's within 0.03. Section 5.2 blamed the $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\epsilon)/\sqrt{\bar\alpha_t}$
 # amplification at high noise; a v-network is asked for $v \approx -x_0$ there, the image's colour itself, rather than
-# an $\epsilon$ whose small error is then multiplied by up to 157. Which of the recipe's changes did it (v-prediction,
+# an $\epsilon$ whose small error is then multiplied by up to 157. Under Min-SNR weighting the $\epsilon$ and v losses are
+# the same objective (notebook 05's identity), so what v changes is the output the network is asked to produce, its
+# parameterisation, not what it is trained to minimise. Which of the recipe's changes did it (v-prediction,
 # Min-SNR weighting, the cosine schedule, or 3,600 steps instead of 1,600) was not separated here; notebook 05's recipe
 # study measured their effects on FID one at a time.
 
