@@ -58,6 +58,7 @@ from ddpm_lib.diffusion import GaussianDiffusion, PredictionType, model_device
 from ddpm_lib.outputs import check_output, write_text_atomic
 from ddpm_lib.sampling import generate
 from ddpm_lib.schedules import SCHEDULES, make_betas, terminal_signal
+from ddpm_lib.training import ema_decay
 
 Severity = Literal["problem", "warning", "info", "ok"]
 SEVERITIES: tuple[str, ...] = get_args(Severity)
@@ -389,15 +390,9 @@ def check_loss_log(rows: list[dict]) -> list[Finding]:
 def ema_decays(decay: float, warmup: bool, updates: int) -> torch.Tensor:
     """The decay of each EMA update k = 1 .. updates-1, float64 ``(updates - 1,)``.
 
-    The trainer's rule (:meth:`ddpm_lib.training.Trainer._ema_update`): decay_k = min(decay, (1 + k) /
-    (10 + k)) with warm-up, else decay; update 0 copies the weights (``AveragedModel``'s first update).
+    The trainer's own rule, :func:`ddpm_lib.training.ema_decay`.
     """
-    k = torch.arange(1, max(updates, 1), dtype=torch.float64)
-    return (
-        torch.minimum(torch.full_like(k, decay), (1 + k) / (10 + k))
-        if warmup
-        else torch.full_like(k, decay)
-    )
+    return ema_decay(decay, warmup, torch.arange(1, max(updates, 1)))
 
 
 def ema_step_weights(decay: float, warmup: bool, updates: int) -> torch.Tensor:

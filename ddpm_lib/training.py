@@ -106,6 +106,13 @@ def _stop_signals():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 
+def ema_decay(decay: float, warmup: bool, k: torch.Tensor) -> torch.Tensor:
+    """The EMA's decay at update ``k`` (a tensor of update counts, any shape): decay_k = min(decay,
+    (1 + k) / (10 + k)) with warm-up, else ``decay``; update 0 copies the weights (AveragedModel)."""
+    k = k.to(torch.float64)
+    return torch.clamp((1 + k) / (10 + k), max=decay) if warmup else torch.full_like(k, decay)
+
+
 # ---------------------------------------------------------------------------------- the engine
 class Trainer:
     """Train the network with Algorithm 1 (eps or v target, L_simple or Min-SNR) and keep an EMA of it.
@@ -306,12 +313,8 @@ class Trainer:
         self, ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged
     ) -> None:
         """EMA with warm-up: decay_k = min(decay, (1 + k) / (10 + k)) after k updates."""
-        k = int(num_averaged)
-        decay = (
-            min(self.config.ema_decay, (1 + k) / (10 + k))
-            if self.config.ema_warmup
-            else self.config.ema_decay
-        )
+        k = torch.tensor(int(num_averaged))
+        decay = ema_decay(self.config.ema_decay, self.config.ema_warmup, k).item()
         floats = [(e, p) for e, p in zip(ema_params, params) if e.is_floating_point()]
         if floats:
             torch._foreach_lerp_([e for e, _ in floats], [p for _, p in floats], 1 - decay)

@@ -10,7 +10,6 @@ writes the table as JSON. Run as a script, it prints the CPU kind alone.
 
 import json
 import os
-import platform
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -20,19 +19,15 @@ BUDGET_S = {"bf16": 200.0, "no-bf16": 300.0}
 
 
 def cpu_kind() -> tuple[str, str]:
-    """``(model name, kind)``: kind is "bf16" where the CPU has AVX-512 BF16 or AMX, else "no-bf16"."""
-    model, flags = platform.processor() or "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    except OSError:
-        pass
-    kind = "bf16" if flags & {"avx512_bf16", "amx_bf16"} else "no-bf16"
-    return model, kind
+    """``(model name, kind)``: kind is "bf16" where the CPU has AVX-512 BF16 or AMX, else "no-bf16".
+
+    The library's own reading of the CPU (:func:`ddpm_lib.devices.cpu_model_and_flags`), imported
+    here, at the end of the run, so that pytest's controller does not load torch before the workers.
+    """
+    from ddpm_lib.devices import BF16_FLAGS, cpu_model_and_flags
+
+    model, flags = cpu_model_and_flags()
+    return model, "bf16" if set(flags) & set(BF16_FLAGS) else "no-bf16"
 
 
 def describe_cpu() -> str:
