@@ -147,7 +147,10 @@ def train_recipe(
     points: list[float],
     num_samples: int,
     device: str,
+    score_raw: bool = False,
 ) -> dict:
+    """Train one recipe and score its EMA weights (and its raw weights, with ``score_raw``) at each of
+    ``points`` CPU minutes."""
     from ddpm_lib.data import load_dataset
     from ddpm_lib.features import load_feature_extractor
     from ddpm_lib.metrics import compute_features, evaluate_samples, reference_features
@@ -168,24 +171,23 @@ def train_recipe(
         else:
             trainer.fit(max_steps=max(1, round(minutes * 60 / s_per_step)))
         wall += time.perf_counter() - start
-        out = generate(
-            trainer.ema.module,
-            trainer.diffusion,
-            num_samples,
-            32,
-            num_steps=50,
-            eta=1.0,
-            seed=seed,
-            precision=trainer.sample_precision,
-        )
-        scores = evaluate_samples(
-            compute_features(out.images, extractor),
-            reference,
-            extractor,
-            baseline=held_out,
-            bootstrap=0,
-        )
         keep = ("fid", "precision", "recall", "class_tv")
+
+        def score(model):
+            out = generate(
+                model,
+                trainer.diffusion,
+                num_samples,
+                32,
+                num_steps=50,
+                eta=1.0,
+                seed=seed,
+                precision=trainer.sample_precision,
+            )
+            features = compute_features(out.images, extractor)
+            return evaluate_samples(features, reference, extractor, baseline=held_out, bootstrap=0)
+
+        scores = score(trainer.ema.module)
         recent = [r["loss"] for r in trainer.history[-20:]]
         curve.append(
             {
@@ -196,6 +198,9 @@ def train_recipe(
                 "baseline": {k: scores["baseline"][k] for k in keep},
             }
         )
+        if score_raw:  # the weights the optimiser holds, without the average
+            raw = score(trainer.model)
+            curve[-1]["raw"] = {k: raw[k] for k in keep}
     return {
         "seed": seed,
         "device": str(trainer.device),
@@ -291,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         type=json.loads,
         help="cpu: a recipe as JSON TrainConfig fields (stage one: for --jobs)",
     )
+    p.add_argument(
+        "--score-raw", action="store_true", help="one: score the raw weights beside the EMA's"
+    )
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--s-per-step", type=float, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -329,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
             args.points,
             args.num_samples,
             args.device,
+            score_raw=args.score_raw,
         )
         write_text_atomic(args.out, json.dumps(run))
         return 0

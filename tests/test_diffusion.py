@@ -360,6 +360,19 @@ def test_v_model_samples_match_the_same_eps_model(oracle_cls, sampler, steps, et
         )
 
 
+def test_x0_output_gives_back_the_noise_and_its_loss_targets_x0():
+    d = _diffusion(T=1000, prediction_type="sample")
+    x0 = torch.rand(5, 3, 4, 4, dtype=torch.float64) * 2 - 1
+    noise = torch.randn_like(x0)
+    t = torch.tensor([0, 10, 500, 900, 999])
+    x_t = d.q_sample(x0, t, noise)
+    torch.testing.assert_close(d.eps_from_output(x_t, t, x0), noise, rtol=0, atol=1e-8)
+    perfect = lambda x_t, tt: x0  # noqa: E731
+    assert d.training_loss(perfect, x0, t=t, noise=noise).item() == pytest.approx(0.0, abs=1e-12)
+    # the noise is the wrong answer for an x_0 model
+    assert d.training_loss(lambda x_t, tt: noise, x0, t=t, noise=noise).item() > 0.1
+
+
 def test_v_loss_targets_velocity():
     d = _diffusion(T=100, prediction_type="v_prediction")
     x0 = torch.rand(4, 3, 4, 4) * 2 - 1
@@ -372,8 +385,8 @@ def test_v_loss_targets_velocity():
 
 
 @pytest.mark.parametrize("gamma", [0.5, 5.0, 1e9])
-def test_min_snr_weights_an_x0_error_the_same_for_eps_and_v(gamma):
-    """Hang et al. 2023: for one x_0 estimate, the eps and v losses under Min-SNR-gamma both equal
+def test_min_snr_weights_an_x0_error_the_same_for_eps_v_and_x0(gamma):
+    """Hang et al. 2023: for one x_0 estimate, the eps, v and x_0 losses under Min-SNR-gamma all equal
     mean_t min(SNR_t, gamma) * |x_0 - hat-x_0|^2, so the weighting is the same whatever is predicted."""
     d_eps, d_v = _diffusion(T=1000), _diffusion(T=1000, prediction_type="v_prediction")
     g = torch.Generator().manual_seed(0)
@@ -393,9 +406,12 @@ def test_min_snr_weights_an_x0_error_the_same_for_eps_and_v(gamma):
         lambda x, tt: eps_hat, x0, t=t, noise=noise, snr_gamma=gamma
     ).item()
     loss_v = d_v.training_loss(lambda x, tt: v_hat, x0, t=t, noise=noise, snr_gamma=gamma).item()
-    assert loss_eps == pytest.approx(expected, rel=1e-5) and loss_v == pytest.approx(
-        expected, rel=1e-5
-    )
+    d_x0 = _diffusion(T=1000, prediction_type="sample")
+    loss_x0 = d_x0.training_loss(
+        lambda x, tt: x0_hat, x0, t=t, noise=noise, snr_gamma=gamma
+    ).item()
+    for loss in (loss_eps, loss_v, loss_x0):
+        assert loss == pytest.approx(expected, rel=1e-5)
     if gamma == 1e9:  # no clipping: the eps loss is L_simple itself
         assert loss_eps == pytest.approx(
             d_eps.training_loss(lambda x, tt: eps_hat, x0, t=t, noise=noise).item(), rel=1e-5
