@@ -8,7 +8,7 @@ precision/recall with k = 3, class_tv, each with the std over bootstrap resample
 images in the toy-cars feature space, beside held-out *test* images scored the same way (the real-vs-real
 baseline: what a perfect generator would get at that sample count). The studies:
 
-1. ``samplers``: the study's model (``STUDY_MODEL``, the toy-cars model shipped before the recipe study) with DDIM at 10/20/50/100 steps and
+1. ``samplers``: the study's model (``DDPM_MODEL``, the toy-cars model shipped before the recipe study) with DDIM at 10/20/50/100 steps and
    eta in {0, 0.5, 1} (``--num-samples`` each), and the long samplers, DDIM-250 and DDPM-1000 with both
    reverse variances (``--num-samples-long`` each, fewer: they cost 2.5 to 10 times more);
 2. ``precision``: DDIM-50 at eta 0 and 1 sampled in bf16 and in fp32 from the same noise;
@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from ddpm_lib.bound import bits_per_dim, log_spaced_timesteps
-from ddpm_lib.checkpoints import STUDY_MODEL, load_checkpoint, load_ema_model
+from ddpm_lib.checkpoints import DDPM_MODEL, load_checkpoint, load_ema_model
 from ddpm_lib.config import CPU_RECIPE_BEFORE_STUDY, TrainConfig
 from ddpm_lib.data import from_uint8, load_dataset, to_uint8
 from ddpm_lib.devices import cpu_signature
@@ -158,8 +158,8 @@ class Study:
                 "python": platform.python_version(),
                 "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
-                "checkpoint": STUDY_MODEL.name,
-                "checkpoint_steps": int(load_checkpoint(STUDY_MODEL)["step"]),
+                "checkpoint": DDPM_MODEL.name,
+                "checkpoint_steps": int(load_checkpoint(DDPM_MODEL)["step"]),
                 "sizes": asdict(sizes),
                 "reference": f"{sizes.num_reference} toy-cars train images, features of ddpm_lib.features (128-d)",
                 "baseline": "held-out toy-cars test images (the first N), scored like the samples",
@@ -544,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     st = Study(sizes, args.out, argv)
     st.log(f"reference and baselines ready; {cpu_signature()}, torch {torch.__version__}")
-    model, diffusion, cfg = load_ema_model(STUDY_MODEL)
+    model, diffusion, cfg = load_ema_model(DDPM_MODEL)
     model = model.to(memory_format=torch.channels_last)
     if "bpd" not in args.skip:
         st.result["bits_per_dim"] = bpd_summary(

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from ddpm_lib.checkpoints import STUDY_MODEL, WEIGHTS_DIR, load_checkpoint, load_ema_model
+from ddpm_lib.checkpoints import DDPM_MODEL, WEIGHTS_DIR, load_checkpoint, load_ema_model
 from ddpm_lib.data import load_dataset
 from ddpm_lib.devices import cpu_signature, resolve_precision, select_device
 from ddpm_lib.features import load_feature_extractor
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--uncond-checkpoint",
         type=Path,
-        default=STUDY_MODEL,
+        default=DDPM_MODEL,
         help="the unconditional model to compare recall with (the one the study measured: the evaluation study's)",
     )
     p.add_argument("--scales", type=float, nargs="+", default=[0, 0.5, 1, 2, 3, 4, 6, 8])

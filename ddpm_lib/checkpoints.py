@@ -39,10 +39,11 @@ CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "loss.csv"
 LOCK_NAME = ".run.lock"  # the lock of a run folder; it also marks the folder as a run's
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"  # shipped with the package
-# EMA weights of the toy-cars model (README: how it was trained)
+# the paper's DDPM (--preset ddpm: eps, linear schedule, T = 1000) that notebook 05 trains and
+# notebooks 06 and 07 study
+DDPM_MODEL = WEIGHTS_DIR / "ddpm_toy_cars_32.pt"
+# the recipe notebook 08 arrives at (--preset cpu: v + Min-SNR-5, cosine, T = 500, no attention)
 PRETRAINED = WEIGHTS_DIR / "pretrained_toy_cars_32.pt"
-# the toy-cars model shipped before the recipe study: eps, linear, T = 1000
-STUDY_MODEL = WEIGHTS_DIR / "study_toy_cars_32.pt"
 
 
 class CheckpointError(ValueError):

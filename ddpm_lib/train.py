@@ -2,7 +2,8 @@
 
 Examples::
 
-    python -m ddpm_lib.train --preset cpu --out runs/toy32 --max-minutes 10
+    python -m ddpm_lib.train --preset ddpm --out runs/ddpm32 --max-steps 1600  # notebook 05's model
+    python -m ddpm_lib.train --preset cpu --out runs/toy32 --max-minutes 10     # notebook 08's recipe
     python -m ddpm_lib.train --out runs/toy32 --resume                  # continue a stopped run
     python -m ddpm_lib.train --preset cpu --class-cond --out runs/toy32_cond  # labels + classifier-free guidance
     torchrun --nproc_per_node=4 -m ddpm_lib.train --dataset cifar10 --out runs/cifar --batch-size 128
@@ -44,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         choices=list(PRESETS),
         default="cpu",
-        help="defaults to start from: 'paper' (Ho et al. 2020, CIFAR-10) or 'cpu' (small U-Net, fast on a CPU)",
+        help="defaults to start from: 'paper' (Ho et al. 2020, CIFAR-10), 'ddpm' (the paper's "
+        "objective and schedule on the small U-Net, notebook 05) or 'cpu' (the recipe notebook 08 "
+        "improves it into: v + Min-SNR-5, cosine, T = 500, no attention)",
     )
     p.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)"

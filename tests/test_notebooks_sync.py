@@ -19,7 +19,8 @@ SERIES = [
     "05_training",
     "06_sampling",
     "07_evaluation",
-    "08_guidance",
+    "08_improving_the_recipe",
+    "09_guidance",
 ]
 
 

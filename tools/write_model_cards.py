@@ -69,9 +69,9 @@ SHIPPED = {
             "cpu_runs); it was not stored with the run",
         ],
     },
-    "study_toy_cars_32.pt": {
-        "title": "the study model: the paper's objective (eps-prediction, linear schedule, T = 1000) on the "
-        "small U-Net with attention at 16x16, 1,600 steps of the former CPU recipe",
+    "ddpm_toy_cars_32.pt": {
+        "title": "the paper's DDPM at CPU size (--preset ddpm, notebook 05): eps-prediction, linear "
+        "schedule, T = 1000, small U-Net with attention at 16x16, 1,600 steps",
         "hardware": [
             {
                 "device": "cpu",
@@ -88,18 +88,18 @@ SHIPPED = {
             "trained at commit db661d2 (2026-11-22) with python -m ddpm_lib.train --preset cpu --out "
             "runs/pretrained_toy_cars_32 --max-steps 1600 --sample-every 400, stopped and continued twice "
             "with --resume; " + FORMER_CPU_PRESET + "; sample_steps then defaulted to 50",
-            "the same config in Python: TrainConfig.cpu_demo(**CPU_RECIPE_BEFORE_STUDY, max_steps=1600, "
-            "sample_every=400, sample_steps=50)",
+            "today --preset ddpm (TrainConfig.ddpm_demo) is this recipe, so the command above repeats it",
             "wall time and the CPU's model name were not recorded; precision 'auto' meant bf16 autocast "
             "on every CPU in that version",
-            "shipped as the pretrained model until commit 670ac4f replaced it; the same bytes are "
-            "study_toy_cars_32.pt since commit 9d27bec",
+            "shipped as the pretrained model until commit 670ac4f replaced it; the same bytes were "
+            "study_toy_cars_32.pt from commit 9d27bec and are ddpm_toy_cars_32.pt since the paper's "
+            "recipe became notebook 05's",
         ],
     },
     "pretrained_toy_cars_cond_32.pt": {
         "title": "the class-conditional toy-cars DDPM (six body types, label dropout 0.1 for "
-        "classifier-free guidance): eps-prediction, linear schedule, T = 1000, small U-Net with "
-        "attention at 16x16, batch 128, 5,882 steps",
+        "classifier-free guidance) of the shipped recipe: v-prediction + Min-SNR-5, cosine "
+        "schedule, T = 500, small U-Net without attention, batch 64, 3,600 steps",
         "hardware": [
             {
                 "device": "cuda",
@@ -108,22 +108,20 @@ SHIPPED = {
                 "processes": 1,
                 "precision": "bf16",
                 "torch": "2.11.0+cu130",
-                "steps": 5882,
-                "seconds": 270.0,
+                "steps": 3600,
+                "seconds": 267.5,
             }
         ],
-        "timed": "the wall clock of the training loop, which --max-minutes 4.5 stopped",
+        "timed": "the optimiser steps; sample grids and checkpoints excluded",
         "notes": [
-            "one uninterrupted run of python -m ddpm_lib.train --preset cpu --class-cond --batch-size 128 "
-            "--max-steps 8000 --max-minutes 4.5 --sample-every 2000 --num-sample-images 36 --out "
-            "runs/pretrained_toy_cars_cond_32 on one NVIDIA H200 (commit 3a88b08, 2026-11-25); "
-            + FORMER_CPU_PRESET,
-            "time: the --max-minutes 4.5 budget (wall clock of the loop, checkpoints included) stopped it "
-            "at step 5,882, about 3,500 images/s; elsewhere the same command stops at another step: "
-            "add --max-steps 5882 and leave out --max-minutes to repeat the steps anywhere (about 2.8 "
-            "hours on a 2-core CPU)",
-            "torch version: that of the H200 machine's image (README, guidance_study.json); it was not "
-            "stored with the run. Without --deterministic CUDA kernels are not bit-reproducible",
+            "one uninterrupted run of the command above on one NVIDIA H200 (2026-12-04), while other "
+            "training jobs shared the GPU, exported by checkpoints.export_weights (EMA weights in "
+            "bfloat16)",
+            "the same recipe and steps as the unconditional pretrained_toy_cars_32.pt, so the two "
+            "compare conditioning alone (benchmarks/guidance_study.json, study.unconditional)",
+            "on a CPU the same command repeats the steps: 3,600 steps at the 1.27 s per step measured "
+            "on a 2-core AMD EPYC with AVX2 only (benchmarks/ladder.json, cpu_timing) is about 76 "
+            "minutes. Without --deterministic CUDA kernels are not bit-reproducible",
         ],
     },
     "toy_cars_classifier.pt": {
@@ -191,11 +189,26 @@ def pretrained_metrics() -> list[dict]:
     out = [metric(n, s[key], sd, samples, source, s["baseline"][key]) for n, key, sd in rows]
     bpd = f"{s['bpd_images']} test images, {s['bpd_timesteps']} log-spaced t (an estimate of the bound)"
     out.append(metric("bits/dim", s["bits_per_dim"], s["bits_per_dim_sem"], bpd, source))
+    study = _read("guidance_study.json")["study"]
+    row, sets = study["unconditional"], study["settings"]
+    protocol = (
+        f"{sets['sets']} sets of {sets['num_samples']} DDIM-{sets['steps']} eta {sets['eta']:g} "
+        f"samples vs {sets['num_reference']:,} training images; ± std over the sets; in "
+        f"parentheses: {sets['num_samples']} held-out test images"
+    )
+    source = "benchmarks/guidance_study.json (study.unconditional)"
+    for name, key in (
+        ("FID", "fid"),
+        ("precision (k = 3)", "precision"),
+        ("recall (k = 3)", "recall"),
+    ):
+        base = row["baseline"][key]
+        out.append(metric(name, row[key], row[f"{key}_std"], protocol, source, base))
     return out
 
 
-def study_metrics() -> list[dict]:
-    """The README's table (no JSON kept), eval_study.json's bound, guidance_study.json's unconditional row."""
+def ddpm_metrics() -> list[dict]:
+    """The README's table (no JSON kept) and eval_study.json's bound."""
     readme = (
         "README.md, 'The pretrained toy-cars model' table of commit 783ebbb (python -m "
         "ddpm_lib.evaluate; its JSON file was not kept)"
@@ -216,21 +229,6 @@ def study_metrics() -> list[dict]:
     protocol = f"{bound['num_images']} test images, {len(bound['timesteps'])} log-spaced t"
     source = "benchmarks/eval_study.json (bits_per_dim)"
     out.append(metric("bits/dim", bound["total"], bound["total_sem"], protocol, source))
-    study = _read("guidance_study.json")["study"]
-    row, sets = study["unconditional"], study["settings"]
-    protocol = (
-        f"{sets['sets']} sets of {sets['num_samples']} DDIM-{sets['steps']} eta {sets['eta']:g} "
-        f"samples vs {sets['num_reference']:,} training images; ± std over the sets; in "
-        f"parentheses: {sets['num_samples']} held-out test images"
-    )
-    source = "benchmarks/guidance_study.json (study.unconditional)"
-    for name, key in (
-        ("FID", "fid"),
-        ("precision (k = 3)", "precision"),
-        ("recall (k = 3)", "recall"),
-    ):
-        base = row["baseline"][key]
-        out.append(metric(name, row[key], row[f"{key}_std"], protocol, source, base))
     return out
 
 
@@ -331,7 +329,7 @@ def card_for(name: str, saved: dict) -> dict:
         return classifier_card(saved)
     metrics = {
         "pretrained_toy_cars_32.pt": pretrained_metrics,
-        "study_toy_cars_32.pt": study_metrics,
+        "ddpm_toy_cars_32.pt": ddpm_metrics,
         "pretrained_toy_cars_cond_32.pt": conditional_metrics,
     }[name]()
     return diffusion_card(name, saved, metrics)
