@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from ddpm_lib.checkpoints import DDPM_MODEL, WEIGHTS_DIR, load_checkpoint, load_ema_model
+from ddpm_lib.checkpoints import PRETRAINED, WEIGHTS_DIR, load_checkpoint, load_ema_model
 from ddpm_lib.data import load_dataset
 from ddpm_lib.devices import cpu_signature, resolve_precision, select_device
 from ddpm_lib.features import load_feature_extractor
@@ -86,8 +86,15 @@ def study(args, device) -> dict:
     )
     visited = diffusion.sampling_timesteps("ddim", args.steps)
     rows = []
+    T = diffusion.num_timesteps
+    # default: the upper 40%, the middle 40% and the lower 40% of the timestep indices
+    intervals = args.intervals or [
+        (round(0.6 * T), T - 1),
+        (round(0.3 * T), round(0.7 * T)),
+        (0, round(0.4 * T)),
+    ]
     runs = [(w, None) for w in args.scales] + [
-        (w, iv) for iv in args.intervals for w in args.interval_scales
+        (w, iv) for iv in intervals for w in args.interval_scales
     ]
     for w, interval in runs:
         sets = []
@@ -221,18 +228,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--uncond-checkpoint",
         type=Path,
-        default=DDPM_MODEL,
-        help="the unconditional model to compare recall with (the one the study measured: the evaluation study's)",
+        default=PRETRAINED,
+        help="the unconditional model to compare with (default: the shipped one, the conditional model's "
+        "recipe and steps)",
     )
-    p.add_argument("--scales", type=float, nargs="+", default=[0, 0.5, 1, 2, 3, 4, 6, 8])
+    p.add_argument("--scales", type=float, nargs="+", default=[0, 0.5, 1, 2, 4, 8])
     p.add_argument(
         "--intervals",
         type=lambda v: tuple(int(x) for x in v.split(":")),
         nargs="*",
-        default=[(600, 999), (300, 700), (0, 400)],
-        help="guidance intervals LO:HI of timestep indices to measure at --interval-scales",
+        default=None,
+        help="guidance intervals LO:HI of timestep indices to measure at --interval-scales "
+        "(default: the upper, middle and lower 40%% of the model's T)",
     )
-    p.add_argument("--interval-scales", type=float, nargs="*", default=[2, 4])
+    p.add_argument("--interval-scales", type=float, nargs="*", default=[2])
     p.add_argument(
         "--num-samples",
         type=int,
@@ -242,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--sets",
         type=int,
-        default=3,
+        default=2,
         help="independent sample sets per scale (error bars: their std)",
     )
     p.add_argument("--steps", type=int, default=50)

@@ -39,7 +39,8 @@ import numpy as np
 import torch
 
 from ddpm_lib import GaussianDiffusion, make_betas
-from ddpm_lib.checkpoints import STUDY_MODEL, load_ema_model
+from ddpm_lib.checkpoints import DDPM_MODEL, load_ema_model
+from ddpm_lib.model_card import recipe_summary
 from ddpm_lib.data import from_uint8, load_dataset
 from ddpm_lib.bound import bits_per_dim, discretized_gaussian_log_likelihood, eps_weights, log_spaced_timesteps, normal_kl, prior_bpd, vlb_terms
 from ddpm_lib.plotting import show_images
@@ -211,7 +212,7 @@ print("Eq. 12 gives the library's KL terms:", torch.allclose(by_hand_bits, libra
 # small $t$, where the noise is faint: an error in $\epsilon$ there is a tiny error in the image (it reaches $\hat x_0$
 # scaled by $\sqrt{1-\bar\alpha_t}/\sqrt{\bar\alpha_t}$), so the bound weighs it heavily, while $L_\text{simple}$ spends the
 # model's capacity on the large-$t$ denoising that shapes the image. (Measured in $\epsilon$ units, small $t$ is where
-# the error is largest, as notebook 05 shows: easy in image units, hard in noise units.) The weights span two orders
+# the error is largest, as notebook 08 shows: easy in image units, hard in noise units.) The weights span two orders
 # of magnitude:
 
 # %%
@@ -303,15 +304,17 @@ print(f"sigma_1 = {sigma_decoder:.5f}: a perfect inner pixel costs {floor_bits:.
 # %% [markdown]
 # ## 5. Bits per dimension of a real model
 #
-# Now the bound of a trained toy-cars model: notebook 07's study model (`ddpm_lib/weights/study_toy_cars_32.pt`, the `small`
-# U-Net trained with $L_\text{simple}$ for 1,600 steps, linear schedule, $T = 1000$; notebook 05 trains one). `bits_per_dim` evaluates $L_T$, then one term per timestep index with fresh noise, the model in eval mode.
+# Now the bound of a trained toy-cars model: the paper's DDPM that notebook 05 trains (`--preset ddpm`: the `small`
+# U-Net, $L_\text{simple}$, linear schedule, $T = 1000$), in its shipped weights `ddpm_lib/weights/ddpm_toy_cars_32.pt`
+# (1,600 steps), the model notebooks 06 and 07 study too. `bits_per_dim` evaluates $L_T$, then one term per timestep
+# index with fresh noise, the model in eval mode.
 # All $T = 1000$ terms cost 1000 passes of the network; the terms change smoothly and fall steeply with $t$, so we
 # evaluate a log-spaced subset, dense at small $t$, and sum the terms interpolated between them (an estimate; the
 # full loop is `timesteps=None`).
 
 # %%
-model, pretrained_diffusion, config = load_ema_model(STUDY_MODEL)  # notebook 07's study model (eps, linear, T = 1000)
-print(f"{config.model} U-Net, T={pretrained_diffusion.num_timesteps}, {config.schedule} schedule, variance {pretrained_diffusion.variance_type}")
+model, pretrained_diffusion, config = load_ema_model(DDPM_MODEL)
+print(f"{DDPM_MODEL.name}: {recipe_summary(config)}, variance {pretrained_diffusion.variance_type}")
 num_images, num_steps = (8, 20) if FAST else (32, 100)
 timesteps = log_spaced_timesteps(pretrained_diffusion.num_timesteps, num_steps)
 print(f"{num_images} held-out images, {len(timesteps)} timestep indices:", timesteps[:8], "...", timesteps[-3:])

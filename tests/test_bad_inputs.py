@@ -355,7 +355,7 @@ ROWS = [
     sample("--guidance-scale, unconditional model", "{sample} --guidance-scale 3 --guidance-interval 2000 3000 --out {tmp}/s.png",
            r"--guidance-scale needs a class-conditional checkpoint"),
     sample("--guidance-interval beyond T", "{sample} --checkpoint {cond} --guidance-scale 3 --guidance-interval 2000 3000 --out {tmp}/s.png",
-           r"--guidance-interval 2000 3000: LO and HI are timestep indices, 0 <= LO <= HI <= 999 for this model \(T = 1000\)"),
+           r"--guidance-interval 2000 3000: LO and HI are timestep indices, 0 <= LO <= HI <= 499 for this model \(T = 500\)"),
     sample("--eta with ddpm", "{sample} --sampler ddpm --eta 0.5 --out {tmp}/s.png", r"--eta is a DDIM option"),
 
     # python -m ddpm_lib.train: tampered training checkpoints, one line naming the file and the field

@@ -31,7 +31,7 @@ from ddpm_lib.training import Trainer
 ROOT = Path(__file__).resolve().parents[1]
 DIFFUSION_FILES = [
     "pretrained_toy_cars_32.pt",
-    "study_toy_cars_32.pt",
+    "ddpm_toy_cars_32.pt",
     "pretrained_toy_cars_cond_32.pt",
 ]
 SHIPPED = [*DIFFUSION_FILES, "toy_cars_classifier.pt"]

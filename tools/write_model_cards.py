@@ -37,9 +37,9 @@ BENCH = ROOT / "benchmarks"
 # where the generator was written, and today
 TOY_CARS_TRAIN_SHA1 = "f7fe2dd9067f17fa"
 FORMER_CPU_PRESET = (
-    "the cpu preset was then the former recipe (eps, linear schedule, T = 1000, attention at 16x16); "
-    "today --preset cpu gives v-prediction + Min-SNR-5, cosine, T = 500, no attention, so the command "
-    "above rebuilds this config from the paper preset, naming every field"
+    "the cpu preset was then the former recipe (eps, linear schedule, T = 1000, attention at 16x16), "
+    "today's --preset ddpm; today --preset cpu gives v-prediction + Min-SNR-5, cosine, T = 500, no "
+    "attention"
 )
 AMD_CPU = {"device": "cpu", "name": "AMD EPYC", "bf16": True, "threads": 2, "processes": 1}
 
@@ -88,7 +88,7 @@ SHIPPED = {
             "trained at commit db661d2 (2026-11-22) with python -m ddpm_lib.train --preset cpu --out "
             "runs/pretrained_toy_cars_32 --max-steps 1600 --sample-every 400, stopped and continued twice "
             "with --resume; " + FORMER_CPU_PRESET + "; sample_steps then defaulted to 50",
-            "today --preset ddpm (TrainConfig.ddpm_demo) is this recipe, so the command above repeats it",
+            "the command above (--preset ddpm, TrainConfig.ddpm_demo) repeats that config",
             "wall time and the CPU's model name were not recorded; precision 'auto' meant bf16 autocast "
             "on every CPU in that version",
             "shipped as the pretrained model until commit 670ac4f replaced it; the same bytes were "
