@@ -6,7 +6,8 @@ Two ways in:
   the ADM evaluation suite and of ``python -m ddpm_lib.sample --out FILE.npz``);
 - ``--checkpoint PATH`` (alone: the shipped pretrained toy-cars model) first draws ``--num-samples`` through
   ``ddpm_lib.sampling.generate``, then also estimates the model's negative log-likelihood in bits/dim on
-  held-out test images (Ho et al. 2020, Eq. 5, via ``ddpm_lib.bound.bits_per_dim``).
+  held-out test images (Ho et al. 2020, Eq. 5, via ``ddpm_lib.bound.bits_per_dim``); ``--write-card``
+  adds the scores to the checkpoint's model card.
 
 The reference is ``--num-reference`` images (default 5,000) of the dataset's train split at the samples'
 size. Features: the toy-cars feature network (``ddpm_lib.features``) for ``toy_cars``, InceptionV3 for the
@@ -37,6 +38,7 @@ from ddpm_lib.metrics import (
     evaluate_samples,
     reference_features,
 )
+from ddpm_lib.model_card import add_metrics, evaluation_metrics
 from ddpm_lib.outputs import file_size_limit_as_error, write_atomic, write_text_atomic
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -174,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--kid-subset-size", type=int, default=1000)
     r.add_argument("--no-baseline", action="store_true", help="skip the real-vs-real baseline")
     p.add_argument("--json", type=Path, default=None, help="write every figure to this JSON file")
+    p.add_argument(
+        "--write-card",
+        action="store_true",
+        help="with --checkpoint: add the scores to the checkpoint's model card (--info prints them)",
+    )
     return p
 
 
@@ -212,6 +219,10 @@ def check_options(args) -> None:
         if getattr(args, name, None) is None:
             setattr(args, name, default)
     checkpoint = PRETRAINED if str(args.checkpoint) == "pretrained" else args.checkpoint
+    if args.write_card and args.checkpoint is None:
+        raise EvaluationInputError(
+            "--write-card writes a checkpoint's scores into its model card: give --checkpoint FILE"
+        )
     inputs = [
         ("the input --samples", args.samples),
         ("the input --checkpoint", checkpoint),
@@ -442,6 +453,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.json is not None:
             write_text_atomic(args.json, json.dumps(result, indent=2) + "\n")
             print(f"wrote {args.json}")
+        if args.write_card:
+            source = f"python -m ddpm_lib.evaluate{f' --json {args.json}' if args.json else ''}"
+            add_metrics(result["checkpoint"], evaluation_metrics(result, source))
+            print(f"wrote the scores into the model card of {result['checkpoint']}")
     except (
         EvaluationInputError,
         DatasetUnavailableError,

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from ddpm_lib.checkpoints import CheckpointError, card_problem, load_checkpoint
+from ddpm_lib.checkpoints import CheckpointError, card_problem, load_checkpoint, save_atomic
 from ddpm_lib.config import PRESETS, TrainConfig
 from ddpm_lib.devices import BF16_FLAGS, cpu_model_and_flags
 from ddpm_lib.unet import UNET_PRESETS
@@ -225,6 +225,73 @@ def new_card(
         "metrics": list(metrics or []),
         "notes": list(notes or []),
     }
+
+
+def metric(name: str, value, std, protocol: str, source: str, baseline=None) -> dict:
+    """One measured score of a card: its value, its spread (None: none measured), how and where it was measured.
+
+    ``baseline`` is the same score of real held-out images against the reference (None: not measured).
+    """
+    out = {"name": name, "value": float(value), "std": None if std is None else float(std)}
+    if baseline is not None:
+        out["baseline"] = float(baseline)
+    return {**out, "protocol": protocol, "source": source}
+
+
+def evaluation_metrics(result: dict, source: str) -> list[dict]:
+    """The card's metrics from a result of ``python -m ddpm_lib.evaluate --checkpoint`` (its ``--json``).
+
+    FID, KID, precision, recall and class TV of the samples, with the bootstrap spread and the real-vs-real
+    baseline where measured, and bits/dim when estimated; ``source`` names where the result is kept.
+    """
+    spread, base = result.get("spread") or {}, result.get("baseline") or {}
+    samples = (
+        f"{result['num_samples']:,} {result['sampler'].upper()}-{result['num_steps']} "
+        f"eta {result['eta']:g} samples ({result['sampling_precision']}, seed {result['seed']}) vs "
+        f"{result['num_reference']:,} training images, {result['features']}"
+    )
+    if spread:
+        samples += f"; ± bootstrap std ({result['bootstrap']} resamples; KID: std over its subsets)"
+    if base:
+        samples += (
+            f"; in parentheses: {base['num_samples']:,} held-out test images scored the same way"
+        )
+    rows = [
+        ("FID", "fid", spread.get("fid")),
+        ("KID", "kid_mean", result.get("kid_std")),
+        ("precision (k = 3)", "precision", spread.get("precision")),
+        ("recall (k = 3)", "recall", spread.get("recall")),
+        ("class TV (body types)", "class_tv", spread.get("class_tv")),
+    ]
+    out = [
+        metric(name, result[key], sd, samples, source, base.get(key))
+        for name, key, sd in rows
+        if result.get(key) is not None
+    ]
+    if result.get("bits_per_dim") is not None:
+        exact = "every t" if result.get("bpd_exact") else f"{result['bpd_timesteps']} log-spaced t"
+        bpd = f"{result['bpd_images']} test images, {exact} (an estimate of the bound)"
+        out.append(
+            metric("bits/dim", result["bits_per_dim"], result.get("bits_per_dim_sem"), bpd, source)
+        )
+    return out
+
+
+def add_metrics(path: str | os.PathLike, metrics: list[dict]) -> None:
+    """Write ``metrics`` into the model card of the checkpoint ``path``, atomically, the rest of the file
+    unchanged. A stored metric with the same name, protocol and source as a new one is replaced."""
+    ckpt = load_checkpoint(path)
+    card = ckpt.get("model_card")
+    if card is None or card_problem(card):
+        raise CheckpointError(
+            f"{path} has no usable model card to write scores into (a file written before cards "
+            "existed, or by other code): keep the scores in the --json file instead"
+        )
+    new = {(m["name"], m["protocol"], m["source"]) for m in metrics}
+    kept = [
+        m for m in card.get("metrics", []) if (m["name"], m["protocol"], m["source"]) not in new
+    ]
+    save_atomic({**ckpt, "model_card": {**card, "metrics": kept + list(metrics)}}, path)
 
 
 def recipe_summary(cfg: TrainConfig) -> str:

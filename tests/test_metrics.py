@@ -348,3 +348,39 @@ def test_cli_bad_checkpoint_options(tmp_path, capsys, argv, message):
     assert evaluate.main([str(tmp_path / a) if a.endswith(".pt") else a for a in argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+
+
+def test_write_card_adds_the_scores_to_the_checkpoints_card_and_nothing_else(tmp_path, capsys):
+    from ddpm_lib.checkpoints import PRETRAINED, load_checkpoint
+    from ddpm_lib.model_card import describe_file
+
+    path = tmp_path / "model.pt"
+    path.write_bytes(PRETRAINED.read_bytes())
+    before = load_checkpoint(path)
+    argv = "--num-samples 12 --steps 2 --precision fp32 --device cpu --num-reference 24".split()
+    argv += ["--bootstrap", "2", "--kid-subsets", "3", "--bpd-images", "0"]
+    argv += ["--checkpoint", str(path), "--json", str(tmp_path / "r.json"), "--write-card"]
+    for _ in range(2):  # a second evaluation replaces the first one's scores
+        assert evaluate.main(argv) == 0
+    after = load_checkpoint(path)
+    new = [m for m in after["model_card"]["metrics"] if "r.json" in m["source"]]
+    assert [m["name"] for m in new] == [
+        "FID",
+        "KID",
+        "precision (k = 3)",
+        "recall (k = 3)",
+        "class TV (body types)",
+    ]
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert new[0]["value"] == result["fid"] and new[0]["baseline"] == result["baseline"]["fid"]
+    assert "12 DDIM-2 eta 1 samples" in new[0]["protocol"]
+    assert (
+        after["model_card"]["metrics"][: len(before["model_card"]["metrics"])]
+        == (before["model_card"]["metrics"])
+    )
+    assert all(torch.equal(after["ema"][k], v) for k, v in before["ema"].items())
+    assert "12 DDIM-2 eta 1 samples" in describe_file(path)
+    # no checkpoint, no card to write into
+    capsys.readouterr()
+    assert evaluate.main(["--samples", str(tmp_path / "x.npz"), "--write-card"]) == 2
+    assert "--write-card" in capsys.readouterr().err

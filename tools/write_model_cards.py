@@ -25,7 +25,9 @@ from ddpm_lib.config import TrainConfig
 from ddpm_lib.model_card import (
     CARD_VERSION,
     data_entry,
+    evaluation_metrics,
     images_fingerprint,
+    metric,
     new_card,
     train_command,
 )
@@ -154,41 +156,14 @@ SHIPPED = {
 
 
 # ---------------------------------------------------------------------------------- metrics
-def metric(name: str, value, std, protocol: str, source: str, baseline=None) -> dict:
-    """One measured score: its value, its spread (None: none measured), how and where it was measured.
-
-    ``baseline`` is the same score of real held-out images against the reference (None: not measured).
-    """
-    out = {"name": name, "value": float(value), "std": None if std is None else float(std)}
-    if baseline is not None:
-        out["baseline"] = float(baseline)
-    return {**out, "protocol": protocol, "source": source}
-
-
 def _read(name: str) -> dict:
     return json.loads((BENCH / name).read_text())
 
 
 def pretrained_metrics() -> list[dict]:
     """benchmarks/pretrained_scores.json: python -m ddpm_lib.evaluate on the shipped model."""
-    s, source = _read("pretrained_scores.json"), "benchmarks/pretrained_scores.json"
-    samples = (
-        f"{s['num_samples']:,} DDIM-{s['num_steps']} eta {s['eta']:g} samples "
-        f"({s['sampling_precision']}, seed {s['seed']}) vs {s['num_reference']:,} training images, "
-        f"toy-cars feature space; ± bootstrap std ({s['bootstrap']} resamples; KID: std over its "
-        f"subsets); in parentheses: {s['baseline']['num_samples']:,} held-out test images scored "
-        "the same way"
-    )
-    rows = [
-        ("FID", "fid", s["spread"]["fid"]),
-        ("KID", "kid_mean", s["kid_std"]),
-        ("precision (k = 3)", "precision", s["spread"]["precision"]),
-        ("recall (k = 3)", "recall", s["spread"]["recall"]),
-        ("class TV (body types)", "class_tv", s["spread"]["class_tv"]),
-    ]
-    out = [metric(n, s[key], sd, samples, source, s["baseline"][key]) for n, key, sd in rows]
-    bpd = f"{s['bpd_images']} test images, {s['bpd_timesteps']} log-spaced t (an estimate of the bound)"
-    out.append(metric("bits/dim", s["bits_per_dim"], s["bits_per_dim_sem"], bpd, source))
+    source = "benchmarks/pretrained_scores.json"
+    out = evaluation_metrics(_read("pretrained_scores.json"), source)
     study = _read("guidance_study.json")["study"]
     row, sets = study["unconditional"], study["settings"]
     protocol = (
