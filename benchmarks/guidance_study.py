@@ -1,4 +1,4 @@
-"""Classifier-free guidance, measured: the fidelity-diversity trade-off behind notebook 08 and the README.
+"""Classifier-free guidance, measured: the fidelity-diversity trade-off behind notebook 09 and the README.
 
     python benchmarks/guidance_study.py --out benchmarks/guidance_study.json            # the trade-off over scales
     python benchmarks/guidance_study.py --timing-only --out benchmarks/guidance_study.json  # + the cost of a guided step here
