@@ -340,7 +340,7 @@ class GaussianDiffusion:
             return loss_fn(output, target)
         check_float(snr_gamma, "snr_gamma", 0, min_inclusive=False)
         snr = self.snr(t)
-        # each target's squared error in units of the x_0 error (the SNR identities of notebook 09)
+        # each target's squared error in units of the x_0 error (the SNR identities of notebook 08)
         x0_units = {"epsilon": snr, "v_prediction": snr + 1, "sample": torch.ones_like(snr)}
         weight = snr.clamp(max=snr_gamma) / x0_units[self.prediction_type]
         per_image = loss_fn(output, target, reduction="none").flatten(1).mean(1)

@@ -245,3 +245,148 @@ def plot_recipe_study(study: dict, budget: str = "budget_10min", highlight: Sequ
     ax2.set_ylim(0, 1)
     fig.tight_layout()
     return fig
+
+
+def ladder_order(ladder: dict) -> tuple[list[str], list[str]]:
+    """The rungs of ``benchmarks/ladder.json`` (as a dict) in order, and its side arms.
+
+    The ladder's protocol: every rung ran with the most seeds, and each rung adds one change to the one
+    before it, so the rungs are the runs with the most seeds ordered by their number of overrides; every
+    other run is a side arm (in the file's order).
+    """
+    runs = ladder["runs"]
+    most = max(len(run["seeds"]) for run in runs.values())
+    rungs = sorted(
+        (n for n, r in runs.items() if len(r["seeds"]) == most),
+        key=lambda n: len(runs[n]["overrides"]),
+    )
+    return rungs, [n for n in runs if n not in rungs]
+
+
+def _arm_base(runs: dict, rungs: list[str], arm: str) -> str | None:
+    """The first rung that differs from the side arm ``arm`` in one field only."""
+    mine = runs[arm]["overrides"]
+    for rung in rungs:
+        theirs = runs[rung]["overrides"]
+        if sum(mine.get(k) != theirs.get(k) for k in set(mine) | set(theirs)) == 1:
+            return rung
+    return None
+
+
+def _plain_log_ticks(ax) -> None:
+    """Tick labels 10, 20, 30, 50, ... on a log y axis instead of powers of ten."""
+    from matplotlib import ticker
+
+    ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+    ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+
+
+def plot_ladder(ladder: dict):
+    """The ablation ladder of ``benchmarks/ladder.py`` (its JSON as a dict), at equal CPU minutes.
+
+    Left: each recipe's final FID (lower is better; log scale): the rungs in order, then the side arms, each
+    labelled with the rung it changes; grey dots are single seeds, black the mean ± std over seeds of the EMA
+    weights, red rings the mean of the raw weights. Middle: final precision and recall of the EMA weights
+    (mean ± std over seeds) beside the real-vs-real baseline. Right: FID at each scored point against CPU
+    minutes, rungs only. Returns the Figure.
+    """
+    runs = ladder["runs"]
+    rungs, arms = ladder_order(ladder)
+    names = rungs + arms
+    # x positions: the rungs, a gap, the side arms
+    x = {name: i + (1 if name in arms else 0) for i, name in enumerate(names)}
+
+    def finals(name: str, key: str = "fid", weights: str = "ema") -> np.ndarray:
+        points = [s["curve"][-1] for s in runs[name]["seeds"]]
+        return np.array([(p if weights == "ema" else p["raw"])[key] for p in points])
+
+    def spread(values: np.ndarray) -> float:
+        return float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+    fig, (ax, ax2, ax3) = plt.subplots(
+        1, 3, figsize=(17, 4.6), gridspec_kw={"width_ratios": [1.5, 1, 1]}
+    )
+    for name in names:
+        fids = finals(name)
+        ax.scatter([x[name]] * len(fids), fids, s=12, color="0.6", zorder=2)
+    ax.errorbar(
+        [x[n] for n in names],
+        [finals(n).mean() for n in names],
+        yerr=[spread(finals(n)) for n in names],
+        fmt="o",
+        color="black",
+        capsize=4,
+        zorder=3,
+        label="EMA weights: mean ± std over seeds",
+    )
+    with_raw = [n for n in names if "raw" in runs[n]["seeds"][0]["curve"][-1]]
+    ax.scatter(
+        [x[n] for n in with_raw],
+        [finals(n, weights="raw").mean() for n in with_raw],
+        s=60,
+        facecolors="none",
+        edgecolors="C3",
+        zorder=4,
+        label="raw weights: mean over seeds",
+    )
+    labels = []
+    for n in names:
+        seeds = len(runs[n]["seeds"])
+        base = _arm_base(runs, rungs, n) if n in arms else None
+        what = f"of {base}, " if base else ""
+        labels.append(f"{n}\n({what}{seeds} seed{'s' * (seeds > 1)})")
+    ax.set_xticks([x[n] for n in names], labels, rotation=40, ha="right", fontsize=8)
+    ax.axvline(len(rungs), color="0.8", lw=1)
+    ax.set_yscale("log")
+    _plain_log_ticks(ax)
+    ax.set_ylabel("FID (toy-cars features; lower is better)")
+    base_fid = runs[names[0]]["seeds"][0]["curve"][-1]["baseline"]["fid"]
+    ax.set_title(
+        f"final FID; rungs left, side arms right (real vs real {base_fid:.2f})", fontsize=10
+    )
+    ax.grid(alpha=0.3, axis="y", which="both")
+    ax.legend(fontsize=8)
+
+    baseline = runs[names[0]]["seeds"][0]["curve"][-1]["baseline"]
+    for k, (key, colour) in enumerate((("precision", "C0"), ("recall", "C1"))):
+        ax2.bar(
+            [x[n] + (k - 0.5) * 0.4 for n in names],
+            [finals(n, key).mean() for n in names],
+            0.4,
+            yerr=[spread(finals(n, key)) for n in names],
+            capsize=2,
+            color=colour,
+            label=f"{key} (real vs real {baseline[key]:.2f}, dashed)",
+        )
+        ax2.axhline(baseline[key], color=colour, ls="--", lw=1)
+    ax2.set_xticks([x[n] for n in names], names, rotation=40, ha="right", fontsize=8)
+    ax2.axvline(len(rungs), color="0.8", lw=1)
+    ax2.set_ylim(0, 1)
+    ax2.set_title("final precision and recall (EMA weights; mean ± std over seeds)", fontsize=10)
+    ax2.grid(alpha=0.3, axis="y")
+    ax2.legend(fontsize=8, loc="upper left")
+
+    markers = "osD^vP*X"
+    for i, n in enumerate(rungs):
+        curves = [s["curve"] for s in runs[n]["seeds"]]
+        minutes = [p["cpu_minutes"] for p in curves[0]]
+        fids = np.array([[p["fid"] for p in c] for c in curves])  # (seeds, points)
+        ax3.errorbar(
+            minutes,
+            fids.mean(0),
+            yerr=fids.std(0, ddof=1) if len(fids) > 1 else None,
+            marker=markers[i % len(markers)],
+            ls=["-", "--", ":", "-."][i % 4],
+            capsize=3,
+            label=n,
+        )
+    ax3.set_yscale("log")
+    _plain_log_ticks(ax3)
+    ax3.set_xlabel("CPU minutes (steps x the measured seconds per step)")
+    ax3.set_ylabel("FID (EMA weights)")
+    ax3.set_title("FID at each scored point: mean ± std over seeds", fontsize=10)
+    ax3.grid(alpha=0.3, which="both")
+    ax3.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -23,8 +23,13 @@
 # its batch; with dropout two passes over the same input disagree, and the samples of a trained model turn grainy.
 #
 # **The contract.** The network takes a noisy batch $x_t$ `(B, 3, H, W)` and integer timesteps `t` `(B,)`, and
-# returns a tensor of $x_t$'s shape: its guess of the noise $\epsilon$ that was added. It knows nothing of the
+# returns a tensor of $x_t$'s shape. Trained as the paper trains it, that tensor is its guess of the noise $\epsilon$
+# that was added (notebook 08's recipe trains it, without attention, to return $v$ instead). It knows nothing of the
 # schedule; `GaussianDiffusion` owns all the maths.
+#
+# **The model.** Section 6 loads `DDPM_MODEL` (`ddpm_lib/weights/ddpm_toy_cars_32.pt`): the paper's DDPM
+# ($\epsilon$-prediction, linear schedule, $T = 1000$) on the `small` U-Net with attention at 16x16, 1,600 steps of
+# notebook 05's recipe (`--preset ddpm`, batch 64, no dropout).
 
 # %%
 import math
@@ -32,7 +37,7 @@ import math
 import matplotlib.pyplot as plt
 import torch
 
-from ddpm_lib.checkpoints import STUDY_MODEL, load_ema_model
+from ddpm_lib.checkpoints import DDPM_MODEL, load_ema_model
 from ddpm_lib.plotting import show_images
 from ddpm_lib.sampling import generate
 from ddpm_lib.unet import (
@@ -219,11 +224,11 @@ print(f"GroupNorm U-Net in train mode (dropout 0): image 0's output changes by {
 #
 # The paper's U-Net has dropout 0.1 inside every ResBlock. In train mode dropout zeroes a random 10% of the activations
 # (and scales the others by 1/0.9), so the same input gives a different output at every call; in eval mode it does
-# nothing. The trained `small` model of notebook 07's study was trained without dropout; loaded into a network
-# with the paper's dropout, it shows both modes:
+# nothing. `DDPM_MODEL`, the $\epsilon$-prediction model of notebook 05's recipe that notebooks 06 and 07 study, was
+# trained without dropout; loaded into a network with the paper's dropout, it shows both modes:
 
 # %%
-pretrained, diffusion, config = load_ema_model(STUDY_MODEL)  # a trained toy-cars model (notebook 07's study model), eval mode
+pretrained, diffusion, config = load_ema_model(DDPM_MODEL)  # eps-prediction, linear, T = 1000; eval mode
 dropped = build_model(config.model, image_size=config.image_size, dropout=0.1)  # the same network with dropout 0.1 ...
 dropped.load_state_dict(pretrained.state_dict())  # ... and the same weights (dropout has none)
 x_t, t = torch.randn(4, 3, 32, 32), torch.full((4,), 500)
@@ -231,11 +236,17 @@ rms = lambda a: a.pow(2).mean().sqrt().item()  # noqa: E731
 with torch.no_grad():
     first, second = dropped.train()(x_t, t), dropped(x_t, t)
     first_eval, second_eval = dropped.eval()(x_t, t), dropped(x_t, t)
+    loaded = pretrained(x_t, t)  # the loaded model computes in channels-last order
+gap = (first_eval - loaded).abs().max().item()
 print(f"train mode: two passes over the same input differ by {rms(first - second):.3f} (rms), "
       f"for an output of rms {rms(first_eval):.3f}")
-print(f"eval mode:  two passes differ by {rms(first_eval - second_eval):.1e}; "
-      f"eval mode equals the pretrained model to {(first_eval - pretrained(x_t, t)).abs().max().item():.0e} "
-      "(float rounding: the loaded model computes in channels-last order)")
+print(f"eval mode:  two passes differ by {rms(first_eval - second_eval):.1e}; against the pretrained model: "
+      f"max |difference| {gap:.0e}, float rounding of another memory order")
+
+# %% tags=["nbval-check-output"]
+# NBVAL_CHECK_OUTPUT
+print("eval mode: two passes agree exactly:", torch.equal(first_eval, second_eval))
+print("eval mode equals the pretrained model (allclose, atol 1e-5):", torch.allclose(first_eval, loaded, atol=1e-5))
 
 # %% [markdown]
 # `generate`, like every sampler in the library, switches the model to eval mode (and back). Hiding the network behind
@@ -285,15 +296,21 @@ print(f"eval mode vs train mode: {pixels(in_eval, in_train[0]):.1f} / 255 per pi
 # ## Exercises
 #
 # Each exercise has a cell for your answer and a cell that checks it. The next cell imports what they use; the section
-# runs on its own, without the cells above.
+# runs on its own, without the cells above. Each exercise derives something the library already computes, so the
+# checks compare your answer with the library, and run it with the library's version switched off (`forbidden`
+# below): an answer that calls the function it re-derives, or builds the network and counts, fails.
 
 # %%
+import contextlib
 import math
+import types
 from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from ddpm_lib import unet as unet_lib
 from ddpm_lib.unet import UNET_PRESETS, AttentionBlock, ResBlock, UNet, count_parameters
 
 torch.manual_seed(0)
@@ -302,11 +319,54 @@ features = torch.randn(2, 64, 8, 8)  # a batch of feature maps (B, C, H, W)
 gn_weight, gn_bias = torch.randn(64), torch.randn(64)  # GroupNorm's per-channel scale and shift
 attn4 = AttentionBlock(64, num_heads=4, groups=8)  # self-attention with 4 heads of 16 channels
 
+
+def names_in(fn) -> set[str]:
+    """The global and attribute names that the code of `fn` mentions, its inner functions included."""
+    codes, names = [fn.__code__], set()
+    while codes:
+        code = codes.pop()
+        names |= set(code.co_names)
+        codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+    return names
+
+
+@contextlib.contextmanager
+def forbidden(*places):
+    """Within the block, calling any (owner, name) of `places` raises; owner: a module, a class or globals()."""
+
+    def refuse(owner, name):
+        what = name if isinstance(owner, dict) else f"{owner.__name__}.{name}"
+        what = f"{owner.__name__}() (it builds a network)" if name == "__init__" else what
+
+        def call(*args, **kwargs):
+            raise AssertionError(f"the answer calls {what}: the exercise asks you to derive what it computes")
+
+        return call
+
+    def put(owner, name, value):
+        if isinstance(owner, dict):
+            owner[name] = value
+        else:
+            setattr(owner, name, value)
+
+    saved = [(owner, name, owner[name] if isinstance(owner, dict) else vars(owner)[name]) for owner, name in places]
+    try:
+        for owner, name, _ in saved:
+            put(owner, name, refuse(owner, name))
+        yield
+    finally:
+        for owner, name, value in saved:
+            put(owner, name, value)
+
+
+NO_NETWORK = [(nn.Module, "__init__"), (unet_lib, "count_parameters"), (globals(), "count_parameters")]  # builds and counts nothing
+
 # %% [markdown]
 # **Exercise 1.** Write `resblock_params(in_ch, out_ch, temb_ch)`, the number of parameters (an `int`) of
 # `ResBlock(in_ch, out_ch, temb_ch, dropout, groups)` by formula, from section 2's equation: two GroupNorms (a scale and
 # a shift per channel), two 3x3 convolutions, the linear projection of the time embedding, and the 1x1 skip convolution
-# that exists only when `in_ch != out_ch` (every convolution and linear layer has a bias).
+# that exists only when `in_ch != out_ch` (every convolution and linear layer has a bias). Count by formula: the check
+# builds no `ResBlock` for you.
 
 # %% nbgrader={"grade": false, "grade_id": "ex1-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
@@ -321,16 +381,19 @@ def resblock_params(in_ch: int, out_ch: int, temb_ch: int) -> int:
 ### END SOLUTION
 
 # %% nbgrader={"grade": true, "grade_id": "ex1-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+used = names_in(resblock_params) & {"count_parameters", "ResBlock", "numel", "parameters", "Conv2d", "Linear"}
+assert not used, f"resblock_params uses {sorted(used)}: count the parameters by formula, without building the block"
 for in_ch, out_ch, temb_ch in [(32, 64, 128), (64, 64, 128), (128, 64, 512), (96, 32, 256)]:
     expected = count_parameters(ResBlock(in_ch, out_ch, temb_ch, dropout=0.1, groups=8))
-    got = resblock_params(in_ch, out_ch, temb_ch)
+    with forbidden(*NO_NETWORK):
+        got = resblock_params(in_ch, out_ch, temb_ch)
     assert got == expected, f"resblock_params({in_ch}, {out_ch}, {temb_ch}) is off by {got - expected:+d}; check each layer's bias and the skip path"
 
 # %% [markdown]
 # **Exercise 2.** Write `decoder_in_channels(cfg)`: for a `UNetConfig` `cfg`, the list of the input channels (ints) of
 # the decoder's ResBlocks, in the order the forward pass runs them. Each one receives the current features
-# **concatenated** with the most recently saved feature map of the way down (section 4). *Hint:* first list the
-# channels of every saved map, `conv_in`'s included.
+# **concatenated** with the most recently saved feature map of the way down (section 4). Work from `cfg`'s fields, without
+# building the network. *Hint:* first list the channels of every saved map, `conv_in`'s included.
 
 # %% nbgrader={"grade": false, "grade_id": "ex2-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
@@ -354,18 +417,22 @@ def decoder_in_channels(cfg) -> list[int]:
 ### END SOLUTION
 
 # %% nbgrader={"grade": true, "grade_id": "ex2-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+used = names_in(decoder_in_channels) & {"UNet", "build_model", "modules", "named_modules", "children", "up"}
+assert not used, f"decoder_in_channels uses {sorted(used)}: derive the channels from cfg, without building the network"
 for cfg in [small, UNET_PRESETS["tiny"], UNET_PRESETS["ddpm-cifar10"], replace(small, channel_mults=(1, 2, 3), num_res_blocks=3)]:
     net = UNet(cfg)
     expected = [block[0].conv1.in_channels for block in net.up if isinstance(block, nn.ModuleList)]
-    got = list(decoder_in_channels(cfg))
+    with forbidden(*NO_NETWORK):
+        got = list(decoder_in_channels(cfg))
     assert len(got) == len(expected), f"{len(got)} decoder ResBlocks for {cfg}, the network has {len(expected)}: how many per level?"
     assert got == expected, f"decoder input channels for {cfg}: the first mismatch is at ResBlock {next(i for i, (a, b) in enumerate(zip(got, expected)) if a != b)}"
 
 # %% [markdown]
 # **Exercise 3.** An `AttentionBlock` on $C$ channels has a GroupNorm, a 1x1 convolution to $3C$ channels (queries, keys,
-# values) and a 1x1 output convolution. Write `attention_params(C)`, its number of parameters by formula, and use it to
-# compute `extra_attention_params`, the number of parameters that attention at 8x8 **as well as** 16x16 adds to the
-# `small` preset (an `int`; the middle block has attention already). *Hint:* how many ResBlocks work at 8x8, down and up?
+# values) and a 1x1 output convolution. Write `attention_params(C)`, its number of parameters by formula, and
+# `attention_added(cfg, res)`, the number of parameters (an `int`) that attention at the resolution `res` (in pixels, one
+# that `cfg` does not yet attend at) adds to `UNet(cfg)`. *Hint:* which level works at `res`, with how many channels, and
+# how many ResBlocks does it have, down and up? (The middle block has its attention already.)
 
 # %% nbgrader={"grade": false, "grade_id": "ex3-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
@@ -373,26 +440,38 @@ def attention_params(C: int) -> int:
     return 2 * C + (C * 3 * C + 3 * C) + (C * C + C)  # = 4 C^2 + 6 C
 
 
-channels_8x8 = small.base_channels * small.channel_mults[-1]  # the last level works at 32 / 4 = 8 px
-extra_attention_params = (small.num_res_blocks + (small.num_res_blocks + 1)) * attention_params(channels_8x8)
+def attention_added(cfg, res: int) -> int:
+    level = int(math.log2(cfg.image_size // res))  # level i works at image_size / 2^i pixels
+    channels = cfg.base_channels * cfg.channel_mults[level]
+    blocks = cfg.num_res_blocks + (cfg.num_res_blocks + 1)  # down and up
+    return blocks * attention_params(channels)
+
+
 ### END SOLUTION
-print(f"attention at 8x8 adds {extra_attention_params:,d} parameters")
+print(f"attention at 8x8 adds {attention_added(small, 8):,d} parameters to the small preset")
 
 # %% nbgrader={"grade": true, "grade_id": "ex3-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+for fn in (attention_params, attention_added):
+    used = names_in(fn) & {"count_parameters", "AttentionBlock", "UNet", "build_model", "numel", "parameters"}
+    assert not used, f"{fn.__name__} uses {sorted(used)}: count by formula, without building the network"
 for C in (32, 64, 128):
-    assert attention_params(C) == count_parameters(AttentionBlock(C, num_heads=1, groups=8)), f"attention_params({C}) is wrong"
-base = count_parameters(UNet(small))
-more = count_parameters(UNet(replace(small, attention_resolutions=(16, 8))))
-assert extra_attention_params == more - base, (
-    f"extra_attention_params is off by {extra_attention_params - (more - base):+,d}: count the blocks at 8x8 on both sides of the U"
-)
+    expected = count_parameters(AttentionBlock(C, num_heads=1, groups=8))
+    with forbidden(*NO_NETWORK):
+        got = attention_params(C)
+    assert got == expected, f"attention_params({C}) is off by {got - expected:+,d}"
+for cfg, res in [(small, 8), (small, 32), (UNET_PRESETS["tiny"], 16), (UNET_PRESETS["ddpm-cifar10"], 8)]:
+    expected = count_parameters(UNet(replace(cfg, attention_resolutions=(*cfg.attention_resolutions, res))))
+    expected -= count_parameters(UNet(cfg))
+    with forbidden(*NO_NETWORK):
+        got = attention_added(cfg, res)
+    assert got == expected, f"attention_added(..., {res}) is off by {got - expected:+,d}: count the blocks at {res}x{res} on both sides of the U"
 
 # %% [markdown]
 # **Exercise 4.** Write `group_norm_by_hand(x, num_groups, weight, bias, eps=1e-6)`: GroupNorm of `x` `(B, C, H, W)`
-# without `torch.nn.functional.group_norm`. Split the $C$ channels into `num_groups` groups; normalise each image's
-# group by its own mean and (biased) variance over the group's channels and all pixels; then scale and shift each
-# channel by `weight[c]` and `bias[c]`. Nothing is shared between the images of a batch, which is why the paper's U-Net
-# has no train-mode problem.
+# with tensor arithmetic (means, variances), without PyTorch's normalisation functions (`F.group_norm`, `nn.GroupNorm`,
+# layer or instance norm). Split the $C$ channels into `num_groups` groups; normalise each image's group by its own mean
+# and (biased) variance over the group's channels and all pixels; then scale and shift each channel by `weight[c]` and
+# `bias[c]`. Nothing is shared between the images of a batch, which is why the paper's U-Net has no train-mode problem.
 
 # %% nbgrader={"grade": false, "grade_id": "ex4-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
@@ -408,19 +487,25 @@ def group_norm_by_hand(x, num_groups, weight, bias, eps=1e-6):
 ### END SOLUTION
 
 # %% nbgrader={"grade": true, "grade_id": "ex4-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+NORMS = ("group_norm", "layer_norm", "instance_norm", "batch_norm")
+used = names_in(group_norm_by_hand) & {*NORMS, "GroupNorm", "LayerNorm", "InstanceNorm2d", "BatchNorm2d"}
+assert not used, f"group_norm_by_hand uses {sorted(used)}: compute the means and variances yourself"
+NO_NORM = [(module, name) for module in (F, torch) for name in NORMS] + [(nn.Module, "__init__")]
 for groups in (8, 4, 1):
     norm = nn.GroupNorm(groups, 64, eps=1e-6)
     with torch.no_grad():
         norm.weight.copy_(gn_weight)
         norm.bias.copy_(gn_bias)
         expected = norm(features)
-    got = group_norm_by_hand(features, groups, gn_weight, gn_bias)
+    with forbidden(*NO_NORM):
+        got = group_norm_by_hand(features, groups, gn_weight, gn_bias)
     assert got.shape == features.shape, f"expected shape {tuple(features.shape)}, got {tuple(got.shape)}"
     assert torch.allclose(got, expected, atol=1e-5), (
         f"with {groups} groups the result differs by {(got - expected).abs().max().item():.2e}: one mean and one biased variance per image and group"
     )
-alone = group_norm_by_hand(features[:1], 8, gn_weight, gn_bias)
-assert torch.allclose(alone, group_norm_by_hand(features, 8, gn_weight, gn_bias)[:1], atol=1e-6), "an image's output must not depend on the batch"
+with forbidden(*NO_NORM):
+    alone, in_batch = group_norm_by_hand(features[:1], 8, gn_weight, gn_bias), group_norm_by_hand(features, 8, gn_weight, gn_bias)
+assert torch.allclose(alone, in_batch[:1], atol=1e-6), "an image's output must not depend on the batch"
 
 # %% [markdown]
 # **Exercise 5.** Section 3 wrote attention by hand for one head. Write `attention_by_hand(block, x)` for an
@@ -445,9 +530,14 @@ def attention_by_hand(block, x):
 ### END SOLUTION
 
 # %% nbgrader={"grade": true, "grade_id": "ex5-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+used = names_in(attention_by_hand) & {"scaled_dot_product_attention", "MultiheadAttention", "multi_head_attention_forward", "forward"}
+assert not used, f"attention_by_hand uses {sorted(used)}: compute the attention weights yourself"
+NO_ATTENTION = [(AttentionBlock, "forward"), (F, "scaled_dot_product_attention"), (F, "multi_head_attention_forward")]
 for blk in (attn4, AttentionBlock(64, num_heads=1, groups=8), AttentionBlock(64, num_heads=8, groups=8)):
     with torch.no_grad():
-        got, expected = attention_by_hand(blk, features), blk(features)
+        expected = blk(features)
+        with forbidden(*NO_ATTENTION):
+            got = attention_by_hand(blk, features)
     assert got.shape == features.shape, f"expected shape {tuple(features.shape)}, got {tuple(got.shape)}"
     assert torch.allclose(got, expected, atol=1e-5), (
         f"with {blk.num_heads} heads the result differs by {(got - expected).abs().max().item():.2e}: "

@@ -16,30 +16,34 @@
 # %% [markdown]
 # # 05 · Training: Algorithm 1, then the engine
 #
-# **Goal.** Train $\epsilon_\theta$ to predict the noise in $x_t$. First the bare loop of Algorithm 1, written out by
-# hand and checked against the library; then `ddpm_lib.training.Trainer`, which adds what a real run needs:
+# **Goal.** Train $\epsilon_\theta$ to predict the noise in $x_t$, by the paper's recipe: Algorithm 1, the
+# $\epsilon$-prediction loss $L_\text{simple}$, the linear schedule over $T = 1000$ steps. First the bare loop, written
+# out by hand and checked against the library; then `ddpm_lib.training.Trainer`, which adds what a real run needs:
 # mixed precision, an EMA of the weights, logging, sample grids and checkpoints that resume exactly.
 #
-# **Where it runs.** On a CUDA GPU this notebook trains the 64x64 configuration; on a CPU it trains the small
-# 1.5M-parameter U-Net (no attention) on 32x32 toy cars for a fixed number of steps, in the precision measured fastest on this
-# machine (bfloat16 where the CPU has bf16 instructions, float32 where bf16 is emulated; section 2 prints the ratio
-# measured here and the benchmark's). A slower machine trains the same model for longer; the expected time is printed
-# before training starts. For long runs use the command line: `python -m ddpm_lib.train --help` (and `torchrun` for
-# several GPUs).
+# **Where it runs.** On a CUDA GPU this notebook trains the paper's recipe on the 64x64 U-Net. On a CPU it trains
+# `TrainConfig.ddpm_demo()` (`python -m ddpm_lib.train --preset ddpm`): the paper's objective and schedule on the
+# small 1.6M-parameter U-Net with attention at 16x16, on 32x32 toy cars, for a fixed number of steps, in the
+# precision measured fastest on this machine (bfloat16 where the CPU has bf16 instructions, float32 where bf16 is
+# emulated; section 2 prints the ratio measured here and the benchmark's). A slower machine trains the same model for
+# longer; the expected time is printed before training starts. The shipped weights `ddpm_lib/weights/ddpm_toy_cars_32.pt`
+# are this recipe after 1,600 steps (section 2 prints the command that trained them); notebooks 06 and 07 study them.
+# For long runs use the command line: `python -m ddpm_lib.train --help` (and `torchrun` for several GPUs).
 #
-# **Deviations from the paper for a CPU**, each chosen by measuring quality per CPU minute (section 3): a 1.5M-parameter
-# U-Net without attention instead of 35.7M, learning rate $10^{-3}$ with 100 warm-up steps instead of $2\times10^{-4}$
-# with 5000, batch 64 instead of 128, EMA decay 0.999 instead of 0.9999, dropout 0 instead of 0.1, and the loss and
-# noise levels of later work: a cosine schedule (Nichol & Dhariwal 2021) over $T = 500$ steps, the network predicting
-# $v$ instead of $\epsilon$, with Min-SNR-5 weighting. With them cars appear within minutes rather than hours on a
-# CPU (section 2 prints the time they take here).
+# **Deviations from the paper for a CPU**, in size and optimiser only (the loss, the schedule and $T$ are the
+# paper's): a 1.6M-parameter U-Net instead of 35.7M, learning rate $10^{-3}$ with 100 warm-up steps instead of
+# $2\times10^{-4}$ with 5000, batch 64 instead of 128, EMA decay 0.999 instead of 0.9999 (and in a run this short the
+# EMA's warm-up keeps it lower still: section 2), dropout 0 instead of 0.1. Notebook 08 then changes the recipe
+# itself, one measured change at a time.
 #
 # **Why no dropout.** Ho et al. (App. B) chose dropout 0.1 on CIFAR-10 by a sweep over 0.1 to 0.4: without it their
 # 35.7M-parameter network, trained for 800,000 steps of 128 images (about 2,000 passes over the 50,000 images), gave
-# samples with overfitting artefacts. Our run shows each of its 8,144 toy cars about 3.1 times (printed in section 2),
-# far from that regime, so the CPU recipe leaves dropout out; `TrainConfig.cpu_demo(dropout=0.1)` puts it back.
+# samples with overfitting artefacts. This notebook's run shows each of its 8,144 toy cars a few times (section 2
+# prints how many) and the shipped model's 1,600 steps of 64 images about 13 times, far from that regime, so the CPU
+# recipe leaves dropout out; `TrainConfig.ddpm_demo(dropout=0.1)` puts it back.
 
 # %%
+import dataclasses
 import json
 import shutil
 import time
@@ -50,12 +54,12 @@ import torch
 import torch.nn.functional as F
 
 from ddpm_lib import GaussianDiffusion, build_model, make_betas
-from ddpm_lib.checkpoints import load_checkpoint
-from ddpm_lib.config import TrainConfig
+from ddpm_lib.checkpoints import DDPM_MODEL, load_checkpoint
+from ddpm_lib.config import BOOKKEEPING_FIELDS, PRESETS, TrainConfig
 from ddpm_lib.data import load_dataset
 from ddpm_lib.devices import device_report, select_device
 from ddpm_lib.plotting import plot_loss, show_images
-from ddpm_lib.training import Trainer
+from ddpm_lib.training import Trainer, ema_decay
 from ddpm_lib.unet import UNET_PRESETS
 
 from ddpm_lib.checks import env_flag
@@ -147,24 +151,48 @@ print(f"MSE at t = {ts[0]}: {per_t[0]:.3f}, at t = {ts[1]}: {per_t[1]:.3f}, at t
 # | precision chosen by measurement (`ddpm_lib.devices`): bf16 autocast where it is measured faster, fp32 where bf16 is emulated; fp16 + GradScaler on GPUs without bf16 | the measured ratio is printed below; the loss stays in float32 |
 # | channels-last memory format | the layout oneDNN's CPU convolutions and GPU tensor cores work in (the benchmark's figures below) |
 # | Adam with linear warm-up, gradient clipping at 1.0 | the paper's recipe |
-# | EMA of the weights, with warm-up | the paper samples from EMA weights (decay 0.9999); notebook 07 measures both on short runs (section 2 below) |
+# | EMA of the weights, with warm-up | the paper samples from EMA weights (decay 0.9999); what the warm-up makes of a short run's EMA: below |
 # | atomic checkpoints with every RNG state | a killed run resumes **exactly** |
 # | `torchrun` support | the same code trains on several GPUs or nodes with DDP |
 #
-# The configuration is a frozen dataclass whose defaults are the paper's; `TrainConfig.cpu_demo()` holds the CPU
-# choices listed at the top.
+# The configuration is a frozen dataclass whose defaults are the paper's; `TrainConfig.ddpm_demo()` keeps the paper's
+# loss, schedule and $T$ and holds the CPU sizes listed at the top.
 
 # %% tags=["nbval-check-output"]
 # NBVAL_CHECK_OUTPUT
-paper, cpu = TrainConfig(), TrainConfig.cpu_demo()
+paper, ddpm = TrainConfig(), TrainConfig.ddpm_demo()
+
+
 def effective(cfg, field):  # None means "the preset's own", e.g. the paper's dropout 0.1
     value = getattr(cfg, field)
     return getattr(UNET_PRESETS[cfg.model], field) if field in ("dropout", "attention_resolutions") and value is None else value
 
 
 for field in ["model", "attention_resolutions", "schedule", "num_timesteps", "prediction_type", "snr_gamma", "batch_size", "lr",
-              "warmup_steps", "grad_clip", "ema_decay", "dropout"]:  # fmt: skip
-    print(f"{field:14s} paper: {effective(paper, field)!s:14s} cpu_demo: {effective(cpu, field)}")
+              "warmup_steps", "grad_clip", "ema_decay", "ema_warmup", "dropout"]:  # fmt: skip
+    print(f"{field:21s} paper: {effective(paper, field)!s:14s} ddpm_demo: {effective(ddpm, field)}")
+
+# %% [markdown]
+# The shipped weights `ddpm_lib/weights/ddpm_toy_cars_32.pt` (`ddpm_lib.checkpoints.DDPM_MODEL`) are 1,600 steps of
+# exactly this recipe. Their model card (`python -m ddpm_lib.sample --checkpoint ddpm_lib/weights/ddpm_toy_cars_32.pt
+# --info` prints all of it) holds the command that trained them; the cell prints it, and the fields of the stored
+# configuration that differ from `TrainConfig.ddpm_demo()` other than the run's length and logs. Notebooks 06 and 07
+# study those weights. Whoever runs the same command, or continues this notebook's run to 1,600 steps (section 4),
+# trains that model: the same recipe, data and seed (another machine rounds differently, so its weights differ in
+# detail). The last line is the time it takes on the 2-core CPU of `benchmarks/ladder.json`, at the seconds per step
+# measured there for this network:
+
+# %% tags=["nbval-check-output"]
+# NBVAL_CHECK_OUTPUT
+shipped = load_checkpoint(DDPM_MODEL)
+shipped_config = TrainConfig.from_dict(shipped["config"])
+differ = [f.name for f in dataclasses.fields(TrainConfig)
+          if f.name not in BOOKKEEPING_FIELDS and getattr(shipped_config, f.name) != getattr(ddpm, f.name)]  # fmt: skip
+print(shipped["model_card"]["command"])
+print(f"{DDPM_MODEL.name}: {shipped['step']:,} steps; fields of its recipe that differ from TrainConfig.ddpm_demo(): {differ or 'none'}")
+cpu_timing = json.loads(Path("../benchmarks/ladder.json").read_text())["cpu_timing"]
+cpu_step_s = cpu_timing["speeds"]["attention"]["s_per_step"]
+print(f"{cpu_timing['machine']}: {cpu_step_s:.2f} s per step, {shipped['step']:,} steps in about {shipped['step'] * cpu_step_s / 60:.0f} min")
 
 # %% [markdown]
 # What the benchmark (`benchmarks/results.json`, `make bench`) measured for this model on its machine, a CPU with
@@ -180,14 +208,17 @@ if "emulated_avx2_bf16_speedup" in bench:  # measured by `bench.py --emulate-avx
           f"bf16 {1 / bench['emulated_avx2_bf16_speedup']:.0f}x slower than fp32, so 'auto' chooses {bench['emulated_avx2_choice']}")
 
 # %%
-if FAST:
-    config = TrainConfig.cpu_demo(model="tiny", num_images=256, batch_size=32, max_steps=30, log_every=5, sample_every=15,
-                                  sample_steps=10, num_sample_images=4, checkpoint_every=15)
-elif device.type == "cuda":  # the 64x64 configuration; a step budget that fits a 30-minute cell on one GPU
+if FAST:  # the `tiny` U-Net (no attention) on a few images: the tests' run
+    preset = "ddpm"
+    config = TrainConfig.ddpm_demo(model="tiny", num_images=256, batch_size=32, max_steps=30, log_every=5, sample_every=15,
+                                   sample_steps=10, num_sample_images=4, checkpoint_every=15)
+elif device.type == "cuda":  # the paper's 64x64 configuration; a step budget that fits a 30-minute cell on one GPU
+    preset = "paper"
     config = TrainConfig(model="ddpm-64", image_size=64, batch_size=64, warmup_steps=1000, max_steps=6000, max_minutes=25,
                          sample_every=1000, checkpoint_every=1000, ema_decay=0.999)
 else:  # a step budget: the same model on every CPU, in more or less time
-    config = TrainConfig.cpu_demo(max_steps=400, sample_every=200, checkpoint_every=200)
+    preset = "ddpm"
+    config = TrainConfig.ddpm_demo(max_steps=340, sample_every=170, checkpoint_every=170)
 if (RUN / "checkpoint.pt").exists() and (kept := load_checkpoint(RUN / "checkpoint.pt")["step"]) > config.max_steps:
     print(f"{RUN} holds a run continued to step {kept}: it is kept; this notebook trains in {RUN.name}_fresh")
     RUN = RUN.with_name(RUN.name + "_fresh")
@@ -227,8 +258,10 @@ plt.show()
 # ### Samples as training goes
 #
 # Each grid was drawn from the same fixed noise with the EMA weights (DDIM, 50 steps, $\eta = 1$; notebook 06
-# explains the sampler). The step-10 grid is still noise; then the scene's layout and colours come first (a sky
-# over a road), then the cars' silhouettes, then sharper edges and wheels.
+# explains the sampler). The first, at step 10, shows what a barely trained network draws. In the later ones, look
+# for what comes first: the coarse layout and colours of a scene before shapes, and shapes before edges, the order in
+# which the reverse process itself fixes an image (notebook 06 watches it happen). A few hundred steps of this recipe
+# leave the cars rough; notebook 06 samples the shipped model, the same recipe after 1,600 steps.
 
 # %%
 import matplotlib.image as mpimg
@@ -242,12 +275,26 @@ for ax, path in zip(list(axes) if len(picks) > 1 else [axes], picks):
     ax.set_axis_off()
 
 # %% [markdown]
-# ### EMA against the raw weights
+# ### The EMA, and its warm-up
 #
-# The EMA averages the weights over roughly the last $1/(1-\text{decay})$ steps, and its decay warms up as
-# $\min(\text{decay}, (1+k)/(10+k))$ after $k$ updates. The same noise through the EMA weights and the raw weights:
+# The engine keeps an exponential moving average of the weights: after each optimiser step,
+# $\text{ema} \leftarrow d\,\text{ema} + (1-d)\,w$. With a fixed decay $d$ it averages over roughly the last
+# $1/(1-d)$ steps, 1,000 at this recipe's 0.999 and 10,000 at the paper's 0.9999; but it also keeps a share $d^k$ of
+# the random initial weights after $k$ updates (37% of them after 1,000 updates at 0.999). So the engine warms the
+# decay up (`ddpm_lib.training.ema_decay`): its first update copies the weights, and the $k$-th update after it uses
+#
+# $$d_k = \min\!\Big(d,\ \frac{1+k}{10+k}\Big).$$
+#
+# At $d = 0.999$ the second term reaches $d$ only at $k = 8{,}990$. Every update of this notebook's run, and of the
+# shipped model's 1,600 steps, is still in the warm-up, where $1/(1 - d_k) = (10+k)/9$: the EMA averages over about
+# the last ninth of the steps taken so far, not over the last 1,000. The cell prints the decay of each run's last
+# update (after $n$ steps that is update $k = n - 1$), then draws the same noise through the EMA and the raw weights:
 
 # %%
+for label, steps, cfg in [("this run", trainer.step, config), (DDPM_MODEL.name, shipped["step"], shipped_config)]:
+    d_last = ema_decay(cfg.ema_decay, cfg.ema_warmup, torch.tensor(steps - 1)).item()
+    print(f"{label}: {steps:,} steps; the last EMA update's decay is {d_last:.4f} (the recipe's: {cfg.ema_decay}), "
+          f"an average over roughly the last {1 / (1 - d_last):.0f} steps")
 noise = trainer.fixed_noise[:8]
 ema_samples = trainer.sample(noise=noise)
 raw = trainer.ema.module
@@ -256,14 +303,12 @@ raw_samples = trainer.sample(noise=noise)
 trainer.ema.module = raw
 fig, axes = plt.subplots(2, 1, figsize=(8, 2.6))
 show_images(ema_samples, nrow=8, title="EMA weights", ax=axes[0])
-show_images(raw_samples, nrow=8, title="raw weights", ax=axes[1])
-decay = min(config.ema_decay, (1 + trainer.step) / (10 + trainer.step))
-print(f"after {trainer.step} updates the EMA decay is {decay:.4f}: it averages over roughly the last {1 / (1 - decay):.0f} steps")
+show_images(raw_samples, nrow=8, title="raw weights", ax=axes[1]);
 
 # %% [markdown]
-# Which of the two is better is a question for a metric, not for the eye. Notebook 07 scores both on two runs of the
-# former CPU recipe (linear or cosine, eps, attention) stopped at 135 steps (`benchmarks/eval_study.json`; FID on 64
-# samples, lower is better, ± its bootstrap spread):
+# Which of the two is better is a question for a metric, not for the eye. Notebook 07 scores both on two runs of 135
+# steps (`benchmarks/eval_study.json`): this recipe, and the same with the cosine schedule. FID on 64 samples, lower
+# is better, ± its bootstrap spread:
 
 # %% tags=["nbval-check-output"]
 # NBVAL_CHECK_OUTPUT
@@ -274,108 +319,21 @@ for row in study["rows"]:
               f"FID {row['fid']:5.1f} ± {row['spread']['fid']:.1f}")
 
 # %% [markdown]
-# At that length the answer depends on the run: with the cosine schedule the EMA weights are far better, with the
-# linear one the raw weights are slightly better. So short a run has barely warmed the EMA up, and its raw weights
-# depend on where the last steps happened to land. The case for the EMA (Ho et al. sample from an EMA with decay 0.9999)
-# is made on long runs, which this notebook does not measure.
+# At that length the answer depends on the run (the four FIDs above): with the cosine schedule the EMA weights score
+# far better, with this recipe's linear one the raw weights score slightly better. After 135 steps the last update's
+# decay is $135/144 \approx 0.94$, an average over about the last 16 steps, and the raw weights depend on where the
+# last steps happened to land. The case for the EMA (Ho et al. sample from an EMA with decay 0.9999) is made on long
+# runs, which this notebook does not measure.
 
 # %% [markdown]
-# ## 3. The CPU recipe, chosen by measurement
+# ## 3. Beyond the paper's recipe
 #
-# `TrainConfig.cpu_demo()` was chosen by a study, `benchmarks/recipe.py`. Each recipe changes one thing of the former
-# CPU recipe (the paper's loss, linear schedule and $T = 1000$ with this U-Net, attention at 16x16, learning rate
-# $10^{-3}$, batch 64, EMA 0.999): learning rate, warm-up, batch, EMA, schedule, $T$, loss, width, depth, attention,
-# dropout. Each trains for the steps that **10 minutes of a 2-core CPU** buy: every recipe's seconds per step were timed
-# on that CPU (a CPU with AVX-512 BF16 instructions), then the steps were run on a GPU, which computes the same steps
-# sooner. At 1, 3, 5 and 10 minutes the EMA weights draw 1,000 samples that notebook 07's metrics score. The former
-# recipe ran with three seeds, so the spread between seeds is known; a change is kept only when it lowers FID by more
-# than twice that spread, and the kept changes together were trained once more on the CPU itself, by its own clock.
-#
-# Two of the changes are losses this series has not met yet. **v-prediction** (Salimans & Ho 2022, App. D) asks the
-# network for the *velocity*
-# $$v = \sqrt{\bar\alpha_t}\,\epsilon - \sqrt{1-\bar\alpha_t}\,x_0 ,$$
-# and the samplers recover the noise from it, $\hat\epsilon = \sqrt{1-\bar\alpha_t}\,x_t + \sqrt{\bar\alpha_t}\,\hat v$
-# (`GaussianDiffusion.eps_from_output`). **Min-SNR-$\gamma$ weighting** (Hang et al. 2023) starts from what each loss
-# asks of $\hat x_0$. With $\mathrm{SNR}_t = \bar\alpha_t / (1 - \bar\alpha_t)$,
-# $$\|\epsilon - \hat\epsilon\|^2 = \mathrm{SNR}_t\,\|x_0 - \hat x_0\|^2, \qquad \|v - \hat v\|^2 = (\mathrm{SNR}_t + 1)\,\|x_0 - \hat x_0\|^2 :$$
-# both losses weigh the nearly clean steps (large SNR) enormously. Min-SNR-$\gamma$ multiplies each image's loss by
-# $\min(\mathrm{SNR}_t, \gamma)/\mathrm{SNR}_t$ (for $\epsilon$) or $\min(\mathrm{SNR}_t, \gamma)/(\mathrm{SNR}_t + 1)$ (for $v$),
-# so that either becomes $\min(\mathrm{SNR}_t, \gamma)\,\|x_0 - \hat x_0\|^2$: no step counts more than $\gamma$ times its
-# $x_0$ error. The cell checks that identity with the library's loss, then draws the weights over $t$.
-
-# %% tags=["nbval-check-output"]
-# NBVAL_CHECK_OUTPUT
-cpu_diffusion = {kind: GaussianDiffusion(make_betas("cosine", 500), prediction_type=kind) for kind in ("epsilon", "v_prediction")}
-g = torch.Generator().manual_seed(0)
-x0_check = torch.rand(4, 3, 8, 8, generator=g, dtype=torch.float64) * 2 - 1
-noise_check = torch.randn(x0_check.shape, generator=g, dtype=torch.float64)
-x0_hat = x0_check + 0.1 * torch.randn(x0_check.shape, generator=g, dtype=torch.float64)  # one estimate of x_0
-t_check = torch.tensor([5, 100, 250, 450])
-d = cpu_diffusion["epsilon"]
-x_t_check = d.q_sample(x0_check, t_check, noise_check)
-eps_hat = d.predict_noise_from_x0(x_t_check, t_check, x0_hat)  # the same estimate, as an eps prediction ...
-v_hat = d.velocity(x0_hat, t_check, eps_hat)  # ... and as a v prediction
-snr = d.snr(t_check)
-by_hand = (snr.clamp(max=5.0) * (x0_hat - x0_check).pow(2).flatten(1).mean(1)).mean().item()
-for kind, output in (("epsilon", eps_hat), ("v_prediction", v_hat)):
-    lib = cpu_diffusion[kind].training_loss(lambda x, t, out=output: out, x0_check, t=t_check, noise=noise_check, snr_gamma=5.0).item()
-    print(f"{kind:12s} Min-SNR-5 loss equals mean min(SNR, 5) |x0 - x0_hat|^2 (to float32 precision): {abs(lib - by_hand) < 1e-5 * by_hand}")
-
-# %%
-t_all = torch.arange(500)
-snr_all = cpu_diffusion["epsilon"].snr(t_all)
-fig, ax = plt.subplots(figsize=(6.5, 3.4))
-for label, w in [("eps loss (L_simple): SNR", snr_all), ("v loss: SNR + 1", snr_all + 1), ("either with Min-SNR-5: min(SNR, 5)", snr_all.clamp(max=5))]:
-    ax.plot(t_all, w, label=label)
-ax.set_yscale("log")
-ax.set_xlabel("t (cosine schedule, T = 500)")
-ax.set_ylabel("weight on the x0 error")
-ax.legend(fontsize=8)
-plt.show()
-
-# %% [markdown]
-# The study's curves (`benchmarks/recipe.json`; grey: one change each; black: the former recipe's three seeds; the
-# dot: the new default trained on the CPU by its own clock), and where each recipe ends in precision and recall,
-# as fractions of the real-vs-real baseline:
-
-# %%
-from ddpm_lib.plotting import plot_recipe_study
-
-study = json.loads(Path("../benchmarks/recipe.json").read_text())
-highlight = ["combined (CPU clock)", "v-minsnr5", "T500", "cosine", "no-attention"]
-fig = plot_recipe_study(study, highlight=highlight)
-plt.show()
-runs = study["budget_10min"]["runs"]
-final = {n: sum(s["curve"][-1]["fid"] for s in r["seeds"]) / len(r["seeds"]) for n, r in runs.items()}
-for name in sorted(final, key=final.get)[:8] + ["default"]:
-    last = runs[name]["seeds"][0]["curve"][-1]
-    print(f"{name:13s} FID {final[name]:5.1f} (seeds: {len(runs[name]['seeds'])})  steps in 10 min: {last['step']:5d}  "
-          f"precision {last['precision']:.2f}  recall {last['recall']:.2f}")
-cpu = study["budget_10min"]["cpu_runs"]["combined"]["curve"][-1]
-print(f"new default, on the CPU: FID {cpu['fid']:.1f} after {cpu['step']} steps; precision {cpu['precision']:.2f} "
-      f"({cpu['precision'] / cpu['baseline']['precision']:.0%} of real vs real), recall {cpu['recall']:.2f} "
-      f"({cpu['recall'] / cpu['baseline']['recall']:.0%})")
-
-# %% [markdown]
-# What the study found, at 10 CPU minutes (FID in the toy-cars feature space; the former recipe: 20.7, seeds spread
-# ± 2.9):
-#
-# - **The loss matters most.** v-prediction with Min-SNR-5: 12.4. Min-SNR-5 on the $\epsilon$ loss: 16.8. v-prediction
-#   *alone* is the worst working recipe (43.4, recall 0.04). Its weight on the $x_0$ error, $\mathrm{SNR}_t + 1$, is not
-#   more lopsided than $\epsilon$'s $\mathrm{SNR}_t$: it stays at least 1 at high noise, where $\epsilon$'s falls to
-#   about $10^{-8}$ (the plot above). So the weighting alone does not explain the failure, and the study did not
-#   separate the cause. Hang et al. report that Min-SNR-5 speeds up convergence for both targets; here it is what
-#   makes v work.
-# - **Fewer, better-spread noise levels**: $T = 500$ 12.8, the cosine schedule 14.0 (Nichol & Dhariwal 2021).
-# - **Cheaper steps**: no attention (the step takes 547 ms instead of 699: 28% more steps) 14.6; one ResBlock per level 16.2
-#   (below the bar). Batch 32 (twice the steps) 17.9; batch 128 29.3. Narrower (24 channels, 32.2), wider (48, 29.6) and
-#   the `tiny` net (27.0) lose.
-# - **Within the noise**: learning rate 5e-4 or 2e-3, warm-up 0 or 500, EMA 0.995 or 0.9995. Dropout 0.1 costs (22.5).
-#   The EMA without its warm-up fails (155): at decay 0.999, 858 updates leave 42% of the random initial weights in it.
-# - **Together** (v + Min-SNR-5, cosine, $T = 500$, no attention), trained for 10 minutes on the CPU itself: **FID 8.6**,
-#   precision 50% and recall 65% of the real-vs-real values. The recipe's 10-minute targets were 75% and 60%: recall is
-#   met, precision is not; the curves are still falling steeply at 10 minutes, so more minutes buy more than any recipe
-#   change did.
+# This notebook trains the paper's recipe as it stands. Notebook 08 improves it by measurement: starting from
+# `--preset ddpm`, it makes one change at a time (the cosine schedule, $T = 500$, v-prediction, Min-SNR-5 loss
+# weighting, no attention), trains every rung for the same CPU minutes with three seeds, and scores its EMA and raw
+# weights with notebook 07's metrics (`benchmarks/ladder.py`, results in `benchmarks/ladder.json`), deriving the new
+# losses on the way. Its last rung is `TrainConfig.cpu_demo()` (`--preset cpu`), the recipe of the shipped
+# `pretrained_toy_cars_32.pt`.
 
 # %% [markdown]
 # ## 4. Checkpoints and exact resume
@@ -397,13 +355,24 @@ print("resumed at step", resumed.step, "with", sum(torch.equal(a, b) for a, b in
       trainer.model.state_dict().values())), "of", len(trainer.model.state_dict()), "tensors identical")
 
 # %% [markdown]
-# On a CPU, the same run continues from a shell (the command below; `--max-steps` is the run's new total), and
-# `python -m ddpm_lib.sample --checkpoint runs/notebook_05/checkpoint.pt` samples it; the shipped model is this recipe
-# after 3,600 steps. Running this notebook again starts a fresh run, but never over a run continued past the notebook's
-# budget: that one is kept and the notebook trains in `runs/notebook_05_fresh` instead.
+# The same run continues from a shell with the command below (`--max-steps` is the run's new total: continued to
+# 1,600 steps it has the length of the shipped model), and `python -m ddpm_lib.sample --checkpoint
+# runs/notebook_05/checkpoint.pt` samples it. The cell builds the configuration that the command line makes of those
+# arguments and checks that the checkpoint accepts it. Running this notebook again starts a fresh run, but never over
+# a run continued past the notebook's budget: that one is kept and the notebook trains in `runs/notebook_05_fresh`
+# instead.
 
 # %%
-print(f"python -m ddpm_lib.train --out {RUN.relative_to('..')} --resume --max-steps 4000")
+from ddpm_lib.train import build_parser, config_from_args
+
+base = PRESETS[preset]()  # the command line's defaults: the preset this cell's run started from
+changed = [f.name for f in dataclasses.fields(TrainConfig)
+           if f.name not in BOOKKEEPING_FIELDS and getattr(config, f.name) != getattr(base, f.name)]  # fmt: skip
+args = ["--preset", preset, "--out", str(RUN.relative_to("..")), "--resume", "--max-steps", str(shipped["step"])]
+args += [a for name in changed for a in (f"--{name.replace('_', '-')}", str(getattr(config, name)))]
+continued = TrainConfig.from_dict(ckpt["config"]).resumed_with(config_from_args(build_parser().parse_args(args)))
+print("python -m ddpm_lib.train " + " ".join(args))
+print(f"the checkpoint accepts it: the run continues with its own recipe to step {continued.max_steps:,}")
 
 # %% [markdown]
 # ## Summary
@@ -411,42 +380,85 @@ print(f"python -m ddpm_lib.train --out {RUN.relative_to('..')} --resume --max-st
 # - Algorithm 1 is a loop of four lines: draw $x_0$, $t$, $\epsilon$; noise with Eq. 4; regress $\epsilon$.
 # - The engine adds speed (the measured precision, channels-last), stability (warm-up, clipping), the EMA the samples
 #   come from, and checkpoints that resume exactly.
-# - The checkpoint in `runs/notebook_05/` continues from a shell as shown above; the model shipped with the package is
-#   the same recipe after 3,600 steps (notebook 06, section 6).
-# - The CPU recipe was chosen by quality per CPU minute: v-prediction with Min-SNR-5, a cosine schedule over
-#   $T = 500$ and no attention reach FID 8.6 in 10 minutes where the paper's loss and schedule reached 20.7.
-# - Dropout (0.1 in the paper) is off in the CPU recipe, whose run sees each image a few times, not thousands.
+# - On a CPU it trains `TrainConfig.ddpm_demo()` (`--preset ddpm`): the paper's loss, linear schedule and $T = 1000$ on
+#   a small U-Net. The shipped `ddpm_toy_cars_32.pt`, which notebooks 06 and 07 study, is 1,600 steps of it; the run
+#   in `runs/notebook_05/` continues towards it from a shell (section 4).
+# - The EMA's warm-up keeps its decay below 0.999 for the first 8,990 updates: in runs of a few hundred or a few
+#   thousand steps the EMA averages over about the last ninth of the run, not over the last 1,000 steps.
+# - Dropout (0.1 in the paper) is off in the CPU recipe, whose runs see each image a few times, not thousands.
+# - Notebook 08 improves the recipe by measurement, one change at a time.
 
 # %% [markdown]
 # ## Exercises
 #
 # Each exercise has a cell for your answer and a cell that checks it. The next cell imports what they use and builds
-# small fixtures (a few seconds, no real training); the section runs on its own, without the cells above.
+# small fixtures (a few seconds, no real training); the section runs on its own, without the cells above. Each answer
+# is a function that computes by hand what a library function computes: the check runs it with that library function
+# refused (`library_refused`), then compares its values with the library's.
 
 # %%
+import contextlib
 import math
+import types
 
 import torch
+import torch.optim.adam as torch_adam  # the modules of torch.optim's Adam, AdamW and AveragedModel
+import torch.optim.adamw as torch_adamw
+import torch.optim.swa_utils as swa_utils
 
-from ddpm_lib import build_model
-from ddpm_lib.checkpoints import STUDY_MODEL, load_ema_model
+import ddpm_lib.diagnose
+import ddpm_lib.training
+from ddpm_lib import GaussianDiffusion, build_model
+from ddpm_lib.checkpoints import DDPM_MODEL, load_ema_model
 from ddpm_lib.config import TrainConfig
 from ddpm_lib.data import load_dataset
 from ddpm_lib.training import Trainer
+
+
+@contextlib.contextmanager
+def library_refused(answer, targets):
+    """While the block runs, each library function ``getattr(owner, name)`` of ``targets`` raises when called, also
+    where the module of the function ``answer`` holds it under a name of its own."""
+    saved = {(owner, name): vars(owner)[name] for owner, name in targets}
+
+    def refuse(name):
+        def refused(*args, **kwargs):
+            raise AssertionError(f"the answer calls the library's {name}: compute it by hand")
+
+        return refused
+
+    def target_of(value):  # the name of the target that value is (or a bound method of), else None
+        func = value.__func__ if isinstance(value, types.MethodType) else value
+        return next((name for (_, name), f in saved.items() if func is f), None)
+
+    namespace = answer.__globals__
+    aliases = {k: v for k, v in namespace.items() if target_of(v)}
+    try:
+        for owner, name in targets:
+            setattr(owner, name, refuse(name))
+        namespace.update({k: refuse(target_of(v)) for k, v in aliases.items()})
+        yield
+    finally:
+        for (owner, name), value in saved.items():
+            setattr(owner, name, value)
+        namespace.update(aliases)
+
 
 torch.manual_seed(0)
 cars = load_dataset("toy_cars", image_size=32, num_images=64)
 x0 = torch.stack([cars[i][0] for i in range(20)])  # 20 toy cars in [-1, 1], (20, 3, 32, 32)
 t_probe = torch.arange(0, 1000, 50)  # (20,): two timesteps in each bucket of 100
 noise = torch.randn_like(x0)  # (20, 3, 32, 32)
-pretrained, diffusion, _ = load_ema_model(STUDY_MODEL)  # an eps-predicting small U-Net (eval mode), linear T = 1000
+pretrained, diffusion, _ = load_ema_model(DDPM_MODEL)  # this notebook's recipe after 1,600 steps (eval mode)
 
-# a tiny run of the engine: 5 steps of Algorithm 1 on batches of 8, in float32, keeping the raw weights after each step
-small_run = Trainer(TrainConfig.cpu_demo(model="tiny", batch_size=8, precision="fp32", channels_last=False), dataset=cars, progress=False)
+# a tiny run of the engine: 5 steps of this notebook's recipe on batches of 8, in float32, keeping the raw weights
+small_run = Trainer(TrainConfig.ddpm_demo(model="tiny", batch_size=8, precision="fp32", channels_last=False), dataset=cars,
+                    progress=False)  # fmt: skip
 raw_after_step = []
 for _ in range(5):
     small_run.train_step()
     raw_after_step.append({name: w.detach().clone() for name, w in small_run.model.state_dict().items()})
+lr_first = small_run.lr_at(0)  # the learning rate of the first step: lr / warmup_steps
 
 # a fresh tiny U-Net and the gradient of L_simple on one batch, before any optimiser step
 fresh = build_model("tiny", image_size=32)
@@ -454,21 +466,26 @@ diffusion.training_loss(fresh, x0[:8], t=t_probe[:8], noise=noise[:8]).backward(
 grads = [p.grad.detach().clone() for p in fresh.parameters()]
 
 # %% [markdown]
-# **Exercise 1.** $L_\text{simple}$ per noise level, by hand. For each of the 20 cars `x0[i]`, build $x_t$ with Eq. 4
-# at `t_probe[i]` with the noise `noise[i]` (use `diffusion.alphas_cumprod`, not `q_sample` or `training_loss`), run
-# the network `pretrained(x_t, t)` (an $\epsilon$-predicting model, notebook 07's study model) under `torch.no_grad()`, and compute `per_image_loss`, a float32 tensor
-# `(20,)`: the mean over the image's $3 \cdot 32 \cdot 32$ elements of $(\epsilon - \epsilon_\theta(x_t, t))^2$. Then
-# `bucket_loss`, a tensor `(10,)`: the mean of `per_image_loss` over each bucket of timesteps $[100b, 100b + 100)$.
-# Because Algorithm 1 draws $t$ uniformly, $L_\text{simple}$ is the average of the ten bucket losses.
+# **Exercise 1.** $L_\text{simple}$ per noise level, by hand. Write `simple_loss_per_image(model, x0, t, noise)`:
+# for a batch `x0` `(B, 3, H, W)` in $[-1, 1]$, timesteps `t` `(B,)` and noise `noise` of `x0`'s shape, build each
+# $x_t$ by Eq. 4 from `diffusion.alphas_cumprod` (not with `q_sample` or `training_loss`: they are what you
+# re-derive), run the $\epsilon$-network `model(x_t, t)` without gradients, and return a float32 tensor `(B,)`:
+# for each image, the mean over its elements of $(\epsilon - \epsilon_\theta(x_t, t))^2$. Then `bucket_loss`, a
+# tensor `(10,)`: for `pretrained` (the shipped model of this notebook's recipe) on `x0`, `t_probe` and `noise`,
+# the mean of the per-image loss over each bucket of timesteps $[100b, 100b + 100)$. Because Algorithm 1 draws $t$
+# uniformly, $L_\text{simple}$ is the average of the ten bucket losses. Which noise levels carry most of it?
 
 # %% nbgrader={"grade": false, "grade_id": "ex1-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
-ab_probe = diffusion.alphas_cumprod[t_probe].float().view(-1, 1, 1, 1)  # bar-alpha_t, (20, 1, 1, 1)
-x_t_probe = ab_probe.sqrt() * x0 + (1 - ab_probe).sqrt() * noise  # Eq. 4
-with torch.no_grad():
-    eps_pred = pretrained(x_t_probe, t_probe)
-per_image_loss = ((noise - eps_pred) ** 2).mean(dim=(1, 2, 3))
-bucket_loss = per_image_loss.view(10, 2).mean(dim=1)  # t_probe is sorted: 2 consecutive images per bucket
+def simple_loss_per_image(model, x0, t, noise):
+    ab = diffusion.alphas_cumprod[t].float().view(-1, 1, 1, 1)  # bar-alpha_t, (B, 1, 1, 1)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise  # Eq. 4
+    with torch.no_grad():
+        eps_pred = model(x_t, t)
+    return ((noise - eps_pred.float()) ** 2).mean(dim=(1, 2, 3))
+
+
+bucket_loss = simple_loss_per_image(pretrained, x0, t_probe, noise).view(10, 2).mean(dim=1)  # t_probe is sorted
 ### END SOLUTION
 print("loss per bucket of 100 steps:", [round(v, 4) for v in bucket_loss.tolist()])
 
@@ -477,88 +494,135 @@ with torch.no_grad():
     expected = torch.stack([diffusion.training_loss(pretrained, x0[i : i + 1], t=t_probe[i : i + 1], noise=noise[i : i + 1])
                             for i in range(20)])  # fmt: skip
     whole_batch = diffusion.training_loss(pretrained, x0, t=t_probe, noise=noise)
-assert per_image_loss.shape == (20,), f"per_image_loss should have shape (20,), got {tuple(per_image_loss.shape)}"
-assert torch.allclose(per_image_loss.float(), expected, rtol=1e-4, atol=1e-6), (
-    f"per_image_loss differs from the library's training_loss by up to {(per_image_loss.float() - expected).abs().max().item():.2e}"
+order = torch.randperm(20, generator=torch.Generator().manual_seed(1))  # the answer must not assume sorted t
+with library_refused(simple_loss_per_image, [(GaussianDiffusion, "q_sample"), (GaussianDiffusion, "training_loss")]):
+    mine = simple_loss_per_image(pretrained, x0[order], t_probe[order], noise[order])
+assert mine.shape == (20,), f"simple_loss_per_image should return shape (20,), got {tuple(mine.shape)}"
+assert torch.allclose(mine.float(), expected[order], rtol=1e-4, atol=1e-6), (
+    f"the per-image loss differs from the library's training_loss by up to {(mine.float() - expected[order]).abs().max().item():.2e}"
 )
 assert bucket_loss.shape == (10,), f"bucket_loss should have shape (10,), got {tuple(bucket_loss.shape)}"
 assert torch.allclose(bucket_loss.float(), expected.view(10, 2).mean(1), rtol=1e-4, atol=1e-6), "bucket b averages the images with t in [100b, 100b + 100)"
 assert torch.isclose(bucket_loss.float().mean(), whole_batch, rtol=1e-4), "the mean of the bucket losses should be L_simple of the whole batch"
 
 # %% [markdown]
-# **Exercise 2.** The EMA by hand. `raw_after_step` holds the engine's raw weights (a dict name -> tensor) after each
-# of its 5 steps. The engine's first EMA update copies the weights; the $k$-th update after it ($k = 1, 2, \dots$) sets
-# $\text{ema} \leftarrow d_k\,\text{ema} + (1 - d_k)\,w$ with $d_k = \min(\text{decay}, (1+k)/(10+k))$ and
-# decay = `small_run.config.ema_decay`. Compute `ema_weights`, a dict name -> tensor with the EMA after the 5 steps.
+# **Exercise 2.** What the EMA holds. After each optimiser step the engine updates its EMA: the first update copies the
+# weights, and each later one blends the new weights in with the warm-up decay of section 2 (the $k$-th blend after the
+# copy uses $d_k$). After $n$ steps the EMA is therefore a weighted average $\sum_{s=1}^{n} c_s\, w_s$ of the weights
+# $w_s$ after each step $s$. Write `ema_shares(n, decay)`: the list of the $n$ shares $c_1, \dots, c_n$ (floats) for
+# an EMA of decay `decay` with the warm-up, worked out from the update rule (the check refuses the library's EMA:
+# `AveragedModel`, `ddpm_lib.training.ema_decay` and the EMA helpers of `ddpm_lib.diagnose`). The check also mixes the
+# 5 raw weights of the setup's engine run, `raw_after_step`, with your shares and compares the mixture with the
+# engine's own EMA. After 1,600 steps at decay 0.999, what share do the first 800 steps keep?
 
 # %% nbgrader={"grade": false, "grade_id": "ex2-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
-ema_weights = {name: w.clone() for name, w in raw_after_step[0].items()}  # the first update copies
-for k, weights in enumerate(raw_after_step[1:], start=1):
-    d = min(small_run.config.ema_decay, (1 + k) / (10 + k))
-    for name, w in weights.items():
-        ema_weights[name] = d * ema_weights[name] + (1 - d) * w
+def ema_shares(n, decay):
+    d = [min(decay, (1 + k) / (10 + k)) for k in range(n)]  # d[k]: the decay of the k-th blend (d[0]: the copy)
+    shares, survive = [], 1.0  # survive: the product of the decays of the updates after step s
+    for s in reversed(range(n)):  # step s + 1 (1-based) enters with weight 1 - d[s] (1 for the copy)
+        shares.append(survive * (1.0 if s == 0 else 1 - d[s]))
+        survive *= d[s]
+    return shares[::-1]
+
+
 ### END SOLUTION
+print(f"after 1,600 steps at decay 0.999 the first 800 steps keep {sum(ema_shares(1600, 0.999)[:800]):.2e} of the EMA")
 
 # %% nbgrader={"grade": true, "grade_id": "ex2-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+EMA_LIBRARY = [(ddpm_lib.training, "ema_decay"), (ddpm_lib.training, "AveragedModel"), (ddpm_lib.diagnose, "ema_decay"),
+               (ddpm_lib.diagnose, "ema_decays"), (ddpm_lib.diagnose, "ema_step_weights"), (ddpm_lib.diagnose, "check_ema_age"),
+               (swa_utils, "AveragedModel"), (swa_utils, "get_ema_multi_avg_fn"), (Trainer, "_ema_update")]  # fmt: skip
+cases = [(5, small_run.config.ema_decay), (1, 0.999), (40, 0.9), (1600, 0.999), (12000, 0.999)]
+with library_refused(ema_shares, EMA_LIBRARY):
+    answers = {case: [float(c) for c in ema_shares(*case)] for case in cases}
+for (n, decay), shares in answers.items():
+    expected = ddpm_lib.diagnose.ema_step_weights(decay, True, n).tolist()
+    assert len(shares) == n, f"ema_shares({n}, {decay}) should hold {n} shares, got {len(shares)}"
+    worst = max(abs(a - b) for a, b in zip(shares, expected))
+    assert worst < 1e-9, f"ema_shares({n}, {decay}) differs from the engine's shares by up to {worst:.2e}"
 engine_ema = small_run.ema.module.state_dict()
-assert set(ema_weights) == set(engine_ema), "ema_weights should have one entry per tensor of the model's state_dict"
-worst = max((ema_weights[n].float() - engine_ema[n].float()).abs().max().item() for n in engine_ema)
-assert worst < 1e-6, f"ema_weights differs from the engine's EMA by up to {worst:.2e}: check k and the warm-up of the decay"
+mixed = {name: sum(c * w[name].double() for c, w in zip(answers[cases[0]], raw_after_step)) for name in engine_ema}
+worst = max((mixed[name] - engine_ema[name].double()).abs().max().item() for name in engine_ema)
+assert worst < 1e-5, f"the raw weights mixed with your shares differ from the engine's EMA by up to {worst:.2e}"
 
 # %% [markdown]
-# **Exercise 3.** Why warm up the learning rate? The engine sets it to $\text{lr}\cdot\min(1, (s+1)/\text{warmup})$ at
-# step $s$ (0-based). Compute `lr_first`, the learning rate of the first step of `TrainConfig.cpu_demo()` (a float),
-# and `first_update`, a list of tensors, one per parameter of `fresh`: the change that Adam (betas 0.9 and 0.999,
-# eps $10^{-8}$) makes to each parameter at its first step with that learning rate and the gradients `grads`. Write
-# Adam's first step out (its moment estimates after their bias correction), without `torch.optim`. Then
-# `largest_change`, the largest absolute change over all parameters (a float). Compare it with `lr_first`.
+# **Exercise 3.** Why warm up the learning rate? Write `adam_first_update(grads, lr)`: the change that Adam (betas 0.9
+# and 0.999, eps $10^{-8}$) makes to each parameter at its very first step with learning rate `lr`, given the
+# gradients `grads` (a list of tensors), as a list of tensors of the same shapes. Write the step out with its moment
+# estimates and their bias correction (the check refuses `torch.optim`'s Adam). Then `largest_change`, a float: the
+# largest absolute change over all parameters of `fresh` for its gradients `grads` at `lr_first`, the learning rate
+# of the engine's first step (setup cell). Compare it with `lr_first`, and the change with the gradient's size: what
+# would the first step do without the warm-up?
 
 # %% nbgrader={"grade": false, "grade_id": "ex3-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
-demo = TrainConfig.cpu_demo()
-lr_first = demo.lr * min(1.0, 1 / demo.warmup_steps)
-first_update = []
-for g in grads:
-    m_hat = (1 - 0.9) * g / (1 - 0.9)  # = g: after one step the bias-corrected first moment is the gradient
-    v_hat = (1 - 0.999) * g**2 / (1 - 0.999)  # = g^2
-    first_update.append(-lr_first * m_hat / (v_hat.sqrt() + 1e-8))  # about -lr_first * sign(g), whatever |g| is
-largest_change = max(u.abs().max().item() for u in first_update)
+def adam_first_update(grads, lr, betas=(0.9, 0.999), eps=1e-8):
+    changes = []
+    for g in grads:
+        m_hat = (1 - betas[0]) * g / (1 - betas[0])  # = g: after one step the corrected first moment is the gradient
+        v_hat = (1 - betas[1]) * g**2 / (1 - betas[1])  # = g^2
+        changes.append(-lr * m_hat / (v_hat.sqrt() + eps))  # about -lr * sign(g), whatever |g| is
+    return changes
+
+
+largest_change = max(u.abs().max().item() for u in adam_first_update(grads, lr_first))
 ### END SOLUTION
 print(f"lr at step 0: {lr_first:.1e}; largest change of a weight: {largest_change:.2e}")
 
 # %% nbgrader={"grade": true, "grade_id": "ex3-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-probe = Trainer(TrainConfig.cpu_demo(model="tiny", precision="fp32"), dataset=cars, progress=False)
-assert math.isclose(lr_first, probe.lr_at(0), rel_tol=1e-12), "lr_first is not the engine's learning rate at step 0 (Trainer.lr_at)"
-params = [p.detach().double() for p in fresh.parameters()]
-reference = [p.detach().clone().double().requires_grad_() for p in fresh.parameters()]
-for r, g in zip(reference, grads):
-    r.grad = g.double()
-torch.optim.Adam(reference, lr=lr_first, betas=(0.9, 0.999), eps=1e-8).step()
-expected = [r.detach() - p for r, p in zip(reference, params)]
-assert len(first_update) == len(expected), f"first_update needs one tensor per parameter ({len(expected)}), got {len(first_update)}"
-for u, e in zip(first_update, expected):
-    assert u.shape == e.shape, f"a change of shape {tuple(u.shape)} for a parameter of shape {tuple(e.shape)}"
-    assert torch.allclose(u.double(), e, rtol=1e-5, atol=1e-12), "first_update differs from Adam's first step"
-assert math.isclose(largest_change, max(e.abs().max().item() for e in expected), rel_tol=1e-5), "largest_change is the largest |change|"
+def torch_adam_change(lr):
+    params = [p.detach().clone().double().requires_grad_() for p in fresh.parameters()]
+    for p, g in zip(params, grads):
+        p.grad = g.double()
+    before = [p.detach().clone() for p in params]
+    torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8).step()
+    return [p.detach() - b for p, b in zip(params, before)]
+
+
+ADAM_LIBRARY = [(torch.optim, "Adam"), (torch.optim, "AdamW"), (torch_adam, "Adam"), (torch_adam, "adam"), (torch_adamw, "AdamW"),
+                (torch_adamw, "adamw")]  # fmt: skip
+for lr in (lr_first, 0.1):
+    expected = torch_adam_change(lr)
+    with library_refused(adam_first_update, ADAM_LIBRARY):
+        mine = adam_first_update([g.double() for g in grads], lr)
+    assert len(mine) == len(expected), f"adam_first_update should return one tensor per parameter ({len(expected)}), got {len(mine)}"
+    for u, e in zip(mine, expected):
+        assert u.shape == e.shape, f"a change of shape {tuple(u.shape)} for a parameter of shape {tuple(e.shape)}"
+        assert torch.allclose(u.double(), e, rtol=1e-5, atol=1e-12), f"adam_first_update(grads, {lr:g}) differs from Adam's first step"
+expected = torch_adam_change(lr_first)
+assert math.isclose(largest_change, max(e.abs().max().item() for e in expected), rel_tol=1e-5), "largest_change is the largest |change| at lr_first"
 
 # %% [markdown]
-# **Exercise 4.** How long does the EMA's warm-up last? Compute `warmup_end`, a dict that maps each decay of the
-# configuration table, 0.999 (`cpu_demo`) and 0.9999 (the paper), to the smallest number of updates $k$ at which
-# $(1+k)/(10+k)$ reaches it (an int), and `window_at_400`, the averaging window $1/(1 - d_k)$ of the `cpu_demo` EMA
-# after this notebook's $k = 400$ updates (a float). Does the notebook's run ever leave the warm-up?
+# **Exercise 4.** How long does the EMA's warm-up last, and how old is a short run's EMA? Write `warmup_end(decay)`: the
+# smallest number of updates $k$ whose warm-up decay $d_k$ (section 2) equals `decay` (an int; `decay` in $(0, 1)$).
+# Then `mean_age(n, decay)`: the average age, in steps, of the weights in the EMA after an $n$-step run, a float
+# (the weights after step $s$ are $n - s$ steps old; use your `ema_shares`). Compare `warmup_end(0.999)` with the
+# 1,600 steps of the shipped model, and `mean_age(1600, 0.999)` with the 1,000 steps a decay of 0.999 suggests.
 
 # %% nbgrader={"grade": false, "grade_id": "ex4-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
-# (1 + k) / (10 + k) >= d  <=>  k >= (10 d - 1) / (1 - d)
-warmup_end = {d: math.ceil(round((10 * d - 1) / (1 - d), 6)) for d in (0.999, 0.9999)}
-window_at_400 = 1 / (1 - min(0.999, (1 + 400) / (10 + 400)))
+def warmup_end(decay):
+    # (1 + k) / (10 + k) >= d  <=>  k >= (10 d - 1) / (1 - d); rounded first, so that 8990.000000001 stays 8990
+    return max(0, math.ceil(round((10 * decay - 1) / (1 - decay), 6)))
+
+
+def mean_age(n, decay):
+    return sum(c * (n - s) for s, c in enumerate(ema_shares(n, decay), start=1))
+
+
 ### END SOLUTION
-print(warmup_end, f"window after 400 updates: {window_at_400:.1f} steps")
+print(f"warm-up ends after {warmup_end(0.999):,} updates at 0.999 and {warmup_end(0.9999):,} at 0.9999; "
+      f"after 1,600 steps at 0.999 the EMA's weights are {mean_age(1600, 0.999):.0f} steps old on average")
 
 # %% nbgrader={"grade": true, "grade_id": "ex4-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-for d in (0.999, 0.9999):
-    k = warmup_end[d]
-    assert isinstance(k, int), f"warmup_end[{d}] should be an int, got {type(k).__name__}"
-    assert (1 + k) / (10 + k) >= d - 1e-15 and (k == 0 or k / (9 + k) < d), f"warmup_end[{d}] = {k} is not the first k whose (1+k)/(10+k) reaches {d}"
-assert math.isclose(window_at_400, (10 + 400) / 9, rel_tol=1e-9), "window_at_400 is 1 / (1 - d_400), with d_400 still in the warm-up"
+with library_refused(warmup_end, EMA_LIBRARY):  # mean_age lives in the same namespace: refused there too
+    ends = {d: warmup_end(d) for d in (0.999, 0.9999, 0.99, 0.5, 0.1, 0.05)}
+    ages = {case: float(mean_age(*case)) for case in [(1600, 0.999), (340, 0.999), (3000, 0.99), (1, 0.999)]}
+for d, k in ends.items():
+    reached = ddpm_lib.training.ema_decay(d, True, torch.arange(100_000)) >= d - 1e-12  # the engine's rule
+    assert isinstance(k, int), f"warmup_end({d}) should be an int, got {type(k).__name__}"
+    assert k == int(reached.float().argmax()), f"warmup_end({d}) = {k}, but the engine's decay first reaches {d} after {int(reached.float().argmax())} updates"
+for (n, d), age in ages.items():
+    expected = (ddpm_lib.diagnose.ema_step_weights(d, True, n) * torch.arange(n - 1, -1, -1, dtype=torch.float64)).sum().item()
+    assert math.isclose(age, expected, rel_tol=1e-9, abs_tol=1e-9), f"mean_age({n}, {d}) = {age:.4f}, the engine's EMA: {expected:.4f}"

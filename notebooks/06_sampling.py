@@ -21,11 +21,11 @@
 # paper's 1000-step sampler with DDIM's 10 to 100 steps and the paper's two choices of the reverse variance, and
 # measure what is still wrong with the samples' colours.
 #
-# **The models.** Sections 1-5 study one fixed model, the one notebook 07's evaluation study measured
-# (`ddpm_lib/weights/study_toy_cars_32.pt`: the `small` U-Net after 1,600 steps of the former CPU recipe, the paper's
-# $\epsilon$ loss and linear schedule over $T = 1000$), so that what they measure, including its defects, matches the
-# study. Section 6 samples the model shipped with the package, trained by the recipe notebook 05 chose, and measures
-# what training changed. The first cell prints the model and its number of training steps, read from the checkpoint.
+# **The model.** Every section samples one fixed model, `ddpm_lib/weights/ddpm_toy_cars_32.pt`
+# (`ddpm_lib.checkpoints.DDPM_MODEL`): the paper's DDPM that notebook 05 trains (`--preset ddpm`: $\epsilon$-prediction,
+# $L_\text{simple}$, linear schedule over $T = 1000$, the `small` U-Net with attention at 16x16), after 1,600 steps of
+# 64 images. Notebook 07's evaluation study measured the same weights, so what this notebook finds, its defects
+# included, matches the study. The first cells print the model and its recipe, read from the checkpoint.
 #
 # **Speed.** Every sampling cell goes through `ddpm_lib.sampling.generate` (or `trajectory`), which runs the network
 # in the precision measured fastest on this machine. Every time printed is taken after a warm-up call at the same
@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from ddpm_lib import GaussianDiffusion
-from ddpm_lib.checkpoints import PRETRAINED, STUDY_MODEL, load_checkpoint, load_ema_model
+from ddpm_lib.checkpoints import DDPM_MODEL, load_checkpoint, load_ema_model
 from ddpm_lib.data import from_uint8, load_dataset
 from ddpm_lib.devices import device_report, resolve_precision, select_device
 from ddpm_lib.plotting import save_denoising_animation, show_images
@@ -55,17 +55,18 @@ from ddpm_lib.checks import env_flag
 
 FAST = env_flag("DDPM_FAST")
 ASSETS = "../assets"
-checkpoint = STUDY_MODEL  # the model of notebook 07's study (section 6: the shipped one)
+checkpoint = DDPM_MODEL  # notebook 05's recipe after 1,600 steps, the model of notebook 07's study
 device = select_device()
 model, diffusion, config = load_ema_model(checkpoint, device)
 S = config.image_size
-train_steps = load_checkpoint(checkpoint)["step"]
-print(f"sampling from {checkpoint.name}, trained for {train_steps} steps of batch {config.batch_size}")
+card = load_checkpoint(checkpoint)["model_card"]
+print(f"sampling from {checkpoint.name}: {card['title']}")
+print(f"trained by: {card['command']}")
 
 # %% tags=["nbval-check-output"]
 # NBVAL_CHECK_OUTPUT
-print(f"{config.model} U-Net, {config.image_size}px, T={diffusion.num_timesteps}, {config.schedule} schedule, "
-      f"variance {diffusion.variance_type}, in eval mode: {not model.training}")
+print(f"{config.model} U-Net, {config.image_size}px, predicts {config.prediction_type}, T={diffusion.num_timesteps}, "
+      f"{config.schedule} schedule, variance {diffusion.variance_type}, in eval mode: {not model.training}")
 
 # %% [markdown]
 # The precision is measured once per machine and model (a few seconds the first time, then cached), and every
@@ -359,7 +360,7 @@ fig.tight_layout()
 # features, with the real-vs-real baseline at that size). For this model $\eta = 1$ wins clearly at both step counts,
 # and DDIM-20 with $\eta = 1$ is within the noise of DDIM-50. This is the reverse of Song et al.'s Table 1, where
 # $\eta = 0$ had the best FID at 10-100 steps on well-trained CIFAR-10 models. bf16 does not explain it (the fp32 rows
-# score the same). The benchmark's model trained for the number of steps printed below, a short run:
+# score the same). The benchmark's model is this notebook's, trained for the number of steps printed below, a short run:
 # a deterministic sampler carries every error of a young model to the end, while each stochastic step adds fresh noise
 # that the next steps correct (section 5 measures one such error). So the command line's default is DDIM, 50 steps,
 # $\eta = 1$.
@@ -367,7 +368,9 @@ fig.tight_layout()
 # %%
 study = json.loads(Path("../benchmarks/eval_study.json").read_text())
 meta = study["meta"]
-print(f"benchmark: {meta['checkpoint']}, trained for {meta['checkpoint_steps']} steps; FID at 128 samples (± bootstrap std)")
+# a study that ran before these weights were renamed records their former file name
+name = meta["checkpoint"] if meta["checkpoint"] == checkpoint.name else f"{checkpoint.name} (the study's record: {meta['checkpoint']})"
+print(f"benchmark: {name}, trained for {meta['checkpoint_steps']:,} steps; FID at 128 samples (± bootstrap std)")
 baseline = next(b for b in study["baselines"] if b["num_samples"] == 128)
 print(f"  real vs real: {baseline['fid']:.1f} ± {baseline['spread']['fid']:.1f}")
 for r in study["rows"]:
@@ -452,6 +455,14 @@ print(f"{'':30s}{'n':>5s}  {'mean R, G, B':^17s}  {'s.e.':>4s}  {'pixel std R, G
 for name, c in colour.items():
     print(f"{name:30s}{c['n']:5d}  {signed(c['mean']):^17s}  {c['se'].max().item():4.2f}  {plain(c['std']):^17s}  {plain(c['spread']):^17s}"
           f"  {c['brighter']:10.0%}  {c['darker']:9.0%}")
+clipped_rows = [c for name, c in colour.items() if name != "data" and "no clipping" not in name]
+ratios = torch.stack([c["spread"] / colour["data"]["spread"] for c in clipped_rows])
+print(f"\nthe samplers with clipping: image-mean spread {ratios.min():.1f} to {ratios.max():.1f} times the data's; "
+      f"{min(c['brighter'] for c in clipped_rows):.0%} to {max(c['brighter'] for c in clipped_rows):.0%} brighter than the data's p95, "
+      f"{min(c['darker'] for c in clipped_rows):.0%} to {max(c['darker'] for c in clipped_rows):.0%} darker than its p5 (5% each for the data)")
+gaps = {name: ((c["mean"] - colour["data"]["mean"]).abs() / c["se"]).max().item() for name, c in colour.items() if name != "data"}
+widest = max(gaps, key=gaps.get)
+print(f"largest gap between a row's channel mean and the data's: {gaps[widest]:.1f} standard errors ({widest})")
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(13, 3.6), gridspec_kw={"width_ratios": [1.4, 1]})
@@ -528,6 +539,11 @@ levels = brightness_of(from_uint8(traj["x0_pred"].flatten(0, 1))).view(len(traj[
 axes[2].plot(traj["timesteps"].numpy(), levels.numpy(), lw=1)
 axes[2].axhspan(p5, p95, color="k", alpha=0.1, label="the data's 5th to 95th percentile")
 axes[2].set_title(r"(c) brightness of $\hat x_0$ along section 2's sampler")
+off = (levels - levels[-1]).abs() > 0.1  # (steps, B): still more than 0.1 away from the final brightness
+settle = [int(traj["timesteps"][min(int(torch.nonzero(col).max()) + 1 if col.any() else 0, len(col) - 1)]) for col in off.T]
+snr_all = diffusion.alphas_cumprod * var_mean / ((1 - diffusion.alphas_cumprod) / (S * S))  # the image mean's snr_t
+print(f"the image mean's snr_t is at least 1 up to t = {int(torch.nonzero(snr_all >= 1).max())}; each image's brightness "
+      f"stays within 0.1 of its final value from t = {settle}")
 for ax in axes:
     ax.set_xlim(max(tt[0], int(traj["timesteps"][0])), 0)  # the sampler's direction: from t = T-1 down to 0
     ax.set_xlabel("index t")
@@ -536,73 +552,36 @@ for ax in axes:
 fig.tight_layout()
 
 # %% [markdown]
-# **What the numbers say.** Where the image mean is clearly visible ($\mathrm{snr}_t \ge 1$, $t \le 600$) the model's
-# error on it is at or below the bound. At high noise it is not: the error stays near 0.02 while the bound falls to
-# about 0.001, 15 times less at $t = 999$ (panel a). This young network has not learned to predict the mean of the
-# noise there; the image mean is 3 of the $3HW$ numbers in $L_\text{simple}$, so the loss barely notices it. $\hat x_0$
-# multiplies the error by $\sqrt{(1-\bar\alpha_t)/\bar\alpha_t}$: the image means of $\hat x_0$ spread over 3.3 at
-# $t = 999$ against the data's 0.22, and still more than twice the data's after clipping (panel b), where the optimal
-# denoiser's would spread less than the data's. The sampler settles each image's brightness between $t \approx 900$
-# and 600 (panel c), inside that range, and the samples keep the excess. In the table of 5.1 every sampler spreads
-# the image means 1.4 to 2.7 times as wide as the data, and 29-32% of the clipped samples of 128 are brighter than 95%
-# of the data (5% expected), 11-28% darker than 5% of it.
+# **What the numbers say** (the lines printed above). Where the image mean is clearly visible ($\mathrm{snr}_t \ge 1$,
+# from $t = 600$ down) the model's error on it is at or near the bound. At high noise it is not: the error stays near
+# 0.02 while the bound falls more than tenfold (the ratio printed for $t = 999$; panel a). This young network has not
+# learned to predict the mean of the noise there; the image mean is 3 of the $3HW$ numbers in $L_\text{simple}$, so
+# the loss barely notices it. $\hat x_0$ multiplies the error by $\sqrt{(1-\bar\alpha_t)/\bar\alpha_t}$: at $t = 999$
+# the image means of $\hat x_0$ spread more than ten times as wide as the data's, and still about twice as wide after
+# clipping (panel b), where the optimal denoiser's would spread less than the data's. The sampler settles each image's
+# brightness near the index where the image mean's $\mathrm{snr}_t$ reaches 1, at high noise (panel c; the last printed
+# line gives both), so the error made there stays in the samples. The summary lines under the table of 5.1 measure
+# what is left: every sampler with clipping spreads the image means wider than the data's, and puts far more than the
+# data's 5% of its images beyond each of the data's 5% tails.
 #
 # So the effect is an **exposure error**: each image's overall brightness, its lowest spatial frequency, is spread
 # too wide. The pale, hazy skies are its bright end, the very dark images its dark end. The channel means themselves
-# agree with the data within about two standard errors in every row; the gallery's blue mean (+0.14 against the
-# data's +0.08, s.e. 0.03) is the largest gap, the bright tail showing in the mean.
+# stay close to the data's, within a couple of standard errors (the last line under the table gives the largest gap):
+# what is wrong is how far each image's brightness strays, not the average colour.
 #
-# **Which sampler settings help** (the table of 5.1, all from the same $x_T$): clipping $\hat x_0$ matters most
-# (DDIM-10 with $\eta = 1$ spreads the image means 0.80-0.84 without it, 0.35-0.41 with it); $\eta = 1$ spreads less
-# than $\eta = 0$ (0.32-0.41 against 0.45-0.50): a deterministic sampler carries an early error to the end, while fresh
-# noise lets the later, accurate steps revise part of it; 50 steps spread a little less than 10 with $\eta = 1$. The
-# DDPM-1000 row has only the 8 images of section 2. No setting brings the spread down to the data's 0.18-0.24: the cure
-# belongs to training, a network that predicts the noise's image mean at high $t$ (not measured here).
+# **Which sampler settings help** (the spread column of the table of 5.1, all from the same $x_T$): clipping $\hat x_0$
+# matters most (compare DDIM-10 with $\eta = 1$ with and without it); $\eta = 1$ spreads less than $\eta = 0$: a
+# deterministic sampler carries an early error to the end, while fresh noise lets the later, accurate steps revise
+# part of it; 50 steps spread a little less than 10 with $\eta = 1$. The DDPM-1000 row holds only the few images of
+# section 2 (its $n$ is printed). No setting brings the spread down to the data's: the cure belongs to training, a
+# network that predicts the noise's image mean at high $t$.
 
 # %% [markdown]
-# ## 6. The shipped model: what training changes
+# ## 6. The cure is in training
 #
-# Section 5.2 left the cure to training. The model shipped with the package (`ddpm_lib/weights/pretrained_toy_cars_32.pt`,
-# what `python -m ddpm_lib.sample` draws from) was trained by the recipe notebook 05 chose by measurement: the same
-# network without attention, v-prediction with Min-SNR-5 weighting, a cosine schedule over $T = 500$, for 3,600 steps
-# of 64 images in one run on a 2-core CPU (the README gives the command and its scores). The same sampler (DDIM-50,
-# $\eta = 1$, clipping) and the same colour measurements as 5.1:
-
-# %%
-shipped, shipped_diffusion, shipped_config = load_ema_model(PRETRAINED, device)
-print(f"{PRETRAINED.name}: {shipped_config.model} U-Net, attention at {list(shipped_config.attention_resolutions or [])}, "
-      f"T={shipped_diffusion.num_timesteps}, {shipped_config.schedule} schedule, predicts {shipped_config.prediction_type}, "
-      f"Min-SNR gamma {shipped_config.snr_gamma}, trained for {load_checkpoint(PRETRAINED)['step']} steps of {shipped_config.batch_size}")
-n_shipped = 8 if FAST else n_gallery
-shipped_gallery = generate(shipped, shipped_diffusion, n_shipped, S, num_steps=50, eta=1.0, seed=5)
-fig = show_images(shipped_gallery.images[:64], nrow=8, scale=1.2,
-                  title=f"the shipped model, DDIM 50 steps, eta = 1: {min(64, n_shipped)} of {n_shipped} samples ({shipped_gallery.seconds:.0f} s)")
-if not FAST:
-    fig.savefig(f"{ASSETS}/samples.png", dpi=110, bbox_inches="tight")
-plt.show()
-
-# %%
-compare = {"data": colour["data"], "study model, gallery (5)": colour["DDIM 50, eta=1 (gallery)"],
-           "shipped model, gallery": colour_stats(shipped_gallery.images)}  # fmt: skip
-for name, c in compare.items():
-    print(f"{name:26s} n={c['n']:4d}  mean {signed(c['mean'])}  image-mean spread {plain(c['spread'])}  "
-          f"brighter than 95% of the data {c['brighter']:4.0%}, darker than 5% {c['darker']:4.0%}")
-scores = json.loads(Path("../benchmarks/pretrained_scores.json").read_text())
-print(f"scores of the shipped model (README; 1,000 samples): FID {scores['fid']:.2f}, precision {scores['precision']:.3f}, "
-      f"recall {scores['recall']:.3f}; real vs real: FID {scores['baseline']['fid']:.2f}, precision {scores['baseline']['precision']:.3f}, "
-      f"recall {scores['baseline']['recall']:.3f}")
-
-# %% [markdown]
-# Training cured what no sampler setting could. The shipped model's image means spread 0.17, 0.21 and 0.23 (red,
-# green, blue) against the data's 0.18, 0.23 and 0.24 and the study model's 0.32-0.36; 2% of its samples are brighter
-# than 95% of the data and 2% darker than the darkest 5% (the study model: 29% and 11%), and its channel means agree
-# with the data's within 0.03. Section 5.2 blamed the $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\epsilon)/\sqrt{\bar\alpha_t}$
-# amplification at high noise; a v-network is asked for $v \approx -x_0$ there, the image's colour itself, rather than
-# an $\epsilon$ whose small error is then multiplied by up to 157. Under Min-SNR weighting the $\epsilon$ and v losses are
-# the same objective (notebook 05's identity), so what v changes is the output the network is asked to produce, its
-# parameterisation, not what it is trained to minimise. Which of the recipe's changes did it (v-prediction,
-# Min-SNR weighting, the cosine schedule, or 3,600 steps instead of 1,600) was not separated here; notebook 05's recipe
-# study measured their effects on FID one at a time.
+# Notebook 08 changes the recipe one measured change at a time and samples the model of the improved recipe,
+# `ddpm_lib/weights/pretrained_toy_cars_32.pt`, with the colour measurements of 5.1. The colour problem of 5.2 is cured
+# there, by the recipe changes that the measurements chose, not by any sampler setting.
 
 # %% [markdown]
 # ## Summary
@@ -614,14 +593,14 @@ print(f"scores of the shipped model (README; 1,000 samples): FID {scores['fid']:
 #   trained $\epsilon_\theta$ serves all of them. Its step (Eq. 12) may skip indices; $\sigma_t(\eta)$ (Eq. 16) sets the
 #   fresh noise. $\eta = 1$ on every step is exactly DDPM with $\sigma_t^2 = \tilde\beta_t$ (checked to float
 #   precision); $\eta = 0$ is deterministic.
-# - The cost is proportional to the number of steps. For this briefly trained model $\eta = 1$ scores best at 20 and
-#   50 steps (the benchmark of notebook 07), the reverse of what Song et al. found for well-trained models.
+# - The cost is proportional to the number of steps. For this briefly trained model (the paper's recipe after 1,600
+#   steps) $\eta = 1$ scores best at 20 and 50 steps (the benchmark of notebook 07), the reverse of what Song et al.
+#   found for well-trained models.
 # - The two variance choices give nearly the same samples.
 # - The samples' brightness is spread wider than the data's (too many pale and too many dark images): the young
 #   model errs on the mean of the noise at high $t$, and $\hat x_0$ multiplies that error by up to 157 just where the
 #   sampler fixes each image's overall colour. Clipping and $\eta = 1$ reduce the spread; no sampler setting removes it.
-# - The shipped model, trained by notebook 05's recipe (v-prediction with Min-SNR-5, cosine, $T = 500$), spreads its
-#   colours as the data does (0.17-0.23 against 0.18-0.24) and scores FID 2.6 against the study model's 12.1.
+#   Notebook 08 removes it by changing the training recipe.
 #
 # ## Exercises
 #
@@ -629,16 +608,56 @@ print(f"scores of the shipped model (README; 1,000 samples): FID {scores['fid']:
 # a known denoiser: for data whose pixels are independent $\mathcal N(m, s^2)$, the optimal $\epsilon_\theta$ is known
 # in closed form (notebook 03), $\epsilon^*(x_t, t) = \mathbb E[\epsilon \mid x_t] = \sqrt{1-\bar\alpha_t}\,
 # (x_t - \sqrt{\bar\alpha_t}\,m)/(\bar\alpha_t s^2 + 1 - \bar\alpha_t)$. It takes the place of the network, so every
-# sampler runs in milliseconds. The section runs on its own, without the cells above.
+# sampler runs in milliseconds. The section runs on its own, without the cells above. Each answer computes by hand
+# what the library's samplers compute: the checks run it with those library functions refused (`library_refused`,
+# the list `SAMPLER_LIBRARY`), then compare its values with the library's.
 
 # %%
 import collections
+import contextlib
 import math
+import types
 
 import numpy as np
 import torch
 
+import ddpm_lib.sampling
 from ddpm_lib import GaussianDiffusion, make_betas
+
+
+@contextlib.contextmanager
+def library_refused(answer, targets):
+    """While the block runs, each library function ``getattr(owner, name)`` of ``targets`` raises when called, also
+    where the module of the function ``answer`` holds it under a name of its own."""
+    saved = {(owner, name): vars(owner)[name] for owner, name in targets}
+
+    def refuse(name):
+        def refused(*args, **kwargs):
+            raise AssertionError(f"the answer calls the library's {name}: compute it by hand")
+
+        return refused
+
+    def target_of(value):  # the name of the target that value is (or a bound method of), else None
+        func = value.__func__ if isinstance(value, types.MethodType) else value
+        return next((name for (_, name), f in saved.items() if func is f), None)
+
+    namespace = answer.__globals__
+    aliases = {k: v for k, v in namespace.items() if target_of(v)}
+    try:
+        for owner, name in targets:
+            setattr(owner, name, refuse(name))
+        namespace.update({k: refuse(target_of(v)) for k, v in aliases.items()})
+        yield
+    finally:
+        for (owner, name), value in saved.items():
+            setattr(owner, name, value)
+        namespace.update(aliases)
+
+
+# the reverse process's steps and the schedules of visited steps: what the exercises re-derive
+SAMPLER_LIBRARY = [(GaussianDiffusion, name) for name in ("q_posterior", "predict_x0_from_noise", "predict_noise_from_x0",
+                   "p_mean_variance", "_p_sample", "p_sample", "ddim_step", "ddim_timesteps", "sampling_timesteps",
+                   "sample_progressive", "sample")] + [(ddpm_lib.sampling, "generate"), (ddpm_lib.sampling, "trajectory")]  # fmt: skip
 
 diffusion = GaussianDiffusion(make_betas("linear", 1000))  # T = 1000; its constants are float64
 ab = diffusion.alphas_cumprod  # bar-alpha_t, shape (1000,)
@@ -678,7 +697,8 @@ def ddpm_step(x_t, t, z):
 # %% nbgrader={"grade": true, "grade_id": "ex1-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 for t_ in (999, 500, 1, 0):
     expected = diffusion.p_sample(gaussian_eps, x_t, t_, noise=z, clip_denoised=False)
-    got = ddpm_step(x_t, t_, z)
+    with library_refused(ddpm_step, SAMPLER_LIBRARY):
+        got = ddpm_step(x_t, t_, z)
     assert got.shape == x_t.shape, f"ddpm_step should return shape {tuple(x_t.shape)}, got {tuple(got.shape)}"
     err = (got - expected).abs().max().item()
     assert err < 1e-10, f"at t={t_}, ddpm_step differs from p_sample by {err:.2e}" + (" (no noise at t = 0)" if t_ == 0 else "")
@@ -703,10 +723,13 @@ for t_, t_prev_, eta_ in [(999, 979, 1.0), (500, 400, 0.5), (10, 9, 1.0), (20, -
     noisy = diffusion.ddim_step(gaussian_eps, x_t, t_, t_prev_, eta_, noise=z, clip_denoised=False)[0]
     quiet = diffusion.ddim_step(gaussian_eps, x_t, t_, t_prev_, eta_, noise=torch.zeros_like(z), clip_denoised=False)[0]
     sigma_library = ((noisy - quiet) * z).sum().item() / (z * z).sum().item()  # the library's step adds sigma * z
-    got = float(ddim_sigma(t_, t_prev_, eta_))
+    with library_refused(ddim_sigma, SAMPLER_LIBRARY):
+        got = float(ddim_sigma(t_, t_prev_, eta_))
     assert abs(got - sigma_library) < 1e-9, f"ddim_sigma({t_}, {t_prev_}, {eta_}) = {got:.6g}, but the library's step uses {sigma_library:.6g}"
 for t_ in (999, 300, 1):
-    assert abs(ddim_sigma(t_, t_ - 1, 1.0) ** 2 - diffusion.posterior_variance[t_].item()) < 1e-12, "with eta = 1 on consecutive steps, sigma^2 is tilde-beta_t"
+    with library_refused(ddim_sigma, SAMPLER_LIBRARY):
+        got = ddim_sigma(t_, t_ - 1, 1.0)
+    assert abs(got**2 - diffusion.posterior_variance[t_].item()) < 1e-12, "with eta = 1 on consecutive steps, sigma^2 is tilde-beta_t"
 
 # %% [markdown]
 # **Exercise 3. The DDIM step by hand, Eq. 12.** Write `ddim_update(x_t, t, t_prev, eta, z)`: from `x_t` at index `t`
@@ -729,16 +752,18 @@ def ddim_update(x_t, t, t_prev, eta, z):
 # %% nbgrader={"grade": true, "grade_id": "ex3-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 for t_, t_prev_, eta_ in [(999, 899, 0.0), (999, 899, 1.0), (500, 250, 0.5), (30, 29, 1.0), (20, -1, 0.0), (20, -1, 1.0)]:
     expected = diffusion.ddim_step(gaussian_eps, x_t, t_, t_prev_, eta_, noise=z, clip_denoised=False)[0]
-    got = ddim_update(x_t, t_, t_prev_, eta_, z)
+    with library_refused(ddim_update, SAMPLER_LIBRARY):
+        got = ddim_update(x_t, t_, t_prev_, eta_, z)
     assert got.shape == x_t.shape, f"ddim_update should return shape {tuple(x_t.shape)}, got {tuple(got.shape)}"
     err = (got - expected).abs().max().item()
     assert err < 1e-9, f"ddim_update(x_t, {t_}, {t_prev_}, {eta_}, z) differs from ddim_step by {err:.2e}"
 
 # %% [markdown]
-# **Exercise 4. The steps DDIM visits.** With $S$ steps out of $T$, DDIM visits the indices
-# `np.linspace(0, T - 1, S)` rounded with `np.round` (halves go to the even neighbour), from $T-1$ down to 0; with
-# $S = 1$ it visits $T-1$ only. Write `ddim_pairs(T, S)`: the list of the $S$ pairs `(t, t_prev)` of Python ints
-# that the sampler steps through, in order, the last one being `(0, -1)` (or `(T - 1, -1)` when $S = 1$).
+# **Exercise 4. The steps DDIM visits.** With $S$ steps out of $T$, DDIM visits $S$ indices spread evenly over
+# $[0, T-1]$, both ends included, each rounded to the nearest integer (a half to the even neighbour, as numpy rounds),
+# from $T-1$ down to 0; with $S = 1$ it visits $T-1$ only. Write `ddim_pairs(T, S)`: the list of the $S$ pairs
+# `(t, t_prev)` of Python ints that the sampler steps through, in order, the last one being `(0, -1)` (or `(T - 1, -1)`
+# when $S = 1$). The check refuses the library's `ddim_timesteps` and `sampling_timesteps`.
 
 # %% nbgrader={"grade": false, "grade_id": "ex4-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
@@ -753,7 +778,8 @@ def ddim_pairs(T, S):
 for T_, S_ in [(1000, 1), (1000, 2), (1000, 7), (1000, 10), (1000, 50), (1000, 1000), (300, 7), (300, 64), (50, 49)]:
     visits = GaussianDiffusion(make_betas("linear", T_)).sampling_timesteps("ddim", S_)
     expected = list(zip(visits, visits[1:] + [-1]))
-    got = [(int(a), int(b)) for a, b in ddim_pairs(T_, S_)]
+    with library_refused(ddim_pairs, SAMPLER_LIBRARY):
+        got = [(int(a), int(b)) for a, b in ddim_pairs(T_, S_)]
     assert len(got) == S_, f"ddim_pairs({T_}, {S_}) should hold {S_} pairs, got {len(got)}"
     first = next((i for i, (p, q) in enumerate(zip(got, expected)) if p != q), None)
     assert first is None, f"ddim_pairs({T_}, {S_}): pair {first} is {got[first]}, the library steps through {expected[first]}"
@@ -786,7 +812,8 @@ for S_ in (10, 20, 50, 100, 250, 1000):
     (last,) = collections.deque(diffusion.sample_progressive(gaussian_eps, tuple(x_T.shape), "ddim", S_, 0.0, x_T=x_T, clip_denoised=False), maxlen=1)
     library_stds[S_] = last.x_prev.std().item()
 for S_ in (10, 250):
-    mine = ddim_sample(x_T, S_)
+    with library_refused(ddim_sample, SAMPLER_LIBRARY):
+        mine = ddim_sample(x_T, S_)
     assert mine.shape == x_T.shape, f"ddim_sample should return shape {tuple(x_T.shape)}, got {tuple(mine.shape)}"
     assert abs(mine.std().item() - library_stds[S_]) < 1e-9, f"ddim_sample(x_T, {S_}) differs from the library's deterministic DDIM"
 assert set(ddim_stds) == set(library_stds), f"ddim_stds should have the keys {sorted(library_stds)}"

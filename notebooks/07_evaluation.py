@@ -17,9 +17,14 @@
 # # 07 · Evaluation: measuring a generative model
 #
 # **Goal.** Notebook 06 ended with a question the eye cannot settle: which sampler draws the best cars for its cost?
-# This notebook answers it, and the questions the series left open before it (EMA or raw weights, linear or cosine
-# schedule, bf16 or fp32), with measurements. First the tools: what FID, KID, precision/recall, class coverage and
-# bits/dim each measure, and how each one fails. Then the answers, each with its noise.
+# This notebook answers it with measurements, and asks whether bf16 sampling or clipping costs quality. First the
+# tools: what FID, KID, precision/recall, class coverage and bits/dim each measure, and how each one fails. Then the
+# answers, each with its noise. It also takes a first, short look at EMA against raw weights and linear against cosine
+# schedule; notebook 08 measures those properly.
+#
+# **The model.** `DDPM_MODEL` (`ddpm_lib/weights/ddpm_toy_cars_32.pt`): the paper's DDPM ($\epsilon$-prediction,
+# linear schedule, $T = 1000$) on the `small` U-Net with attention at 16x16, 1,600 steps of notebook 05's recipe
+# (`--preset ddpm`); the study of section 5 measured it, and section 5.2 samples it live.
 #
 # **You will:** compute FID, KID and precision/recall by hand and check them against `ddpm_lib.metrics`; spoil real
 # images in known ways and see which metric notices what; watch FID's bias shrink as the sample count grows; then read
@@ -45,7 +50,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
-from ddpm_lib.checkpoints import STUDY_MODEL, load_ema_model
+from ddpm_lib.checkpoints import DDPM_MODEL, load_ema_model
 from ddpm_lib.data import from_uint8, load_dataset, to_uint8
 from ddpm_lib.features import load_feature_extractor
 from ddpm_lib.metrics import (class_tv, compute_features, evaluate_samples, frechet_distance, kernel_distance, knn_radii,
@@ -270,13 +275,15 @@ fig.suptitle(f"{N_LIVE} images per set against {N_REF} reference images; error b
 fig.tight_layout();
 
 # %% [markdown]
-# Read the bars column by column. FID rises for every defect, so it tells *that* something is wrong, not *what*. Blur
-# and noise throw the images off the real manifold (precision 0.06 and 0.02 in the full run) and even scramble the
-# body-type counts the network reads (`class_tv` 0.3); only the noise registers as grain. Dropping body types leaves
-# precision alone (every image is a real car) but halves recall and sends `class_tv` to 0.5: a mode-dropping generator in
-# one line. The colour shift, which a viewer might not notice, costs a third of the precision and half of the recall,
-# because the feature network was trained to see colour; `class_tv` stays put, since every car keeps its body type. Keep
-# these bars in mind in section 5: a model's samples can fail in several of these ways at once.
+# Read the table and the bars column by column (the cell below checks each claim on this run). FID rises for every
+# defect, so it tells *that* something is wrong, not *what*. Blur and noise throw the images off the real manifold
+# (precision below 0.2) and even scramble the body-type counts the network reads (`class_tv` well above the real
+# set's); only the noise registers as grain. Dropping body types leaves precision near the real set's (every image is
+# a real car) but costs recall and sends `class_tv` to about 0.5, the value for a generator that draws three of six
+# equally common types, each twice as often: a mode-dropping generator in one line. The colour shift, which a viewer
+# might not notice, costs precision and recall, because the feature network was trained to see colour; its `class_tv`
+# stays near the real set's, since every car keeps its body type. Keep these bars in mind in section 5: a model's
+# samples can fail in several of these ways at once.
 
 # %% tags=["nbval-check-output"]
 # NBVAL_CHECK_OUTPUT
@@ -286,6 +293,12 @@ print("dropping types costs recall and class_tv, not precision:",
       live["3 types dropped"]["recall"] < live["real"]["recall"] - 0.2 and live["3 types dropped"]["class_tv"] > 0.3
       and live["3 types dropped"]["precision"] > live["real"]["precision"] - 0.1)
 print("the grain measure flags the noisy set only:", max(spoiled, key=lambda n: live[n]["grain"]) == "noisy")
+print("blur and noise: precision below 0.2, class_tv above twice the real set's:",
+      all(live[n]["precision"] < 0.2 and live[n]["class_tv"] > 2 * live["real"]["class_tv"] for n in ("blurred", "noisy")))
+print("the colour shift costs precision and recall, not class_tv:",
+      live["colour-shifted"]["precision"] < live["real"]["precision"] - 0.1
+      and live["colour-shifted"]["recall"] < live["real"]["recall"] - 0.1
+      and live["colour-shifted"]["class_tv"] < live["real"]["class_tv"] + 0.1)
 
 # %% [markdown]
 # ## 4. How noisy is one number
@@ -387,9 +400,8 @@ print("study complete:", meta["complete"], "| rows:", len(rows), "| every row ha
 # %% [markdown]
 # ### 5.1 Samplers: quality against network evaluations
 #
-# The study's model through every sampler of notebook 06 (`ddpm_lib/weights/study_toy_cars_32.pt`, the toy-cars model shipped
-# before the recipe study of notebook 05: 1,600 steps of the former CPU recipe, linear schedule, $T = 1000$,
-# $\epsilon$-prediction): DDIM at 10, 20, 50, 100 and 250 steps with
+# The study's model (`DDPM_MODEL`: notebook 05's recipe, $\epsilon$-prediction, linear schedule, $T = 1000$,
+# 1,600 steps) through every sampler of notebook 06: DDIM at 10, 20, 50, 100 and 250 steps with
 # $\eta \in \{0, 0.5, 1\}$, and DDPM's 1000 steps with both reverse variances. Every run starts from the same noise $x_T$,
 # batch by batch, so the comparisons are paired. The cost of a sample is its number of network evaluations (NFE).
 # DDIM-250 and DDPM-1000 cost 2.5 and 10 times as much as DDIM-100, so they were drawn with fewer samples ($N$ = 32) and appear in the
@@ -512,7 +524,7 @@ ax.legend(fontsize=8);
 # $\eta = 0$ rows.
 
 # %%
-model, diffusion, config = load_ema_model(STUDY_MODEL)  # the model the study measured
+model, diffusion, config = load_ema_model(DDPM_MODEL)  # the model the study measured
 k = 4 if FAST else 8
 x_T = torch.randn(k, 3, 32, 32, generator=torch.Generator().manual_seed(7))
 settings = [(10, 0.0), (10, 1.0)] if FAST else [(10, 0.0), (10, 1.0), (50, 0.0), (50, 1.0)]
@@ -529,8 +541,8 @@ fig.tight_layout();
 #
 # Three differences from Song et al.'s setting could turn the ranking around, and the study measured each one.
 #
-# **Precision.** The network runs in bf16 on this machine (measured faster). The study sampled DDIM-50 at $\eta = 0$ and
-# $\eta = 1$ in bf16 and in fp32 from the same noise and compared the pairs image by image.
+# **Precision.** The network ran in bf16 on the study's machine (measured faster there). The study sampled DDIM-50 at
+# $\eta = 0$ and $\eta = 1$ in bf16 and in fp32 from the same noise and compared the pairs image by image.
 
 # %%
 for p in STUDY["precision_pairs"]:
@@ -544,7 +556,7 @@ for p in STUDY["precision_pairs"]:
 # %% [markdown]
 # No. The bf16 and fp32 samples differ by 0.0018 per pixel on average, a quarter of one uint8 level (22% of the pixels
 # round to a different level); FID moves by 0.19 and 0.08 against spreads of 1.8-2.0, the grain by 0.0001-0.0002 against
-# 0.022 and 0.005. The grain belongs to the model, not to the arithmetic, and bf16 samples 1.35-1.44 times faster here at
+# 0.022 and 0.005. The grain belongs to the model, not to the arithmetic, and bf16 sampled 1.35-1.44 times faster there at
 # no measurable cost.
 #
 # **Clipping $\hat x_0$.** The library clips the predicted $\hat x_0$ to $[-1, 1]$ at every step (`clip_denoised=True`),
@@ -591,13 +603,16 @@ for label, e0, e1 in gaps:
 # shrinks as the network learns. With this young network, the sampler that draws fresh noise is the one that sheds the
 # network's errors.
 #
-# ### 5.4 EMA against raw weights, linear against cosine
+# ### 5.4 A first look at EMA against raw weights, linear against cosine
 #
-# Two short runs of the former CPU recipe that trained the study's model (`CPU_RECIPE_BEFORE_STUDY` in `ddpm_lib.config`), identical but for the
-# schedule: the same seed, hence the same initial weights and the same batches, 135 steps each (about 4 minutes on one
+# Two short runs of notebook 05's recipe (`TrainConfig.ddpm_demo()`, the recipe of the study's model), identical but for
+# the schedule: the same seed, hence the same initial weights and the same batches, 135 steps each (about 4 minutes on one
 # core; the study's model had 1,600). Each run is sampled from its EMA weights (decay $\min(0.999, (1+k)/(10+k))$ after
 # $k$ updates) and from its raw weights, from the same noise (DDIM-50, $\eta = 1$), and its bound is measured on 32
 # held-out images. One run per schedule: the bootstrap spread covers the sampling noise, not the noise of training itself.
+# These runs show what the metrics and the bound do on young networks; they cannot rank the weights or the schedules.
+# Notebook 08 does, with 3 seeds per recipe at equal CPU minutes (`benchmarks/ladder.json`); the end of this section
+# reads its numbers.
 
 # %%
 train_rows = [r for r in pick("training") if r["eta"] == 1.0]
@@ -632,24 +647,47 @@ for r in train_rows:
           f"class_tv {r['class_tv']:.2f}  bits/dim: {rest:.2f} over t < T-1, L_T-1 {last:.2f}, estimate {r['bits_per_dim']['total']:,.2f}")
 
 # %% [markdown]
-# At 135 steps the answers are not those of a long run, and they teach for that reason. All four models are far from the
-# data (FID 96-126, against 6.3 for real images at this $N$), so far that precision and recall are 0 for every one: not a
-# single sample falls inside the real manifold, and these two metrics cannot rank them. FID, KID and `class_tv` still can.
+# All four models are far from the data (FID 96-126, against 6.3 for real images at this $N$), so far that precision and
+# recall are 0 for every one: not a single sample falls inside the real manifold, and these two metrics cannot rank them.
+# FID, KID and `class_tv` still can, and what they show is noise more than an answer:
 #
-# - **EMA against raw.** With the cosine schedule the EMA weights are much better (FID 96 ± 2 against 126 ± 3); with the
-#   linear one the raw weights are slightly better (116 ± 1 against 121 ± 2). At step 135 the EMA's decay has only warmed
-#   up to 0.94, so it averages roughly the last fifteen steps, and a raw score depends on where the last step happened to
-#   land: the two raw scores rank the schedules the other way round from the two EMA scores. The case for the EMA (Ho et
-#   al. use a decay of 0.9999) is made over long runs, where it removes exactly this step-to-step noise.
-# - **Linear against cosine.** The cosine run has the better EMA samples (96 against 121) and the lower bound over every
-#   step but the last (4.85 against 5.52 bits/dim, its decoder term $L_0$ 1.72 against 2.40), but the worse raw samples.
-#   One run per schedule cannot tell the schedule from the luck of the last steps: that takes several training seeds.
+# - **EMA against raw, linear against cosine: not settled here.** With the cosine schedule the EMA weights are better
+#   (FID 96 ± 2 against 126 ± 3), with the linear one slightly worse (121 ± 2 against 116 ± 1), so the two raw scores rank
+#   the schedules the other way round from the two EMA scores. At step 135 the EMA's decay has only warmed up to 0.94
+#   (roughly the last fifteen steps), a raw score depends on where the last step happened to land, and one run per
+#   schedule cannot tell a schedule from the luck of its last steps. The cosine run's bound over every step but the last
+#   is lower (4.85 against 5.52 bits/dim), one more number from one run each.
 # - **The cosine schedule's last step.** Its $\beta$ is clipped at 0.999 (Nichol & Dhariwal 2021, against a singularity at
 #   $t = T$), so $\alpha_{T-1} = 0.001$ and the Eq. 12 weight of the last term (notebook 03) is about 500 per unit of squared
 #   noise error. These young networks have not yet learned that trivial step, and $L_{T-1}$ alone costs 21 and 19
 #   bits/dim. The log-spaced estimate then interpolates linearly between indices 749 and 999, counts the last term about
 #   125 times, and reports 2,698 and 2,380 bits/dim: the estimate assumes terms that change smoothly between the evaluated
 #   indices, and this one does not. Under the linear schedule the last term is 0.00.
+#
+# **The measured answer, from notebook 08.** The same two recipes (the paper's linear schedule, and cosine), trained with
+# 3 seeds each for the same CPU minutes, each seed scored from its EMA and its raw weights on 1,000 samples:
+
+# %%
+LADDER = json.loads(Path("../benchmarks/ladder.json").read_text())
+ladder_fid = {}
+for rung, schedule in (("paper", "linear"), ("+cosine", "cosine")):
+    ends = [seed["curve"][-1] for seed in LADDER["runs"][rung]["seeds"]]  # every seed at the end of the budget
+    for weights in ("ema", "raw"):
+        fids = np.array([e["fid"] if weights == "ema" else e["raw"]["fid"] for e in ends])
+        ladder_fid[schedule, weights] = fids.mean()
+        print(f"{schedule:6s} {weights}: FID {fids.mean():5.1f} ± {fids.std(ddof=1):4.1f} (std over {len(fids)} seeds), "
+              f"{ends[0]['step']} steps = {ends[0]['cpu_minutes']:.0f} CPU minutes, N = {LADDER['settings']['num_samples']:,}")
+
+# %% tags=["nbval-check-output"]
+# NBVAL_CHECK_OUTPUT
+print("ladder.json: EMA better than raw under both schedules:",
+      all(ladder_fid[s, "ema"] < ladder_fid[s, "raw"] for s in ("linear", "cosine")),
+      "| cosine better than linear (EMA):", ladder_fid["cosine", "ema"] < ladder_fid["linear", "ema"])
+
+# %% [markdown]
+# With three seeds and longer runs, the cell above prints what the 135-step runs could not show: the mean FID
+# of each recipe's EMA and raw weights and their spread over seeds. Notebook 08 puts these rungs in context, with the
+# other changes of the recipe.
 #
 # ### 5.5 Where the bound's mass sits
 #
@@ -698,7 +736,7 @@ for s in GRID_STEPS:
     b = best[s]
     others = ", ".join(f"eta={r['eta']:g}: {r['fid']:.2f}" for r in candidates if r is not b)
     print(f"{s:4d} evaluations: best eta = {b['eta']:g}, FID {b['fid']:.2f} ± {b['spread']['fid']:.2f}, precision {b['precision']:.3f}, "
-          f"recall {b['recall']:.3f}, {b['ms_per_evaluation'] * s / 1000:.2f} s per image here   (others: {others})")
+          f"recall {b['recall']:.3f}, {b['ms_per_evaluation'] * s / 1000:.2f} s per image on the study's machine   (others: {others})")
 
 # %% tags=["nbval-check-output"]
 # NBVAL_CHECK_OUTPUT
@@ -712,10 +750,10 @@ print("best eta per budget:", {s: best[s]["eta"] for s in GRID_STEPS})
 # (12.5 ± 1.3) at twice the cost, and DDIM-250 or DDPM's 1000 steps show no gain that 32 samples can measure.
 #
 # **The command line's default** stays what it is: DDIM, 50 steps, $\eta = 1$ (`python -m ddpm_lib.sample` and
-# `python -m ddpm_lib.evaluate`), at 7.5 ms per network evaluation, about 0.38 s per image on one core here, a twentieth
-# of DDPM-1000's cost. `--steps 20` when speed matters, `--steps 100` for the last bit of quality. $\eta = 0$ is for where
-# determinism is the point (interpolating between noises, notebook 06's exercise 3), not for quality; a network trained
-# much longer should be measured again before that changes.
+# `python -m ddpm_lib.evaluate`), at 7.5 ms per network evaluation, about 0.38 s per image on one core of the study's
+# machine, a twentieth of DDPM-1000's cost. `--steps 20` when speed matters, `--steps 100` for the last bit of quality.
+# $\eta = 0$ is for where determinism is the point (interpolating between noises, notebook 06's exercise 3), not for
+# quality; a network trained much longer should be measured again before that changes.
 #
 # ## Summary
 #
@@ -727,20 +765,27 @@ print("best eta per budget:", {s: best[s]["eta"] for s in GRID_STEPS})
 # - Every score is an estimate: the bootstrap spread is a cautious estimate of the spread over independent sample sets.
 # - For the study's toy-cars model, DDIM with $\eta = 1$ beats $\eta = 0$ at every budget, the reverse of Song
 #   et al.'s CIFAR-10 result; bf16 and clipping are ruled out, and the grain $\eta = 0$ leaves shrinks with training.
-#   DDIM-50 at $\eta = 1$ stays the default. EMA, schedule and likelihood comparisons need runs longer than 135 steps and
-#   more than one training seed; and a log-spaced bound estimate fails where one term spikes, as the cosine schedule's
-#   last does.
+#   DDIM-50 at $\eta = 1$ stays the default. Two 135-step runs cannot rank EMA against raw weights or linear against
+#   cosine; notebook 08 measures both with 3 seeds at equal CPU minutes. A log-spaced bound estimate fails where one term
+#   spikes, as the cosine schedule's last does.
 #
 # ## Exercises
 #
 # Each exercise has a cell for your answer and a cell that checks it. The next cell loads all that the exercises use,
 # so that they run on their own, without the cells above: the feature network, the features of 500 training images
 # (`reference`), of 100 held-out images (`held_out`) and of 100 held-out images of the first three body types only
-# (`dropped`, as in section 3).
+# (`dropped`, as in section 3). Each exercise re-derives something `ddpm_lib.metrics` computes: the checks compare your
+# answer with the library, and run it with the library's version switched off (`forbidden` below), so that an answer
+# which calls the function it re-derives fails.
 
 # %%
-import torch
+import contextlib
+import types
 
+import torch
+import torchmetrics.image.fid as torchmetrics_fid
+
+from ddpm_lib import metrics
 from ddpm_lib.data import load_dataset
 from ddpm_lib.features import load_feature_extractor
 from ddpm_lib.metrics import class_tv, compute_features, frechet_distance, knn_radii, precision_recall, reference_features  # noqa: F811
@@ -753,9 +798,53 @@ dropped = compute_features(test.images[test.labels < 3][:100], net)  # sedans, h
 real_m = reference.features[:100]  # (100, 128): as many real features as held-out ones
 print(f"reference {tuple(reference.features.shape)}, held-out {tuple(held_out.features.shape)}, dropped {tuple(dropped.features.shape)}")
 
+
+def names_in(fn) -> set[str]:
+    """The global and attribute names that the code of `fn` mentions, its inner functions included."""
+    codes, names = [fn.__code__], set()
+    while codes:
+        code = codes.pop()
+        names |= set(code.co_names)
+        codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+    return names
+
+
+@contextlib.contextmanager
+def forbidden(*places):
+    """Within the block, calling any (owner, name) of `places` raises; owner: a module, a class or globals()."""
+
+    def refuse(owner, name):
+        what = name if isinstance(owner, dict) else f"{owner.__name__}.{name}"
+
+        def call(*args, **kwargs):
+            raise AssertionError(f"the answer calls {what}: the exercise asks you to derive what it computes")
+
+        return call
+
+    def put(owner, name, value):
+        if isinstance(owner, dict):
+            owner[name] = value
+        else:
+            setattr(owner, name, value)
+
+    saved = [(owner, name, owner[name] if isinstance(owner, dict) else vars(owner)[name]) for owner, name in places]
+    try:
+        for owner, name, _ in saved:
+            put(owner, name, refuse(owner, name))
+        yield
+    finally:
+        for owner, name, value in saved:
+            put(owner, name, value)
+
+
+def library(*names):
+    """Each of `names` in ddpm_lib.metrics and, where imported, in this notebook: where an answer would find it."""
+    return [(metrics, name) for name in names] + [(globals(), name) for name in names if name in globals()]
+
 # %% [markdown]
 # **Exercise 1.** Write `fid_gaussians(mu1, cov1, mu2, cov2)`, the Fréchet distance between two Gaussians given by
-# their means `(F,)` and covariances `(F, F)` (float64), returned as a Python float. *Hint:* section 2.
+# their means `(F,)` and covariances `(F, F)` (float64), returned as a Python float, with tensor arithmetic and
+# `torch.linalg` (not `frechet_distance` or torchmetrics). *Hint:* section 2.
 
 # %% nbgrader={"grade": false, "grade_id": "ex1-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
@@ -767,29 +856,42 @@ def fid_gaussians(mu1, cov1, mu2, cov2):
 ### END SOLUTION
 
 # %% nbgrader={"grade": true, "grade_id": "ex1-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+used = names_in(fid_gaussians) & {"frechet_distance", "_compute_fid", "FrechetInceptionDistance", "torchmetrics"}
+assert not used, f"fid_gaussians uses {sorted(used)}: compute the distance from the means and covariances yourself"
 a, b = reference.features[:300], held_out.features
 expected = frechet_distance(a, b)
-got = fid_gaussians(a.mean(0), torch.cov(a.T), b.mean(0), torch.cov(b.T))
+with forbidden(*library("frechet_distance"), (torchmetrics_fid, "_compute_fid")):
+    got = fid_gaussians(a.mean(0), torch.cov(a.T), b.mean(0), torch.cov(b.T))
+    one_d = fid_gaussians(torch.tensor([0.5], dtype=torch.float64), torch.tensor([[4.0]], dtype=torch.float64),
+                          torch.tensor([-0.5], dtype=torch.float64), torch.tensor([[1.0]], dtype=torch.float64))
 assert abs(got - expected) < 1e-6 * max(1.0, expected), f"fid_gaussians gives {got}, the library {expected}"
-one_d = fid_gaussians(torch.tensor([0.5], dtype=torch.float64), torch.tensor([[4.0]], dtype=torch.float64),
-                      torch.tensor([-0.5], dtype=torch.float64), torch.tensor([[1.0]], dtype=torch.float64))
 assert abs(one_d - (1.0**2 + (2.0 - 1.0) ** 2)) < 1e-9, "in one dimension the distance is (m1 - m2)^2 + (s1 - s2)^2"
 
 # %% [markdown]
-# **Exercise 2.** A generator that draws nothing but sedans (class 0), however perfect each sedan. Compute
-# `tv_sedans_only`, its `class_tv` against the reference (a float), in closed form from the reference's class histogram
-# alone (`reference.labels`, the body types the feature network reads), without calling `class_tv`.
+# **Exercise 2.** A generator that draws nothing but one body type $c$, however perfect each car. Write
+# `tv_one_class(reference_labels, c, num_classes)`, its `class_tv` against a reference with labels `reference_labels`
+# `(M,)` (a float), in closed form from the reference's class histogram alone, without calling `class_tv`. Then read
+# off the value for a sedans-only generator (class 0) against `reference.labels`, the body types the feature network
+# reads.
 
 # %% nbgrader={"grade": false, "grade_id": "ex2-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
-p_reference = torch.bincount(reference.labels, minlength=6).double() / len(reference.labels)
-tv_sedans_only = 1.0 - p_reference[0].item()  # (1/2)(|1 - p_0| + sum_{c > 0} p_c) = 1 - p_0
+def tv_one_class(reference_labels, c, num_classes):
+    p_reference = torch.bincount(reference_labels, minlength=num_classes).double() / len(reference_labels)
+    return 1.0 - p_reference[c].item()  # (1/2)(|1 - p_c| + sum_{c' != c} p_c') = 1 - p_c
+
+
 ### END SOLUTION
-print(f"class_tv of a sedans-only generator: {tv_sedans_only:.3f}")
+print(f"class_tv of a sedans-only generator: {tv_one_class(reference.labels, 0, 6):.3f}")
 
 # %% nbgrader={"grade": true, "grade_id": "ex2-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-sedans = torch.zeros(1000, dtype=torch.long)
-assert abs(tv_sedans_only - class_tv(sedans, reference.labels, 6)) < 1e-12, "tv_sedans_only differs from class_tv"
+used = names_in(tv_one_class) & {"class_tv", "evaluate_samples", "_scores"}
+assert not used, f"tv_one_class uses {sorted(used)}: write the distance in closed form"
+for labels_, c_ in [(reference.labels, 0), (reference.labels, 3), (held_out.labels, 5), (dropped.labels, 4)]:
+    expected = class_tv(torch.full((1000,), c_), labels_, 6)
+    with forbidden(*library("class_tv", "evaluate_samples")):
+        got = tv_one_class(labels_, c_, 6)
+    assert abs(got - expected) < 1e-12, f"tv_one_class for class {c_} gives {got}, class_tv {expected}"
 
 # %% [markdown]
 # **Exercise 3.** Write `recall_by_hand(real, fake, k)`, the recall of feature sets `real` `(N, F)` and `fake` `(M, F)` as
@@ -806,16 +908,20 @@ def recall_by_hand(real, fake, k=3):
 ### END SOLUTION
 
 # %% nbgrader={"grade": true, "grade_id": "ex3-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+used = names_in(recall_by_hand) & {"precision_recall", "in_manifold", "evaluate_samples"}
+assert not used, f"recall_by_hand uses {sorted(used)}: test which real features some generated ball covers yourself"
 for k_ in (1, 3, 5):
     expected = precision_recall(real_m, dropped.features, k=k_)[1]
-    assert abs(recall_by_hand(real_m, dropped.features, k_) - expected) < 1e-12, f"recall_by_hand differs from the library at k={k_}"
+    with forbidden(*library("precision_recall", "in_manifold", "evaluate_samples")):
+        got = recall_by_hand(real_m, dropped.features, k_)
+    assert abs(got - expected) < 1e-12, f"recall_by_hand differs from the library at k={k_}: {got} against {expected}"
 
 # %% [markdown]
 # **Exercise 4.** Section 4 fitted FID $\approx a + b/N$ to real-vs-real scores. Part of the bias is in the mean term
 # alone: for two independent sets of $n$ and $m$ samples from one distribution with covariance $\Sigma$,
 # $\mathbb E\lVert\hat\mu_1-\hat\mu_2\rVert^2 = \operatorname{Tr}\Sigma\,(1/n + 1/m)$. Compute `mean_term_bias` (a float), this
 # expectation for $n = 100$ held-out samples against the $m$ = `len(reference)` reference features, with $\Sigma$ estimated
-# from the reference.
+# from the reference. The check draws 20,000 such pairs of sets from the reference features and compares.
 
 # %% nbgrader={"grade": false, "grade_id": "ex4-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
@@ -825,5 +931,15 @@ print(f"expected mean term of FID at n = 100, m = {len(reference)}: {mean_term_b
       f"the whole FID of the 100 held-out images: {frechet_distance(reference.features, held_out.features):.2f}")
 
 # %% nbgrader={"grade": true, "grade_id": "ex4-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-trace = torch.cov(reference.features.T).trace().item()
-assert abs(mean_term_bias - trace * (1 / 100 + 1 / len(reference))) < 1e-9 * trace, "use Tr(Sigma) (1/n + 1/m) with n = 100 and m = len(reference)"
+X_, m_, n_ = reference.features, len(reference), 100
+g_, draws = torch.Generator().manual_seed(0), []
+for _ in range(40):  # 40 x 500 pairs of sets drawn with replacement: the mean of each as a weighted sum of X_
+    counts = [torch.randint(0, m_, (500, size), generator=g_) for size in (n_, m_)]
+    w1, w2 = (torch.zeros(500, m_, dtype=X_.dtype).scatter_add_(1, i, torch.ones(i.shape, dtype=X_.dtype)) / i.shape[1] for i in counts)
+    draws.append(((w1 - w2) @ X_).square().sum(1))  # ||mean of set 1 - mean of set 2||^2
+simulated = torch.cat(draws).mean().item()
+assert isinstance(mean_term_bias, float), f"mean_term_bias should be a float, got {type(mean_term_bias).__name__}"
+assert abs(mean_term_bias - simulated) < 0.03 * simulated, (
+    f"mean_term_bias = {mean_term_bias:.4f}, but 20,000 simulated pairs of sets average {simulated:.4f}: "
+    "use Tr(Sigma) (1/n + 1/m) with n = 100 and m = len(reference)"
+)

@@ -407,9 +407,7 @@ def test_min_snr_weights_an_x0_error_the_same_for_eps_v_and_x0(gamma):
     ).item()
     loss_v = d_v.training_loss(lambda x, tt: v_hat, x0, t=t, noise=noise, snr_gamma=gamma).item()
     d_x0 = _diffusion(T=1000, prediction_type="sample")
-    loss_x0 = d_x0.training_loss(
-        lambda x, tt: x0_hat, x0, t=t, noise=noise, snr_gamma=gamma
-    ).item()
+    loss_x0 = d_x0.training_loss(lambda x, tt: x0_hat, x0, t=t, noise=noise, snr_gamma=gamma).item()
     for loss in (loss_eps, loss_v, loss_x0):
         assert loss == pytest.approx(expected, rel=1e-5)
     if gamma == 1e9:  # no clipping: the eps loss is L_simple itself
