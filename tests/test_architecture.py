@@ -11,6 +11,7 @@ LIB = pathlib.Path(__file__).resolve().parents[1] / "ddpm_lib"
 # The series' order: a module may import only modules listed before it.
 ORDER = [
     "checks",
+    "grading",
     "outputs",
     "schedules",
     "diffusion",
