@@ -96,28 +96,7 @@ def run_jobs(args, todo: list[tuple[str, int]], result: dict) -> None:
             overrides = recipes()[name]
             tmp = Path(tempfile.mkstemp(suffix=".json")[1])
             s_per_step = speeds[shape(overrides)]["s_per_step"]
-            cmd = [
-                sys.executable,
-                str(Path(recipe.__file__)),
-                "one",
-                "--out",
-                str(tmp),
-                "--overrides",
-                json.dumps(overrides),
-                "--seed",
-                str(seed),
-                "--s-per-step",
-                str(s_per_step),
-                "--budget",
-                str(args.budget),
-                "--num-samples",
-                str(args.num_samples),
-                "--device",
-                args.device,
-                "--score-raw",
-                "--points",
-                *map(str, args.points),
-            ]
+            cmd = recipe.one_run_command(tmp, overrides, seed, s_per_step, args, score_raw=True)
             proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": threads})
             active.append((name, seed, tmp, proc))
         if late:

@@ -210,6 +210,35 @@ def train_recipe(
     }
 
 
+def one_run_command(
+    out: Path, overrides: dict, seed: int, s_per_step: float, args, score_raw: bool = False
+) -> list[str]:
+    """The ``recipe.py one`` command that trains one recipe for ``args.budget`` CPU minutes into ``out``
+    (``args``: the parsed options of a study: budget, num_samples, device, points)."""
+    return [
+        sys.executable,
+        __file__,
+        "one",
+        "--out",
+        str(out),
+        "--overrides",
+        json.dumps(overrides),
+        "--seed",
+        str(seed),
+        "--s-per-step",
+        str(s_per_step),
+        "--budget",
+        str(args.budget),
+        "--num-samples",
+        str(args.num_samples),
+        "--device",
+        args.device,
+        *(["--score-raw"] if score_raw else []),
+        "--points",
+        *map(str, args.points),
+    ]
+
+
 def final_fids(run: dict) -> list[float]:
     return [r["curve"][-1]["fid"] for r in run.get("seeds", [])]
 
@@ -382,27 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             while pending and len(active) < args.jobs and not late:
                 name, overrides, seed = pending.pop(0)
                 tmp = Path(tempfile.mkstemp(suffix=".json")[1])
-                cmd = [
-                    sys.executable,
-                    __file__,
-                    "one",
-                    "--out",
-                    str(tmp),
-                    "--overrides",
-                    json.dumps(overrides),
-                    "--seed",
-                    str(seed),
-                    "--s-per-step",
-                    str(s_per_step(speeds, overrides)[0]),
-                    "--budget",
-                    str(args.budget),
-                    "--num-samples",
-                    str(args.num_samples),
-                    "--device",
-                    args.device,
-                    "--points",
-                    *map(str, args.points),
-                ]
+                cmd = one_run_command(tmp, overrides, seed, s_per_step(speeds, overrides)[0], args)
                 env = {
                     **os.environ,
                     "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // args.jobs)),
