@@ -297,13 +297,12 @@ print(f"eval mode vs train mode: {pixels(in_eval, in_train[0]):.1f} / 255 per pi
 #
 # Each exercise has a cell for your answer and a cell that checks it. The next cell imports what they use; the section
 # runs on its own, without the cells above. Each exercise derives something the library already computes, so the
-# checks compare your answer with the library, and run it with the library's version switched off (`forbidden`
-# below): an answer that calls the function it re-derives, or builds the network and counts, fails.
+# checks compare your answer with the library, and run it with the library's version switched off (`refusing`
+# from `ddpm_lib.grading`): an answer that calls the function it re-derives, or builds the network and counts,
+# fails.
 
 # %%
-import contextlib
 import math
-import types
 from dataclasses import replace
 
 import torch
@@ -311,6 +310,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddpm_lib import unet as unet_lib
+from ddpm_lib.grading import names_used, refusing
 from ddpm_lib.unet import UNET_PRESETS, AttentionBlock, ResBlock, UNet, count_parameters
 
 torch.manual_seed(0)
@@ -318,45 +318,6 @@ small = UNET_PRESETS["small"]  # 32 base channels, mults (1, 2, 2), 2 ResBlocks 
 features = torch.randn(2, 64, 8, 8)  # a batch of feature maps (B, C, H, W)
 gn_weight, gn_bias = torch.randn(64), torch.randn(64)  # GroupNorm's per-channel scale and shift
 attn4 = AttentionBlock(64, num_heads=4, groups=8)  # self-attention with 4 heads of 16 channels
-
-
-def names_in(fn) -> set[str]:
-    """The global and attribute names that the code of `fn` mentions, its inner functions included."""
-    codes, names = [fn.__code__], set()
-    while codes:
-        code = codes.pop()
-        names |= set(code.co_names)
-        codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
-    return names
-
-
-@contextlib.contextmanager
-def forbidden(*places):
-    """Within the block, calling any (owner, name) of `places` raises; owner: a module, a class or globals()."""
-
-    def refuse(owner, name):
-        what = name if isinstance(owner, dict) else f"{owner.__name__}.{name}"
-        what = f"{owner.__name__}() (it builds a network)" if name == "__init__" else what
-
-        def call(*args, **kwargs):
-            raise AssertionError(f"the answer calls {what}: the exercise asks you to derive what it computes")
-
-        return call
-
-    def put(owner, name, value):
-        if isinstance(owner, dict):
-            owner[name] = value
-        else:
-            setattr(owner, name, value)
-
-    saved = [(owner, name, owner[name] if isinstance(owner, dict) else vars(owner)[name]) for owner, name in places]
-    try:
-        for owner, name, _ in saved:
-            put(owner, name, refuse(owner, name))
-        yield
-    finally:
-        for owner, name, value in saved:
-            put(owner, name, value)
 
 
 NO_NETWORK = [(nn.Module, "__init__"), (unet_lib, "count_parameters"), (globals(), "count_parameters")]  # builds and counts nothing
@@ -381,11 +342,11 @@ def resblock_params(in_ch: int, out_ch: int, temb_ch: int) -> int:
 ### END SOLUTION
 
 # %% nbgrader={"grade": true, "grade_id": "ex1-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-used = names_in(resblock_params) & {"count_parameters", "ResBlock", "numel", "parameters", "Conv2d", "Linear"}
+used = names_used(resblock_params) & {"count_parameters", "ResBlock", "numel", "parameters", "Conv2d", "Linear"}
 assert not used, f"resblock_params uses {sorted(used)}: count the parameters by formula, without building the block"
 for in_ch, out_ch, temb_ch in [(32, 64, 128), (64, 64, 128), (128, 64, 512), (96, 32, 256)]:
     expected = count_parameters(ResBlock(in_ch, out_ch, temb_ch, dropout=0.1, groups=8))
-    with forbidden(*NO_NETWORK):
+    with refusing(*NO_NETWORK, answer=resblock_params):
         got = resblock_params(in_ch, out_ch, temb_ch)
     assert got == expected, f"resblock_params({in_ch}, {out_ch}, {temb_ch}) is off by {got - expected:+d}; check each layer's bias and the skip path"
 
@@ -417,12 +378,12 @@ def decoder_in_channels(cfg) -> list[int]:
 ### END SOLUTION
 
 # %% nbgrader={"grade": true, "grade_id": "ex2-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-used = names_in(decoder_in_channels) & {"UNet", "build_model", "modules", "named_modules", "children", "up"}
+used = names_used(decoder_in_channels) & {"UNet", "build_model", "modules", "named_modules", "children", "up"}
 assert not used, f"decoder_in_channels uses {sorted(used)}: derive the channels from cfg, without building the network"
 for cfg in [small, UNET_PRESETS["tiny"], UNET_PRESETS["ddpm-cifar10"], replace(small, channel_mults=(1, 2, 3), num_res_blocks=3)]:
     net = UNet(cfg)
     expected = [block[0].conv1.in_channels for block in net.up if isinstance(block, nn.ModuleList)]
-    with forbidden(*NO_NETWORK):
+    with refusing(*NO_NETWORK, answer=decoder_in_channels):
         got = list(decoder_in_channels(cfg))
     assert len(got) == len(expected), f"{len(got)} decoder ResBlocks for {cfg}, the network has {len(expected)}: how many per level?"
     assert got == expected, f"decoder input channels for {cfg}: the first mismatch is at ResBlock {next(i for i, (a, b) in enumerate(zip(got, expected)) if a != b)}"
@@ -452,17 +413,17 @@ print(f"attention at 8x8 adds {attention_added(small, 8):,d} parameters to the s
 
 # %% nbgrader={"grade": true, "grade_id": "ex3-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 for fn in (attention_params, attention_added):
-    used = names_in(fn) & {"count_parameters", "AttentionBlock", "UNet", "build_model", "numel", "parameters"}
+    used = names_used(fn) & {"count_parameters", "AttentionBlock", "UNet", "build_model", "numel", "parameters"}
     assert not used, f"{fn.__name__} uses {sorted(used)}: count by formula, without building the network"
 for C in (32, 64, 128):
     expected = count_parameters(AttentionBlock(C, num_heads=1, groups=8))
-    with forbidden(*NO_NETWORK):
+    with refusing(*NO_NETWORK, answer=attention_params):
         got = attention_params(C)
     assert got == expected, f"attention_params({C}) is off by {got - expected:+,d}"
 for cfg, res in [(small, 8), (small, 32), (UNET_PRESETS["tiny"], 16), (UNET_PRESETS["ddpm-cifar10"], 8)]:
     expected = count_parameters(UNet(replace(cfg, attention_resolutions=(*cfg.attention_resolutions, res))))
     expected -= count_parameters(UNet(cfg))
-    with forbidden(*NO_NETWORK):
+    with refusing(*NO_NETWORK, answer=attention_added):
         got = attention_added(cfg, res)
     assert got == expected, f"attention_added(..., {res}) is off by {got - expected:+,d}: count the blocks at {res}x{res} on both sides of the U"
 
@@ -488,7 +449,7 @@ def group_norm_by_hand(x, num_groups, weight, bias, eps=1e-6):
 
 # %% nbgrader={"grade": true, "grade_id": "ex4-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 NORMS = ("group_norm", "layer_norm", "instance_norm", "batch_norm")
-used = names_in(group_norm_by_hand) & {*NORMS, "GroupNorm", "LayerNorm", "InstanceNorm2d", "BatchNorm2d"}
+used = names_used(group_norm_by_hand) & {*NORMS, "GroupNorm", "LayerNorm", "InstanceNorm2d", "BatchNorm2d"}
 assert not used, f"group_norm_by_hand uses {sorted(used)}: compute the means and variances yourself"
 NO_NORM = [(module, name) for module in (F, torch) for name in NORMS] + [(nn.Module, "__init__")]
 for groups in (8, 4, 1):
@@ -497,13 +458,13 @@ for groups in (8, 4, 1):
         norm.weight.copy_(gn_weight)
         norm.bias.copy_(gn_bias)
         expected = norm(features)
-    with forbidden(*NO_NORM):
+    with refusing(*NO_NORM, answer=group_norm_by_hand):
         got = group_norm_by_hand(features, groups, gn_weight, gn_bias)
     assert got.shape == features.shape, f"expected shape {tuple(features.shape)}, got {tuple(got.shape)}"
     assert torch.allclose(got, expected, atol=1e-5), (
         f"with {groups} groups the result differs by {(got - expected).abs().max().item():.2e}: one mean and one biased variance per image and group"
     )
-with forbidden(*NO_NORM):
+with refusing(*NO_NORM, answer=group_norm_by_hand):
     alone, in_batch = group_norm_by_hand(features[:1], 8, gn_weight, gn_bias), group_norm_by_hand(features, 8, gn_weight, gn_bias)
 assert torch.allclose(alone, in_batch[:1], atol=1e-6), "an image's output must not depend on the batch"
 
@@ -530,13 +491,13 @@ def attention_by_hand(block, x):
 ### END SOLUTION
 
 # %% nbgrader={"grade": true, "grade_id": "ex5-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-used = names_in(attention_by_hand) & {"scaled_dot_product_attention", "MultiheadAttention", "multi_head_attention_forward", "forward"}
+used = names_used(attention_by_hand) & {"scaled_dot_product_attention", "MultiheadAttention", "multi_head_attention_forward", "forward"}
 assert not used, f"attention_by_hand uses {sorted(used)}: compute the attention weights yourself"
 NO_ATTENTION = [(AttentionBlock, "forward"), (F, "scaled_dot_product_attention"), (F, "multi_head_attention_forward")]
 for blk in (attn4, AttentionBlock(64, num_heads=1, groups=8), AttentionBlock(64, num_heads=8, groups=8)):
     with torch.no_grad():
         expected = blk(features)
-        with forbidden(*NO_ATTENTION):
+        with refusing(*NO_ATTENTION, answer=attention_by_hand):
             got = attention_by_hand(blk, features)
     assert got.shape == features.shape, f"expected shape {tuple(features.shape)}, got {tuple(got.shape)}"
     assert torch.allclose(got, expected, atol=1e-5), (

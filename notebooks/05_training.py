@@ -394,12 +394,10 @@ print(f"the checkpoint accepts it: the run continues with its own recipe to step
 # Each exercise has a cell for your answer and a cell that checks it. The next cell imports what they use and builds
 # small fixtures (a few seconds, no real training); the section runs on its own, without the cells above. Each answer
 # is a function that computes by hand what a library function computes: the check runs it with that library function
-# refused (`library_refused`), then compares its values with the library's.
+# refused (`refusing`, from `ddpm_lib.grading`), then compares its values with the library's.
 
 # %%
-import contextlib
 import math
-import types
 
 import torch
 import torch.optim.adam as torch_adam  # the modules of torch.optim's Adam, AdamW and AveragedModel
@@ -412,36 +410,8 @@ from ddpm_lib import GaussianDiffusion, build_model
 from ddpm_lib.checkpoints import DDPM_MODEL, load_ema_model
 from ddpm_lib.config import TrainConfig
 from ddpm_lib.data import load_dataset
+from ddpm_lib.grading import refusing
 from ddpm_lib.training import Trainer
-
-
-@contextlib.contextmanager
-def library_refused(answer, targets):
-    """While the block runs, each library function ``getattr(owner, name)`` of ``targets`` raises when called, also
-    where the module of the function ``answer`` holds it under a name of its own."""
-    saved = {(owner, name): vars(owner)[name] for owner, name in targets}
-
-    def refuse(name):
-        def refused(*args, **kwargs):
-            raise AssertionError(f"the answer calls the library's {name}: compute it by hand")
-
-        return refused
-
-    def target_of(value):  # the name of the target that value is (or a bound method of), else None
-        func = value.__func__ if isinstance(value, types.MethodType) else value
-        return next((name for (_, name), f in saved.items() if func is f), None)
-
-    namespace = answer.__globals__
-    aliases = {k: v for k, v in namespace.items() if target_of(v)}
-    try:
-        for owner, name in targets:
-            setattr(owner, name, refuse(name))
-        namespace.update({k: refuse(target_of(v)) for k, v in aliases.items()})
-        yield
-    finally:
-        for (owner, name), value in saved.items():
-            setattr(owner, name, value)
-        namespace.update(aliases)
 
 
 torch.manual_seed(0)
@@ -495,7 +465,7 @@ with torch.no_grad():
                             for i in range(20)])  # fmt: skip
     whole_batch = diffusion.training_loss(pretrained, x0, t=t_probe, noise=noise)
 order = torch.randperm(20, generator=torch.Generator().manual_seed(1))  # the answer must not assume sorted t
-with library_refused(simple_loss_per_image, [(GaussianDiffusion, "q_sample"), (GaussianDiffusion, "training_loss")]):
+with refusing((GaussianDiffusion, "q_sample"), (GaussianDiffusion, "training_loss"), answer=simple_loss_per_image):
     mine = simple_loss_per_image(pretrained, x0[order], t_probe[order], noise[order])
 assert mine.shape == (20,), f"simple_loss_per_image should return shape (20,), got {tuple(mine.shape)}"
 assert torch.allclose(mine.float(), expected[order], rtol=1e-4, atol=1e-6), (
@@ -534,7 +504,7 @@ EMA_LIBRARY = [(ddpm_lib.training, "ema_decay"), (ddpm_lib.training, "AveragedMo
                (ddpm_lib.diagnose, "ema_decays"), (ddpm_lib.diagnose, "ema_step_weights"), (ddpm_lib.diagnose, "check_ema_age"),
                (swa_utils, "AveragedModel"), (swa_utils, "get_ema_multi_avg_fn"), (Trainer, "_ema_update")]  # fmt: skip
 cases = [(5, small_run.config.ema_decay), (1, 0.999), (40, 0.9), (1600, 0.999), (12000, 0.999)]
-with library_refused(ema_shares, EMA_LIBRARY):
+with refusing(*EMA_LIBRARY, answer=ema_shares):
     answers = {case: [float(c) for c in ema_shares(*case)] for case in cases}
 for (n, decay), shares in answers.items():
     expected = ddpm_lib.diagnose.ema_step_weights(decay, True, n).tolist()
@@ -584,7 +554,7 @@ ADAM_LIBRARY = [(torch.optim, "Adam"), (torch.optim, "AdamW"), (torch_adam, "Ada
                 (torch_adamw, "adamw")]  # fmt: skip
 for lr in (lr_first, 0.1):
     expected = torch_adam_change(lr)
-    with library_refused(adam_first_update, ADAM_LIBRARY):
+    with refusing(*ADAM_LIBRARY, answer=adam_first_update):
         mine = adam_first_update([g.double() for g in grads], lr)
     assert len(mine) == len(expected), f"adam_first_update should return one tensor per parameter ({len(expected)}), got {len(mine)}"
     for u, e in zip(mine, expected):
@@ -616,7 +586,7 @@ print(f"warm-up ends after {warmup_end(0.999):,} updates at 0.999 and {warmup_en
       f"after 1,600 steps at 0.999 the EMA's weights are {mean_age(1600, 0.999):.0f} steps old on average")
 
 # %% nbgrader={"grade": true, "grade_id": "ex4-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-with library_refused(warmup_end, EMA_LIBRARY):  # mean_age lives in the same namespace: refused there too
+with refusing(*EMA_LIBRARY, answer=warmup_end):  # mean_age lives in the same namespace: refused there too
     ends = {d: warmup_end(d) for d in (0.999, 0.9999, 0.99, 0.5, 0.1, 0.05)}
     ages = {case: float(mean_age(*case)) for case in [(1600, 0.999), (340, 0.999), (3000, 0.99), (1, 0.999)]}
 for d, k in ends.items():

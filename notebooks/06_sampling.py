@@ -609,49 +609,19 @@ fig.tight_layout()
 # in closed form (notebook 03), $\epsilon^*(x_t, t) = \mathbb E[\epsilon \mid x_t] = \sqrt{1-\bar\alpha_t}\,
 # (x_t - \sqrt{\bar\alpha_t}\,m)/(\bar\alpha_t s^2 + 1 - \bar\alpha_t)$. It takes the place of the network, so every
 # sampler runs in milliseconds. The section runs on its own, without the cells above. Each answer computes by hand
-# what the library's samplers compute: the checks run it with those library functions refused (`library_refused`,
-# the list `SAMPLER_LIBRARY`), then compare its values with the library's.
+# what the library's samplers compute: the checks run it with those library functions refused (`refusing` from
+# `ddpm_lib.grading`, the list `SAMPLER_LIBRARY`), then compare its values with the library's.
 
 # %%
 import collections
-import contextlib
 import math
-import types
 
 import numpy as np
 import torch
 
 import ddpm_lib.sampling
 from ddpm_lib import GaussianDiffusion, make_betas
-
-
-@contextlib.contextmanager
-def library_refused(answer, targets):
-    """While the block runs, each library function ``getattr(owner, name)`` of ``targets`` raises when called, also
-    where the module of the function ``answer`` holds it under a name of its own."""
-    saved = {(owner, name): vars(owner)[name] for owner, name in targets}
-
-    def refuse(name):
-        def refused(*args, **kwargs):
-            raise AssertionError(f"the answer calls the library's {name}: compute it by hand")
-
-        return refused
-
-    def target_of(value):  # the name of the target that value is (or a bound method of), else None
-        func = value.__func__ if isinstance(value, types.MethodType) else value
-        return next((name for (_, name), f in saved.items() if func is f), None)
-
-    namespace = answer.__globals__
-    aliases = {k: v for k, v in namespace.items() if target_of(v)}
-    try:
-        for owner, name in targets:
-            setattr(owner, name, refuse(name))
-        namespace.update({k: refuse(target_of(v)) for k, v in aliases.items()})
-        yield
-    finally:
-        for (owner, name), value in saved.items():
-            setattr(owner, name, value)
-        namespace.update(aliases)
+from ddpm_lib.grading import refusing
 
 
 # the reverse process's steps and the schedules of visited steps: what the exercises re-derive
@@ -697,7 +667,7 @@ def ddpm_step(x_t, t, z):
 # %% nbgrader={"grade": true, "grade_id": "ex1-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 for t_ in (999, 500, 1, 0):
     expected = diffusion.p_sample(gaussian_eps, x_t, t_, noise=z, clip_denoised=False)
-    with library_refused(ddpm_step, SAMPLER_LIBRARY):
+    with refusing(*SAMPLER_LIBRARY, answer=ddpm_step):
         got = ddpm_step(x_t, t_, z)
     assert got.shape == x_t.shape, f"ddpm_step should return shape {tuple(x_t.shape)}, got {tuple(got.shape)}"
     err = (got - expected).abs().max().item()
@@ -723,11 +693,11 @@ for t_, t_prev_, eta_ in [(999, 979, 1.0), (500, 400, 0.5), (10, 9, 1.0), (20, -
     noisy = diffusion.ddim_step(gaussian_eps, x_t, t_, t_prev_, eta_, noise=z, clip_denoised=False)[0]
     quiet = diffusion.ddim_step(gaussian_eps, x_t, t_, t_prev_, eta_, noise=torch.zeros_like(z), clip_denoised=False)[0]
     sigma_library = ((noisy - quiet) * z).sum().item() / (z * z).sum().item()  # the library's step adds sigma * z
-    with library_refused(ddim_sigma, SAMPLER_LIBRARY):
+    with refusing(*SAMPLER_LIBRARY, answer=ddim_sigma):
         got = float(ddim_sigma(t_, t_prev_, eta_))
     assert abs(got - sigma_library) < 1e-9, f"ddim_sigma({t_}, {t_prev_}, {eta_}) = {got:.6g}, but the library's step uses {sigma_library:.6g}"
 for t_ in (999, 300, 1):
-    with library_refused(ddim_sigma, SAMPLER_LIBRARY):
+    with refusing(*SAMPLER_LIBRARY, answer=ddim_sigma):
         got = ddim_sigma(t_, t_ - 1, 1.0)
     assert abs(got**2 - diffusion.posterior_variance[t_].item()) < 1e-12, "with eta = 1 on consecutive steps, sigma^2 is tilde-beta_t"
 
@@ -752,7 +722,7 @@ def ddim_update(x_t, t, t_prev, eta, z):
 # %% nbgrader={"grade": true, "grade_id": "ex3-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 for t_, t_prev_, eta_ in [(999, 899, 0.0), (999, 899, 1.0), (500, 250, 0.5), (30, 29, 1.0), (20, -1, 0.0), (20, -1, 1.0)]:
     expected = diffusion.ddim_step(gaussian_eps, x_t, t_, t_prev_, eta_, noise=z, clip_denoised=False)[0]
-    with library_refused(ddim_update, SAMPLER_LIBRARY):
+    with refusing(*SAMPLER_LIBRARY, answer=ddim_update):
         got = ddim_update(x_t, t_, t_prev_, eta_, z)
     assert got.shape == x_t.shape, f"ddim_update should return shape {tuple(x_t.shape)}, got {tuple(got.shape)}"
     err = (got - expected).abs().max().item()
@@ -778,7 +748,7 @@ def ddim_pairs(T, S):
 for T_, S_ in [(1000, 1), (1000, 2), (1000, 7), (1000, 10), (1000, 50), (1000, 1000), (300, 7), (300, 64), (50, 49)]:
     visits = GaussianDiffusion(make_betas("linear", T_)).sampling_timesteps("ddim", S_)
     expected = list(zip(visits, visits[1:] + [-1]))
-    with library_refused(ddim_pairs, SAMPLER_LIBRARY):
+    with refusing(*SAMPLER_LIBRARY, answer=ddim_pairs):
         got = [(int(a), int(b)) for a, b in ddim_pairs(T_, S_)]
     assert len(got) == S_, f"ddim_pairs({T_}, {S_}) should hold {S_} pairs, got {len(got)}"
     first = next((i for i, (p, q) in enumerate(zip(got, expected)) if p != q), None)
@@ -812,7 +782,7 @@ for S_ in (10, 20, 50, 100, 250, 1000):
     (last,) = collections.deque(diffusion.sample_progressive(gaussian_eps, tuple(x_T.shape), "ddim", S_, 0.0, x_T=x_T, clip_denoised=False), maxlen=1)
     library_stds[S_] = last.x_prev.std().item()
 for S_ in (10, 250):
-    with library_refused(ddim_sample, SAMPLER_LIBRARY):
+    with refusing(*SAMPLER_LIBRARY, answer=ddim_sample):
         mine = ddim_sample(x_T, S_)
     assert mine.shape == x_T.shape, f"ddim_sample should return shape {tuple(x_T.shape)}, got {tuple(mine.shape)}"
     assert abs(mine.std().item() - library_stds[S_]) < 1e-9, f"ddim_sample(x_T, {S_}) differs from the library's deterministic DDIM"

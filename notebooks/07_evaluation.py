@@ -775,19 +775,17 @@ print("best eta per budget:", {s: best[s]["eta"] for s in GRID_STEPS})
 # so that they run on their own, without the cells above: the feature network, the features of 500 training images
 # (`reference`), of 100 held-out images (`held_out`) and of 100 held-out images of the first three body types only
 # (`dropped`, as in section 3). Each exercise re-derives something `ddpm_lib.metrics` computes: the checks compare your
-# answer with the library, and run it with the library's version switched off (`forbidden` below), so that an answer
-# which calls the function it re-derives fails.
+# answer with the library, and run it with the library's version switched off (`refusing` from `ddpm_lib.grading`),
+# so that an answer which calls the function it re-derives fails.
 
 # %%
-import contextlib
-import types
-
 import torch
 import torchmetrics.image.fid as torchmetrics_fid
 
 from ddpm_lib import metrics
 from ddpm_lib.data import load_dataset
 from ddpm_lib.features import load_feature_extractor
+from ddpm_lib.grading import names_used, refusing
 from ddpm_lib.metrics import class_tv, compute_features, frechet_distance, knn_radii, precision_recall, reference_features  # noqa: F811
 
 net = load_feature_extractor()
@@ -797,44 +795,6 @@ held_out = compute_features(test.images[:100], net)  # FeatureSet, features (100
 dropped = compute_features(test.images[test.labels < 3][:100], net)  # sedans, hatchbacks and SUVs only
 real_m = reference.features[:100]  # (100, 128): as many real features as held-out ones
 print(f"reference {tuple(reference.features.shape)}, held-out {tuple(held_out.features.shape)}, dropped {tuple(dropped.features.shape)}")
-
-
-def names_in(fn) -> set[str]:
-    """The global and attribute names that the code of `fn` mentions, its inner functions included."""
-    codes, names = [fn.__code__], set()
-    while codes:
-        code = codes.pop()
-        names |= set(code.co_names)
-        codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
-    return names
-
-
-@contextlib.contextmanager
-def forbidden(*places):
-    """Within the block, calling any (owner, name) of `places` raises; owner: a module, a class or globals()."""
-
-    def refuse(owner, name):
-        what = name if isinstance(owner, dict) else f"{owner.__name__}.{name}"
-
-        def call(*args, **kwargs):
-            raise AssertionError(f"the answer calls {what}: the exercise asks you to derive what it computes")
-
-        return call
-
-    def put(owner, name, value):
-        if isinstance(owner, dict):
-            owner[name] = value
-        else:
-            setattr(owner, name, value)
-
-    saved = [(owner, name, owner[name] if isinstance(owner, dict) else vars(owner)[name]) for owner, name in places]
-    try:
-        for owner, name, _ in saved:
-            put(owner, name, refuse(owner, name))
-        yield
-    finally:
-        for owner, name, value in saved:
-            put(owner, name, value)
 
 
 def library(*names):
@@ -856,11 +816,11 @@ def fid_gaussians(mu1, cov1, mu2, cov2):
 ### END SOLUTION
 
 # %% nbgrader={"grade": true, "grade_id": "ex1-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-used = names_in(fid_gaussians) & {"frechet_distance", "_compute_fid", "FrechetInceptionDistance", "torchmetrics"}
+used = names_used(fid_gaussians) & {"frechet_distance", "_compute_fid", "FrechetInceptionDistance", "torchmetrics"}
 assert not used, f"fid_gaussians uses {sorted(used)}: compute the distance from the means and covariances yourself"
 a, b = reference.features[:300], held_out.features
 expected = frechet_distance(a, b)
-with forbidden(*library("frechet_distance"), (torchmetrics_fid, "_compute_fid")):
+with refusing(*library("frechet_distance"), (torchmetrics_fid, "_compute_fid"), answer=fid_gaussians):
     got = fid_gaussians(a.mean(0), torch.cov(a.T), b.mean(0), torch.cov(b.T))
     one_d = fid_gaussians(torch.tensor([0.5], dtype=torch.float64), torch.tensor([[4.0]], dtype=torch.float64),
                           torch.tensor([-0.5], dtype=torch.float64), torch.tensor([[1.0]], dtype=torch.float64))
@@ -885,11 +845,11 @@ def tv_one_class(reference_labels, c, num_classes):
 print(f"class_tv of a sedans-only generator: {tv_one_class(reference.labels, 0, 6):.3f}")
 
 # %% nbgrader={"grade": true, "grade_id": "ex2-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-used = names_in(tv_one_class) & {"class_tv", "evaluate_samples", "_scores"}
+used = names_used(tv_one_class) & {"class_tv", "evaluate_samples", "_scores"}
 assert not used, f"tv_one_class uses {sorted(used)}: write the distance in closed form"
 for labels_, c_ in [(reference.labels, 0), (reference.labels, 3), (held_out.labels, 5), (dropped.labels, 4)]:
     expected = class_tv(torch.full((1000,), c_), labels_, 6)
-    with forbidden(*library("class_tv", "evaluate_samples")):
+    with refusing(*library("class_tv", "evaluate_samples"), answer=tv_one_class):
         got = tv_one_class(labels_, c_, 6)
     assert abs(got - expected) < 1e-12, f"tv_one_class for class {c_} gives {got}, class_tv {expected}"
 
@@ -908,11 +868,11 @@ def recall_by_hand(real, fake, k=3):
 ### END SOLUTION
 
 # %% nbgrader={"grade": true, "grade_id": "ex3-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-used = names_in(recall_by_hand) & {"precision_recall", "in_manifold", "evaluate_samples"}
+used = names_used(recall_by_hand) & {"precision_recall", "in_manifold", "evaluate_samples"}
 assert not used, f"recall_by_hand uses {sorted(used)}: test which real features some generated ball covers yourself"
 for k_ in (1, 3, 5):
     expected = precision_recall(real_m, dropped.features, k=k_)[1]
-    with forbidden(*library("precision_recall", "in_manifold", "evaluate_samples")):
+    with refusing(*library("precision_recall", "in_manifold", "evaluate_samples"), answer=recall_by_hand):
         got = recall_by_hand(real_m, dropped.features, k_)
     assert abs(got - expected) < 1e-12, f"recall_by_hand differs from the library at k={k_}: {got} against {expected}"
 

@@ -760,18 +760,10 @@ import math
 import torch
 from torch.optim.swa_utils import AveragedModel
 
+import ddpm_lib.training
 from ddpm_lib import GaussianDiffusion, make_betas
+from ddpm_lib.grading import names_used, refusing
 from ddpm_lib.training import ema_decay
-
-
-def names_used(fn) -> set[str]:
-    """The global and attribute names the code of `fn` refers to, nested functions included."""
-    codes, names = [fn.__code__], set()
-    while codes:
-        code = codes.pop()
-        names |= set(code.co_names)
-        codes += [c for c in code.co_consts if hasattr(c, "co_names")]
-    return names
 
 
 paper = GaussianDiffusion(make_betas("linear", 1000))  # eps-prediction; constants in float64
@@ -817,9 +809,11 @@ eps_hat_ = paper.predict_noise_from_x0(x_t_, t_, x0_hat_)
 pairs = {"epsilon": (noise_, eps_hat_), "sample": (x0_, x0_hat_),
          "v_prediction": (paper.velocity(x0_, t_, noise_), paper.velocity(x0_hat_, t_, eps_hat_))}  # fmt: skip
 x0_error_ = (x0_ - x0_hat_).pow(2).flatten(1).sum(1)
+snr_ = paper.snr(t_)
 for target_, (exact, estimate) in pairs.items():
     measured = (exact - estimate).pow(2).flatten(1).sum(1) / x0_error_
-    got = torch.as_tensor(x0_error_weight(paper.snr(t_), target_), dtype=torch.float64)
+    with refusing(*[(GaussianDiffusion, name) for name in sorted(library)], answer=x0_error_weight):
+        got = torch.as_tensor(x0_error_weight(snr_, target_), dtype=torch.float64)
     assert got.shape == measured.shape, f"x0_error_weight(snr, {target_!r}) should have snr's shape {tuple(measured.shape)}"
     assert torch.allclose(got, measured, rtol=1e-8), f"x0_error_weight(snr, {target_!r}) = {got.tolist()}, measured {measured.tolist()}"
 try:
@@ -851,18 +845,8 @@ def min_snr_v_loss(x0, noise, t, v_pred, gamma):
 assert "training_loss" not in names_used(min_snr_v_loss), "min_snr_v_loss must compute the loss by hand, not call training_loss"
 wrong = {"zeros": torch.zeros_like(x0), "x0": x0.clone(),
          "v plus noise": shipped.velocity(x0, t, noise) + 0.3 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(2))}  # fmt: skip
-original = GaussianDiffusion.training_loss
-
-
-def refuse(*args, **kwargs):
-    raise AssertionError("min_snr_v_loss must compute the loss by hand, not call training_loss")
-
-
-GaussianDiffusion.training_loss = refuse  # while the answer runs
-try:
+with refusing((GaussianDiffusion, "training_loss"), answer=min_snr_v_loss):  # while the answer runs
     answers = {(name, gamma): float(min_snr_v_loss(x0, noise, t, out, gamma)) for name, out in wrong.items() for gamma in (1.0, 5.0)}
-finally:
-    GaussianDiffusion.training_loss = original
 for (name, gamma), got in answers.items():
     expected = shipped.training_loss(lambda x, t_, out=wrong[name]: out, x0, t=t, noise=noise, snr_gamma=gamma).item()
     assert abs(got - expected) <= 1e-5 * expected, f"prediction {name!r}, gamma {gamma}: min_snr_v_loss = {got:.6g}, the library's loss {expected:.6g}"
@@ -909,7 +893,11 @@ def simulated_share(k, decay, warmup):
     return ema.module.weight.item()
 
 
+EMA_LIBRARY = [(ddpm_lib.training, "ema_decay"), (AveragedModel, "__init__"), (AveragedModel, "update_parameters"),
+               (ddpm_lib.training.Trainer, "_ema_update")]  # fmt: skip
 for k_, decay_, warmup_ in [(1, 0.999, True), (2, 0.999, True), (12, 0.9, True), (12, 0.9, False), (200, 0.99, True),
                             (601, 0.999, False), (708, 0.999, False), (708, 0.999, True)]:  # fmt: skip
-    got, expected = float(initial_share(k_, decay_, warmup_)), simulated_share(k_, decay_, warmup_)
+    with refusing(*EMA_LIBRARY, answer=initial_share):
+        got = float(initial_share(k_, decay_, warmup_))
+    expected = simulated_share(k_, decay_, warmup_)
     assert math.isclose(got, expected, rel_tol=1e-9), f"initial_share({k_}, {decay_}, {warmup_}) = {got:.6g}, the EMA keeps {expected:.6g}"

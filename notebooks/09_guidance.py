@@ -746,13 +746,11 @@ print("low noise: the highest FID and the lowest recall of the three:",
 # so that they run on their own, without the cells above: a small untrained conditional U-Net with four classes (its
 # class embedding scaled up so that labels matter), read as an $\epsilon$-network under the conditional model's schedule
 # (cosine, $T = 500$), and a batch `x`, `t`, `y`. Each exercise re-derives something the library computes: the checks
-# compare your answer with the library, and run it with the library's guidance switched off (`forbidden` below), so that
-# an answer which calls `classifier_free` or a guided sampler fails.
+# compare your answer with the library, and run it with the library's guidance switched off (`refusing` from
+# `ddpm_lib.grading`), so that an answer which calls `classifier_free` or a guided sampler fails.
 
 # %%
-import contextlib
 import math
-import types
 
 import torch
 
@@ -761,6 +759,7 @@ from ddpm_lib import diffusion as diffusion_lib
 from ddpm_lib import sampling as sampling_lib
 from ddpm_lib.config import TrainConfig
 from ddpm_lib.diffusion import classifier_free
+from ddpm_lib.grading import names_used, refusing
 
 torch.manual_seed(0)
 recipe = TrainConfig.cpu_demo()  # the conditional model's recipe: cosine schedule, T = 500, batch 64, p_uncond 0.1
@@ -773,44 +772,6 @@ x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))  # (3,
 t = torch.tensor([T // 10, T // 2, 9 * T // 10])
 y = torch.tensor([0, 2, 3])
 print(f"cond_net: {cond_net.num_classes} classes + null; x {tuple(x.shape)}, t {t.tolist()} of T = {T}, y {y.tolist()}")
-
-
-def names_in(fn) -> set[str]:
-    """The global and attribute names that the code of `fn` mentions, its inner functions included."""
-    codes, names = [fn.__code__], set()
-    while codes:
-        code = codes.pop()
-        names |= set(code.co_names)
-        codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
-    return names
-
-
-@contextlib.contextmanager
-def forbidden(*places):
-    """Within the block, calling any (owner, name) of `places` raises; owner: a module, a class or globals()."""
-
-    def refuse(owner, name):
-        what = name if isinstance(owner, dict) else f"{owner.__name__}.{name}"
-
-        def call(*args, **kwargs):
-            raise AssertionError(f"the answer calls {what}: the exercise asks you to derive what it computes")
-
-        return call
-
-    def put(owner, name, value):
-        if isinstance(owner, dict):
-            owner[name] = value
-        else:
-            setattr(owner, name, value)
-
-    saved = [(owner, name, owner[name] if isinstance(owner, dict) else vars(owner)[name]) for owner, name in places]
-    try:
-        for owner, name, _ in saved:
-            put(owner, name, refuse(owner, name))
-        yield
-    finally:
-        for owner, name, value in saved:
-            put(owner, name, value)
 
 
 # the library's guidance and every sampler that runs it
@@ -834,12 +795,12 @@ def guided_eps(model, x, t, y, w):
 ### END SOLUTION
 
 # %% nbgrader={"grade": true, "grade_id": "ex1-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-used = names_in(guided_eps) & GUIDED_NAMES
+used = names_used(guided_eps) & GUIDED_NAMES
 assert not used, f"guided_eps uses {sorted(used)}: call the model twice and combine the two predictions yourself"
 with torch.no_grad():
     for w_ in (0.0, 0.5, 3.0):
         expected = classifier_free(cond_net, y, w_)(x, t)
-        with forbidden(*GUIDANCE):
+        with refusing(*GUIDANCE, answer=guided_eps):
             got = guided_eps(cond_net, x, t, y, w_)
         assert got.shape == x.shape, f"guided_eps should return shape {tuple(x.shape)}, got {tuple(got.shape)}"
         assert torch.allclose(got, expected, atol=1e-4), f"guided_eps differs from classifier_free at w = {w_}"
@@ -865,13 +826,13 @@ print("s = 7.5 is w =", paper_w(7.5))
 
 # %% nbgrader={"grade": true, "grade_id": "ex2-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 for fn in (diffusers_eps, paper_w):
-    used = names_in(fn) & GUIDED_NAMES
+    used = names_used(fn) & GUIDED_NAMES
     assert not used, f"{fn.__name__} uses {sorted(used)}: write the formula yourself"
 with torch.no_grad():
     c, u = cond_net(x, t, y), cond_net(x, t)
     for s_ in (1.0, 1.5, 7.5):
         expected = classifier_free(cond_net, y, s_ - 1.0)(x, t)
-        with forbidden(*GUIDANCE):
+        with refusing(*GUIDANCE, answer=diffusers_eps):
             got, w_of_s = diffusers_eps(c, u, s_), paper_w(s_)
         assert torch.allclose(got, expected, atol=1e-4), f"diffusers_eps at s = {s_} should equal classifier_free at w = s - 1"
         assert torch.allclose(got, classifier_free(cond_net, y, w_of_s)(x, t), atol=1e-4), (
@@ -903,7 +864,7 @@ def guided_eps_1d(x, t, y, w, m=0.5, sd=0.2):
 ### END SOLUTION
 
 # %% nbgrader={"grade": true, "grade_id": "ex3-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-used = names_in(guided_eps_1d) & (GUIDED_NAMES | {"autograd", "grad", "backward"})
+used = names_used(guided_eps_1d) & (GUIDED_NAMES | {"autograd", "grad", "backward"})
 assert not used, f"guided_eps_1d uses {sorted(used)}: write the scores in closed form"
 xs = torch.linspace(-2, 2, 41, dtype=torch.float64)
 for t_, y_, w_ in [(0, 1, 0.0), (3 * T // 10, 0, 1.0), (7 * T // 10, 1, 4.0), (T - 1, 0, 2.0)]:
@@ -913,7 +874,7 @@ for t_, y_, w_ in [(0, 1, 0.0), (3 * T // 10, 0, 1.0), (7 * T // 10, 1, 4.0), (T
     log_q = torch.stack([-((xr - mu * math.sqrt(ab_)) ** 2) / (2 * v_) for mu in (-0.5, 0.5)])  # (2, N), up to a shared constant
     tilted = (1 + w_) * log_q[y_] - w_ * torch.logsumexp(log_q, 0)  # log q(x|y)^(1+w) / q(x)^w, up to constants
     expected = -math.sqrt(1 - ab_) * torch.autograd.grad(tilted.sum(), xr)[0]
-    with forbidden(*GUIDANCE, (torch.autograd, "grad"), (torch.Tensor, "backward")):
+    with refusing(*GUIDANCE, (torch.autograd, "grad"), (torch.Tensor, "backward"), answer=guided_eps_1d):
         got = guided_eps_1d(xs, t_, y_, w_)
     assert got.shape == xs.shape, f"guided_eps_1d should return shape {tuple(xs.shape)}, got {tuple(got.shape)}"
     assert torch.allclose(got.double(), expected, atol=1e-8), f"guided_eps_1d is wrong at t = {t_}, y = {y_}, w = {w_}"
@@ -989,12 +950,12 @@ class Counting(torch.nn.Module):
         return self.net(x_, t_, y_)
 
 
-used = names_in(guided_cost) & GUIDED_NAMES
+used = names_used(guided_cost) & GUIDED_NAMES
 assert not used, f"guided_cost uses {sorted(used)}: count the guided steps among the visited timesteps"
 for steps_, interval_ in [(50, (3 * T // 10, 7 * T // 10)), (10, (0, T - 1)), (20, (6 * T // 10, T - 1)), (7, (0, T // 10))]:
     counter = Counting()
     diffusion.sample(counter, (2, 3, 16, 16), "ddim", steps_, 1.0, labels=torch.tensor([0, 1]), guidance_scale=2.0, guidance_interval=interval_)
     measured = counter.images / (2 * steps_)
-    with forbidden(*GUIDANCE):
+    with refusing(*GUIDANCE, answer=guided_cost):
         got = guided_cost(diffusion, steps_, interval_)
     assert abs(got - measured) < 1e-12, f"guided_cost({steps_}, {interval_}) = {got}, the sampler ran {measured} passes per step"
