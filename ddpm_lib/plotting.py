@@ -390,3 +390,19 @@ def plot_ladder(ladder: dict):
     ax3.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def show_grids(grids: dict[str, torch.Tensor], nrow: int | None = None, scale: float = 0.5):
+    """Image grids side by side, one per entry of ``grids`` (title -> images ``(B, 3, H, W)``); returns the Figure."""
+    imgs = {title: to_numpy_image(x, nrow) for title, x in grids.items()}
+    h, w = next(iter(imgs.values())).shape[:2]
+    width = max(2.0, w / 32 * scale)
+    fig, axes = plt.subplots(
+        1, len(imgs), figsize=(width * len(imgs), max(2.0, h / 32 * scale) + 0.4), squeeze=False
+    )
+    for ax, (title, img) in zip(axes[0], imgs.items()):
+        ax.imshow(img, interpolation="nearest")
+        ax.set_axis_off()
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig

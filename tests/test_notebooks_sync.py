@@ -21,6 +21,7 @@ SERIES = [
     "07_evaluation",
     "08_improving_the_recipe",
     "09_guidance",
+    "10_debugging",
 ]
 
 
