@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -74,14 +73,6 @@ def shape(overrides: dict) -> str:
     """The only field of a recipe that changes the cost of a step here."""
     no_attention = overrides.get("attention_resolutions") in ((), [])  # [] after a JSON round trip
     return "no-attention" if no_attention else "attention"
-
-
-def summary(run: dict, key: str = "fid", weights: str = "ema") -> tuple[float, float]:
-    """Mean and std over seeds of the final ``key`` of a recipe's runs (``weights``: ema or raw)."""
-    values = [
-        (s["curve"][-1] if weights == "ema" else s["curve"][-1]["raw"])[key] for s in run["seeds"]
-    ]
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def run_jobs(args, todo: list[tuple[str, int]], result: dict) -> None:
