@@ -44,6 +44,8 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"  # shipped with the pa
 DDPM_MODEL = WEIGHTS_DIR / "ddpm_toy_cars_32.pt"
 # the recipe notebook 08 arrives at (--preset cpu: v + Min-SNR-5, cosine, T = 500, no attention)
 PRETRAINED = WEIGHTS_DIR / "pretrained_toy_cars_32.pt"
+# flow matching on that recipe's network (--preset flow), 708 steps: 15 minutes of a 2-core CPU (notebook 11)
+FLOW_MODEL = WEIGHTS_DIR / "flow_toy_cars_32.pt"
 
 
 class CheckpointError(ValueError):

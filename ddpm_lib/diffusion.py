@@ -27,8 +27,9 @@ from ddpm_lib.checks import check_choice, check_float, check_image_range, check_
 VarianceType = Literal["fixed_small", "fixed_large"]
 Sampler = Literal["ddpm", "ddim"]
 LossType = Literal["mse", "l1", "huber"]
-# diffusers' names for what the network outputs: the noise, v, or the clean image x_0 ("sample")
-PredictionType = Literal["epsilon", "v_prediction", "sample"]
+# diffusers' names for what the network outputs: the noise, v, or the clean image x_0 ("sample"); "flow":
+# the velocity eps - x_0 of flow matching's straight path (notebook 11)
+PredictionType = Literal["epsilon", "v_prediction", "sample", "flow"]
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -109,8 +110,9 @@ class GaussianDiffusion:
 
     ``prediction_type``: the network outputs ``"epsilon"`` (eps_theta, Eq. 11), ``"v_prediction"``
     (v = sqrt(bar-alpha_t) eps - sqrt(1 - bar-alpha_t) x_0, Salimans & Ho 2022, App. D) or
-    ``"sample"`` (x_0 itself, the mu-tilde parameterisation the paper compares in Table 2);
-    samplers use eps (:meth:`eps_from_output`).
+    ``"sample"`` (x_0 itself, the mu-tilde parameterisation the paper compares in Table 2) or ``"flow"``
+    (u = eps - x_0, the velocity of flow matching's straight path ``(1 - s) x_0 + s eps``, Lipman et al.
+    2023, Eq. 23; Liu et al. 2023); samplers use eps (:meth:`eps_from_output`).
     """
 
     def __init__(
@@ -254,13 +256,18 @@ class GaussianDiffusion:
 
         For ``"epsilon"`` the output itself; for ``"v_prediction"`` eps = sqrt(1 - bar-alpha_t) x_t +
         sqrt(bar-alpha_t) v, Eq. 4 and the definition of v solved for eps; for ``"sample"`` Eq. 4
-        solved for eps given x_0 (:meth:`predict_noise_from_x0`).
+        solved for eps given x_0 (:meth:`predict_noise_from_x0`); for ``"flow"`` eps = (x_t + sqrt(bar-alpha_t)
+        u) / (sqrt(bar-alpha_t) + sqrt(1 - bar-alpha_t)), Eq. 4 with eps = x_0 + u solved for eps.
         """
         if self.prediction_type == "epsilon":
             return output
         t = self._as_timesteps(t, x_t)
         if self.prediction_type == "sample":
             return self.predict_noise_from_x0(x_t, t, output)
+        if self.prediction_type == "flow":
+            a = self._extract("sqrt_alphas_cumprod", t, x_t)
+            b = self._extract("sqrt_one_minus_alphas_cumprod", t, x_t)
+            return (x_t + a * output) / (a + b)
         return (
             self._extract("sqrt_one_minus_alphas_cumprod", t, x_t) * x_t
             + self._extract("sqrt_alphas_cumprod", t, x_t) * output
@@ -306,12 +313,13 @@ class GaussianDiffusion:
 
         Draws ``t ~ Uniform{0..T-1}`` and ``noise ~ N(0, I)`` unless given, and returns the scalar mean over all
         elements of ``loss(target, model(q_sample(x0, t, noise), t))`` in float32 whatever the model's precision; the
-        target is the noise (v for ``"v_prediction"``, x0 for ``"sample"``). x0 ``(B, C, H, W)`` in [-1, 1]; ``labels`` ``(B,)`` are passed
+        target is the noise (v for ``"v_prediction"``, x0 for ``"sample"``, eps - x0 for ``"flow"``). x0 ``(B, C, H, W)`` in [-1, 1]; ``labels`` ``(B,)`` are passed
         on as ``model(x_t, t, labels)`` (a class-conditional model; the null label included).
 
         ``snr_gamma``: Min-SNR-gamma weights (Hang et al. 2023, Sec. 3.4; they use 5), min(SNR, gamma) / SNR for eps,
-        min(SNR, gamma) / (SNR + 1) for v, min(SNR, gamma) for x_0: each target's squared error is SNR, SNR + 1
-        or 1 times the x_0 error, so every target gets min(SNR, gamma) times the x_0 error of the image.
+        min(SNR, gamma) / (SNR + 1) for v, min(SNR, gamma) for x_0, min(SNR, gamma) / (1 + sqrt(SNR))^2 for
+        the flow: each target's squared error is SNR, SNR + 1, 1 or (1 + sqrt(SNR))^2 times the x_0 error, so
+        every target gets min(SNR, gamma) times the x_0 error of the image.
         """
         check_choice(loss_type, LossType, "loss_type")
         check_image_range(x0)
@@ -330,6 +338,7 @@ class GaussianDiffusion:
             "epsilon": lambda: noise.float(),
             "v_prediction": lambda: self.velocity(x0.float(), t, noise.float()),
             "sample": lambda: x0.float(),
+            "flow": lambda: noise.float() - x0.float(),
         }[self.prediction_type]()
         loss_fn = {
             "mse": F.mse_loss,
@@ -341,7 +350,12 @@ class GaussianDiffusion:
         check_float(snr_gamma, "snr_gamma", 0, min_inclusive=False)
         snr = self.snr(t)
         # each target's squared error in units of the x_0 error (the SNR identities of notebook 08)
-        x0_units = {"epsilon": snr, "v_prediction": snr + 1, "sample": torch.ones_like(snr)}
+        x0_units = {
+            "epsilon": snr,
+            "v_prediction": snr + 1,
+            "sample": torch.ones_like(snr),
+            "flow": (1 + snr.sqrt()) ** 2,
+        }
         weight = snr.clamp(max=snr_gamma) / x0_units[self.prediction_type]
         per_image = loss_fn(output, target, reduction="none").flatten(1).mean(1)
         return (weight.to(per_image) * per_image).mean()

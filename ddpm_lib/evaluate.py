@@ -40,6 +40,7 @@ from ddpm_lib.metrics import (
 )
 from ddpm_lib.model_card import add_metrics, evaluation_metrics
 from ddpm_lib.outputs import file_size_limit_as_error, write_atomic, write_text_atomic
+from ddpm_lib.samplers import DEFAULT_SAMPLER, SAMPLERS, Spacing
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 MIN_SAMPLES = 10
@@ -106,8 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("sampling (with --checkpoint)")
     # defaults in SAMPLING_DEFAULTS: an option given with --samples is refused, not ignored
-    g.add_argument("--sampler", choices=["ddpm", "ddim"], help="default ddim")
-    g.add_argument("--steps", type=int, help="DDIM steps (default min(50, T); ddpm runs all T)")
+    g.add_argument("--sampler", choices=list(SAMPLERS), help=f"default {DEFAULT_SAMPLER}")
+    g.add_argument("--steps", type=int, help="sampler steps (default min(50, T); ddpm runs all T)")
+    g.add_argument("--spacing", choices=get_args(Spacing), help="default: the sampler's own")
     g.add_argument(
         "--eta",
         type=float,
@@ -185,8 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 SAMPLING_DEFAULTS = {
-    "sampler": "ddim",
+    "sampler": DEFAULT_SAMPLER,
     "steps": None,
+    "spacing": None,
     "eta": 1.0,
     "num_samples": 1000,
     "batch_size": 256,
@@ -211,9 +214,11 @@ def check_options(args) -> None:
         raise EvaluationInputError(
             f"{flags}: sampling option(s), for --checkpoint; --samples scores samples already drawn"
         )
-    if args.sampler == "ddpm" and (args.steps is not None or args.eta is not None):
+    if args.sampler == "ddpm" and args.steps is not None:
+        raise EvaluationInputError("--steps: the ddpm sampler runs all T steps")
+    if args.eta is not None and args.sampler not in (None, "ddim"):
         raise EvaluationInputError(
-            "--steps and --eta are DDIM options; the ddpm sampler runs all T steps with its own noise"
+            f"--eta is a DDIM option; the {args.sampler} sampler does not take it"
         )
     for name, default in SAMPLING_DEFAULTS.items():
         if getattr(args, name, None) is None:
@@ -257,6 +262,7 @@ def _sample(args, model, diffusion, cfg, path) -> tuple[np.ndarray, dict]:
         sampler=args.sampler,
         num_steps=None if args.sampler == "ddpm" else args.steps,
         eta=args.eta,
+        spacing=args.spacing,
         seed=args.seed,
         batch_size=args.batch_size,
         precision=args.precision,
@@ -266,6 +272,7 @@ def _sample(args, model, diffusion, cfg, path) -> tuple[np.ndarray, dict]:
         "checkpoint": str(path),
         "sampler": samples.sampler,
         "num_steps": samples.num_steps,
+        "spacing": args.spacing,
         "eta": samples.eta,
         "sampling_precision": samples.precision.name,
         "seed": args.seed,

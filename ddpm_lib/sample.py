@@ -24,9 +24,9 @@ import torch
 
 from ddpm_lib.checkpoints import PRETRAINED, load_ema_model
 from ddpm_lib.devices import Precision, device_report, resolve_precision, select_device
-from ddpm_lib.diffusion import Sampler
 from ddpm_lib.model_card import describe_file
 from ddpm_lib.outputs import check_output, file_size_limit_as_error, write_atomic
+from ddpm_lib.samplers import DEFAULT_SAMPLER, SAMPLERS, Spacing
 from ddpm_lib.sampling import Samples, generate
 
 
@@ -43,12 +43,24 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"checkpoint.pt or exported weights (default: the shipped {PRETRAINED.name})",
     )
     p.add_argument("--num-samples", type=int, default=64)
-    p.add_argument("--sampler", choices=get_args(Sampler), default="ddim")
+    p.add_argument(
+        "--sampler",
+        choices=list(SAMPLERS),
+        default=DEFAULT_SAMPLER,
+        help=f"the sampler (notebook 10 measures them; default {DEFAULT_SAMPLER})",
+    )
     p.add_argument(
         "--steps",
         type=int,
         default=None,
-        help="DDIM steps, at most T (default: min(50, T)); ddpm always runs all T",
+        help="steps (noise levels) of the sampler (default: min(50, T)); ddpm always runs all T; "
+        "heun takes 2 network evaluations a step",
+    )
+    p.add_argument(
+        "--spacing",
+        choices=get_args(Spacing),
+        default=None,
+        help="the levels: the model's timesteps evenly spaced, or EDM's (default: the sampler's own)",
     )
     p.add_argument(
         "--eta",
@@ -183,10 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         check_writable(args.out, checkpoint)
         if args.guidance_interval is not None and not args.guidance_scale:
             check_guidance(args, 1)  # refused before loading anything
-        if args.eta is not None and args.sampler == "ddpm":
-            raise ValueError(
-                "--eta is a DDIM option; the ddpm sampler's noise is fixed by the model's variance type"
-            )
+        if args.eta is not None and args.sampler != "ddim":
+            raise ValueError(f"--eta is a DDIM option; the {args.sampler} sampler does not take it")
         device = select_device(args.device)
         model, diffusion, cfg = load_ema_model(checkpoint, device)
         labels = parse_classes(args.classes, cfg.class_names, cfg.num_classes, args.num_samples)
@@ -213,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             sampler=args.sampler,
             num_steps=args.steps,
             eta=1.0 if args.eta is None else args.eta,
+            spacing=args.spacing,
             seed=args.seed,
             batch_size=args.batch_size,
             precision=precision,

@@ -11,7 +11,7 @@ from typing import Literal, get_args
 
 import torch
 
-ScheduleName = Literal["linear", "cosine", "quadratic", "sigmoid"]
+ScheduleName = Literal["linear", "cosine", "quadratic", "sigmoid", "rectified_flow"]
 SCHEDULES: tuple[str, ...] = get_args(ScheduleName)
 
 
@@ -33,6 +33,10 @@ def make_betas(
       ``f(t) = cos^2(((t/T + s)/(1 + s)) * pi/2)``, betas from Eq. 18 clipped at ``max_beta``.
     - ``"quadratic"``: linear in ``sqrt(beta)`` between the same endpoints.
     - ``"sigmoid"``: ``beta_start + (beta_end - beta_start) * sigmoid(linspace(-6, 6, T))``.
+    - ``"rectified_flow"``: the straight path of flow matching (Lipman et al. 2023; Liu et al. 2023),
+      ``x_s = (1 - s) x_0 + s eps`` with ``s_t = (t + 1) / (T + 1)``, written as a variance-preserving
+      process of the same signal-to-noise ratio: ``bar-alpha_t = (1 - s)^2 / ((1 - s)^2 + s^2)``. The
+      network sees ``x_s / sqrt((1 - s)^2 + s^2)``, unit variance as for every other schedule.
 
     Raises ``ValueError`` for an unknown name, ``T < 1`` or any beta outside (0, 1).
     """
@@ -51,6 +55,11 @@ def make_betas(
         f = torch.cos((steps + cosine_s) / (1 + cosine_s) * math.pi / 2) ** 2
         alphas_cumprod = f / f[0]
         betas = (1 - alphas_cumprod[1:] / alphas_cumprod[:-1]).clamp(max=max_beta)
+    elif name == "rectified_flow":
+        s = torch.arange(1, T + 1, dtype=torch.float64) / (T + 1)
+        alphas_cumprod = (1 - s) ** 2 / ((1 - s) ** 2 + s**2)
+        previous = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+        betas = 1 - alphas_cumprod / previous
     else:
         raise ValueError(f"unknown schedule {name!r}; valid choices: {', '.join(SCHEDULES)}")
     if not bool(((betas > 0) & (betas < 1)).all()):

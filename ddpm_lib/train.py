@@ -6,6 +6,7 @@ Examples::
     python -m ddpm_lib.train --preset cpu --out runs/toy32 --max-minutes 10     # notebook 08's recipe
     python -m ddpm_lib.train --out runs/toy32 --resume                  # continue a stopped run
     python -m ddpm_lib.train --preset cpu --class-cond --out runs/toy32_cond  # labels + classifier-free guidance
+    python -m ddpm_lib.train --preset flow --out runs/flow32 --max-steps 708   # flow matching, notebook 11
     torchrun --nproc_per_node=4 -m ddpm_lib.train --dataset cifar10 --out runs/cifar --batch-size 128
 """
 
@@ -22,8 +23,9 @@ import torch.distributed
 from ddpm_lib.config import PRESETS, Optimizer, TrainConfig
 from ddpm_lib.data import DatasetName
 from ddpm_lib.devices import Precision, device_report
-from ddpm_lib.diffusion import LossType, PredictionType, Sampler, VarianceType
+from ddpm_lib.diffusion import LossType, PredictionType, VarianceType
 from ddpm_lib.outputs import file_size_limit_as_error
+from ddpm_lib.samplers import SAMPLERS
 from ddpm_lib.schedules import SCHEDULES
 from ddpm_lib.training import Trainer, TrainingDiverged, TrainingInterrupted
 from ddpm_lib.unet import MODEL_PRESETS
@@ -46,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(PRESETS),
         default="cpu",
         help="defaults to start from: 'paper' (Ho et al. 2020, CIFAR-10), 'ddpm' (the paper's "
-        "objective and schedule on the small U-Net, notebook 05) or 'cpu' (the recipe notebook 08 "
-        "improves it into: v + Min-SNR-5, cosine, T = 500, no attention)",
+        "objective and schedule on the small U-Net, notebook 05), 'cpu' (the recipe notebook 08 "
+        "improves it into: v + Min-SNR-5, cosine, T = 500, no attention) or 'flow' (flow matching on "
+        "the cpu recipe's network, notebook 11)",
     )
     p.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)"
@@ -148,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint-every", type=int)
     g.add_argument("--num-sample-images", type=int, help="images in each sample grid")
     g.add_argument(
-        "--sample-sampler", choices=get_args(Sampler), help="sampler of the grids (default ddim)"
+        "--sample-sampler",
+        choices=list(SAMPLERS),
+        help="sampler of the grids (default: generate's)",
     )
     g.add_argument("--sample-steps", type=int, help="DDIM steps of the grids (default min(50, T))")
     g.add_argument("--sample-eta", type=float, help="DDIM eta of the grids (default 1)")

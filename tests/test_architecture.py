@@ -15,6 +15,7 @@ ORDER = [
     "outputs",
     "schedules",
     "diffusion",
+    "samplers",
     "bound",
     "unet",
     "toy_cars",

@@ -313,7 +313,7 @@ ROWS = [
     sample("--eta nan", "{sample} --eta nan --out {tmp}/s.png", rf"error: eta {NUMBER} >= 0 and <= 1, got nan"),
     sample("--eta -1", "{sample} --eta -1 --out {tmp}/s.png", rf"error: eta {NUMBER} >= 0 and <= 1, got -1"),
     sample("--eta 2", "{sample} --eta 2 --out {tmp}/s.png", rf"error: eta {NUMBER} >= 0 and <= 1, got 2"),
-    sample("--steps 50 > T", "{sample} --steps 50 --out {tmp}/s.png", rf"DDIM steps, at most T={T}\) must be in \[1, {T}\], got 50"),
+    sample("--steps 50 > T", "{sample} --steps 50 --out {tmp}/s.png", rf"steps of ddim, at most T={T}\) must be in \[1, {T}\], got 50"),
     sample("--steps with ddpm", "{sample} --sampler ddpm --steps 5 --out {tmp}/s.png", rf"the ddpm sampler runs all T={T} steps"),
     sample("--num-samples 0", "{sample} --num-samples 0 --out {tmp}/s.png", r"num_samples must be >= 1, got 0"),
     sample("--batch-size 0", "{sample} --batch-size 0 --out {tmp}/s.png", r"batch_size must be >= 1, got 0"),
@@ -326,7 +326,7 @@ ROWS = [
     sample("--precision fp16 on a CPU", "{sample} --precision fp16 --out {tmp}/s.png", r"precision 'fp16' is for GPUs"),
     sample("$DDPM_PRECISION FP32", "{sample} --precision auto --out {tmp}/s.png", r"unknown precision in \$DDPM_PRECISION 'FP32'",
            env={"DDPM_PRECISION": "FP32"}),
-    sample("--sampler euler", "{sample} --sampler euler --out {tmp}/s.png", r"argument --sampler: invalid choice: 'euler'"),
+    sample("--sampler lms", "{sample} --sampler lms --out {tmp}/s.png", r"argument --sampler: invalid choice: 'lms'"),
     sample("missing checkpoint", "{sample} --checkpoint {tmp}/none.pt --out {tmp}/s.png", r"no checkpoint at .*none.pt"),
     sample("a run folder as checkpoint", "{sample} --checkpoint {run} --out {tmp}/s.png", r"run is a folder, not a checkpoint file; did"),
     sample("empty file", "{sample} --checkpoint {empty_pt} --out {tmp}/s.png", r"empty.pt is empty \(0 bytes\): not a checkpoint"),
@@ -356,7 +356,7 @@ ROWS = [
            r"--guidance-scale needs a class-conditional checkpoint"),
     sample("--guidance-interval beyond T", "{sample} --checkpoint {cond} --guidance-scale 3 --guidance-interval 2000 3000 --out {tmp}/s.png",
            r"--guidance-interval 2000 3000: LO and HI are timestep indices, 0 <= LO <= HI <= 499 for this model \(T = 500\)"),
-    sample("--eta with ddpm", "{sample} --sampler ddpm --eta 0.5 --out {tmp}/s.png", r"--eta is a DDIM option"),
+    sample("--eta with ddpm", "{sample} --sampler ddpm --eta 0.5 --out {tmp}/s.png", r"--eta is a DDIM option; the ddpm sampler"),
 
     # python -m ddpm_lib.train: tampered training checkpoints, one line naming the file and the field
     train("--resume, step 1e12", "{tiny} --num-images 64 --out {tampered_step_huge} --resume",
@@ -392,7 +392,7 @@ ROWS = [
     evaluate("--save-samples with --samples", "--samples {samples_npz} --save-samples {tmp}/s.npz",
              r"--save-samples: sampling option\(s\), for --checkpoint; --samples scores samples already drawn"),
     evaluate("--steps with --samples", "--samples {samples_npz} --steps 10 --eta 0", r"--steps, --eta: sampling option"),
-    evaluate("--steps with ddpm", "--checkpoint {weights} --sampler ddpm --steps 10", r"--steps and --eta are DDIM options"),
+    evaluate("--steps with ddpm", "--checkpoint {weights} --sampler ddpm --steps 10", r"--steps: the ddpm sampler runs all T steps"),
 
     # python -m ddpm_lib.toy_cars
     toy("--per-type 0", "--per-type 0 --out {tmp}/p.png", r"--per-type must be in \[1, 256\], got 0"),
@@ -437,6 +437,10 @@ ROWS = [
     call("T of 0", lambda p: make_betas("linear", 0), ValueError, r"num_timesteps must be an integer >= 1, got 0"),
     call("sampler euler", lambda p: diffusion().sample(zero_model, (1, 3, 8, 8), "euler"), ValueError,
          r"unknown sampler 'euler'; valid choices: ddpm, ddim"),
+    call("sampler lms", lambda p: generate(zero_model, diffusion(), 1, 8, sampler="lms", precision="fp32"), ValueError,
+         r"unknown sampler 'lms'; valid choices: ddpm, ddim, euler, heun, dpmpp_2m"),
+    call("spacing log", lambda p: generate(zero_model, diffusion(), 1, 8, sampler="euler", spacing="log", precision="fp32"),
+         ValueError, r"unknown spacing 'log'; valid choices: timesteps, karras"),
     call("x_T of the wrong shape", lambda p: generate(zero_model, diffusion(), 2, 8, x_T=torch.randn(3, 3, 8, 8), precision="fp32"),
          ValueError, r"x_T has shape \(3, 3, 8, 8\), expected \(2, 3, 8, 8\)"),
     call("eta nan", lambda p: generate(zero_model, diffusion(), 1, 8, eta=float("nan"), precision="fp32"), ValueError,

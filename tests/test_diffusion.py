@@ -408,7 +408,13 @@ def test_min_snr_weights_an_x0_error_the_same_for_eps_v_and_x0(gamma):
     loss_v = d_v.training_loss(lambda x, tt: v_hat, x0, t=t, noise=noise, snr_gamma=gamma).item()
     d_x0 = _diffusion(T=1000, prediction_type="sample")
     loss_x0 = d_x0.training_loss(lambda x, tt: x0_hat, x0, t=t, noise=noise, snr_gamma=gamma).item()
-    for loss in (loss_eps, loss_v, loss_x0):
+    # the flow velocity u = eps - x_0 of the same estimate, on the same process
+    d_flow = _diffusion(T=1000, prediction_type="flow")
+    u_hat = eps_hat - x0_hat
+    loss_flow = d_flow.training_loss(
+        lambda x, tt: u_hat, x0, t=t, noise=noise, snr_gamma=gamma
+    ).item()
+    for loss in (loss_eps, loss_v, loss_x0, loss_flow):
         assert loss == pytest.approx(expected, rel=1e-5)
     if gamma == 1e9:  # no clipping: the eps loss is L_simple itself
         assert loss_eps == pytest.approx(
@@ -422,3 +428,36 @@ def test_prediction_type_and_snr_gamma_are_checked():
     d = _diffusion(T=10)
     with pytest.raises(ValueError, match="snr_gamma"):
         d.training_loss(lambda x, t: x, torch.zeros(2, 3, 4, 4), snr_gamma=0.0)
+
+
+def test_rectified_flow_schedule_is_the_straight_path_rescaled():
+    """make_betas("rectified_flow") is x_s = (1 - s) x_0 + s eps with s = (t + 1) / (T + 1), divided by
+    sqrt((1 - s)^2 + s^2): its SNR is ((1 - s) / s)^2 and q_sample times the norm is the straight path."""
+    T = 200
+    d = GaussianDiffusion(make_betas("rectified_flow", T), prediction_type="flow")
+    s = torch.arange(1, T + 1, dtype=torch.float64) / (T + 1)
+    torch.testing.assert_close(d.snr(torch.arange(T)), ((1 - s) / s) ** 2, rtol=1e-9, atol=0)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(4, 3, 4, 4, generator=g, dtype=torch.float64) * 2 - 1
+    noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 50, 120, T - 1])
+    st = s[t].view(-1, 1, 1, 1)
+    straight = (1 - st) * x0 + st * noise
+    norm = ((1 - st) ** 2 + st**2).sqrt()
+    torch.testing.assert_close(d.q_sample(x0, t, noise) * norm, straight, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("schedule", ["rectified_flow", "cosine"])
+def test_flow_output_converts_to_the_noise_and_its_loss_targets_eps_minus_x0(schedule):
+    """prediction_type "flow": the exact velocity u = eps - x_0 gives back eps (eps_from_output) and a
+    zero loss; any other output does not."""
+    d = GaussianDiffusion(make_betas(schedule, 100), prediction_type="flow")
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.rand(4, 3, 4, 4, generator=g, dtype=torch.float64) * 2 - 1
+    noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 30, 70, 99])
+    x_t = d.q_sample(x0, t, noise)
+    torch.testing.assert_close(d.eps_from_output(x_t, t, noise - x0), noise, rtol=0, atol=1e-9)
+    exact = lambda x, tt: noise - x0  # noqa: E731
+    assert d.training_loss(exact, x0, t=t, noise=noise).item() == pytest.approx(0.0, abs=1e-12)
+    assert d.training_loss(lambda x, tt: noise, x0, t=t, noise=noise).item() > 0.1

@@ -21,7 +21,9 @@ SERIES = [
     "07_evaluation",
     "08_improving_the_recipe",
     "09_guidance",
-    "10_debugging",
+    "10_continuous_time",
+    "11_flow_matching",
+    "12_debugging",
 ]
 
 

@@ -126,6 +126,33 @@ SHIPPED = {
             "minutes. Without --deterministic CUDA kernels are not bit-reproducible",
         ],
     },
+    "flow_toy_cars_32.pt": {
+        "title": "flow matching (rectified flow) on the shipped recipe's network: the straight path "
+        "(1 - s) x_0 + s eps, velocity eps - x_0 with uniform weight, small U-Net without attention, "
+        "T = 500, batch 64, 708 steps (15 minutes of a 2-core AVX2 CPU, the ladder's budget)",
+        "hardware": [
+            {
+                "device": "cpu",
+                "name": "AMD EPYC",
+                "bf16": False,
+                "threads": 2,
+                "processes": 1,
+                "precision": "fp32",
+                "torch": "2.14.1+cu130",
+                "steps": 708,
+                "seconds": 961.6,
+            }
+        ],
+        "timed": "the optimiser steps; sample grids and checkpoints excluded",
+        "notes": [
+            "one uninterrupted run of the command above (2026-12-04) on a 2-core AMD EPYC without bf16 "
+            "instructions, exported by checkpoints.export_weights (EMA weights in bfloat16); other jobs "
+            "shared the two cores for part of it (1.27 s per step alone, benchmarks/ladder.json)",
+            "708 steps are the steps 15 CPU minutes buy on that CPU (benchmarks/ladder.json, "
+            "cpu_timing); its equal-minute partner, --preset cpu for the same 708 steps on the same "
+            "CPU, is scored beside it in benchmarks/samplers.json (models.cpu-708), not shipped",
+        ],
+    },
     "toy_cars_classifier.pt": {
         "title": "the toy-cars feature network: a body-type classifier that also regresses the drawing "
         "parameters; its 128-d features score FID, KID, precision and recall",
@@ -234,6 +261,29 @@ def conditional_metrics() -> list[dict]:
     return out
 
 
+def flow_metrics() -> list[dict]:
+    """benchmarks/samplers.json: the flow model under the ladder's protocol sampler and the fastest one."""
+    bench = _read("samplers.json")
+    sets, model = bench["settings"], bench["models"]["flow-708"]
+    out = []
+    for run in model["runs"]:
+        protocol = (
+            f"{sets['num_samples']} {run['label']} samples ({run['nfe']} network evaluations) vs "
+            f"{sets['num_reference']:,} training images, toy-cars feature space; ± bootstrap std; "
+            f"in parentheses: {sets['num_samples']} held-out test images"
+        )
+        source = f"benchmarks/samplers.json (models.flow-708, {run['label']} {run['nfe']})"
+        for name, key in (
+            ("FID", "fid"),
+            ("precision (k = 3)", "precision"),
+            ("recall (k = 3)", "recall"),
+        ):
+            base = model["baseline"][key]
+            label = f"{name} ({run['label']}, {run['nfe']} NFE)"
+            out.append(metric(label, run[key], run[f"{key}_std"], protocol, source, base))
+    return out
+
+
 def classifier_metrics(saved: dict) -> list[dict]:
     """The held-out accuracy that ``python -m ddpm_lib.features`` stored in the file."""
     protocol = "body type of 2,000 held-out toy-cars test images (seed 0)"
@@ -306,6 +356,7 @@ def card_for(name: str, saved: dict) -> dict:
         "pretrained_toy_cars_32.pt": pretrained_metrics,
         "ddpm_toy_cars_32.pt": ddpm_metrics,
         "pretrained_toy_cars_cond_32.pt": conditional_metrics,
+        "flow_toy_cars_32.pt": flow_metrics,
     }[name]()
     return diffusion_card(name, saved, metrics)
 
