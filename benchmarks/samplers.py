@@ -8,7 +8,8 @@ For each (sampler, levels, steps) of ``--grid`` a model draws ``--num-samples`` 
 scored by the evaluation stage in the toy-cars feature space against 5,000 training images (FID, KID,
 precision, recall, with the std of ``--bootstrap`` resamples of the samples), beside as many held-out real
 images (the real-vs-real baseline). Then a timing pass draws ``--time-images`` images per grid point
-with nothing else of this script running and records seconds per image. Results merge into ``--out``
+with nothing else of this script running and records seconds per image (``--extend`` scores only
+the points a model's entry lacks and times them all again, in one pass). Results merge into ``--out``
 under ``models.<name>``; ``choice`` names, for the shipped model, the best 50-evaluation sampler and the
 fewest-evaluation one that matches it (FID within the best's bootstrap std, precision and recall within
 0.03), with the speedup.
@@ -47,18 +48,20 @@ CHECKPOINTS = {
 # (sampler, spacing, eta, steps): eta only for DDIM
 GRIDS = {
     "full": [
-        ("ddim", "timesteps", 1.0, [10, 20, 50]),
+        ("ddim", "timesteps", 1.0, [10, 15, 20, 50]),
         ("ddim", "timesteps", 0.0, [10, 20, 50]),
         ("euler", "karras", None, [10, 20]),
         ("heun", "karras", None, [5, 10]),
         ("dpmpp_2m", "karras", None, [5, 10, 15, 20, 50]),
         ("dpmpp_2m", "timesteps", None, [10, 20]),
+        ("dpmpp_2m_sde", "karras", None, [10, 15, 20, 50]),
     ],
     "equal-minutes": [
         ("ddim", "timesteps", 1.0, [50]),
         ("ddim", "timesteps", 0.0, [20]),
         ("euler", "karras", None, [10]),
         ("dpmpp_2m", "karras", None, [10, 20]),
+        ("dpmpp_2m_sde", "karras", None, [10, 20]),
     ],
 }
 MATCH_PR = 0.03  # precision and recall of a match lie within this of the best's
@@ -131,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bootstrap", type=int, default=10)
     p.add_argument("--time-images", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--extend",
+        action="store_true",
+        help="keep the model's scored runs in --out, score only the grid's new points, re-time all",
+    )
     args = p.parse_args(argv)
     paths = {**CHECKPOINTS, **dict(c.split("=", 1) for c in args.checkpoint)}
     if args.model not in paths:
@@ -153,8 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     held_out = compute_features(
         load_dataset("toy_cars", 32, "test", num_images=args.num_samples).images, extractor
     )
-    runs = []
+    old = result.get("models", {}).get(args.model, {}) if args.extend else {}
+    runs = list(old.get("runs", []))
+    done = {(r["label"], r["steps"]) for r in runs}
+    baseline = old.get("baseline")  # real vs real: the same for every point
     for point in grid_points(args.grid):
+        if (point["label"], point["steps"]) in done:
+            continue
         start = time.perf_counter()
         out = draw(model, diffusion, point, args.num_samples, args.seed)
         scores = evaluate_samples(
@@ -165,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             bootstrap=args.bootstrap,
             seed=args.seed,
         )
+        baseline = scores["baseline"]
         run = {**point, "nfe": network_evaluations(point["sampler"], point["steps"])}
         for key in ("fid", "kid_mean", "kid_std", "precision", "recall"):
             run[key] = scores[key]
@@ -181,10 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         draw(model, diffusion, run, 4, args.seed)  # warm-up
         out = draw(model, diffusion, run, args.time_images, args.seed)
         run["seconds_per_image"] = out.seconds / args.time_images
-    baseline = scores["baseline"]
     result.setdefault("models", {})[args.model] = {
         "checkpoint": Path(paths[args.model]).name,
-        "description": args.description,
+        "description": args.description or old.get("description", ""),
         "steps_trained": load_checkpoint(paths[args.model]).get("step"),
         "config": {k: getattr(cfg, k) for k in ("schedule", "num_timesteps", "prediction_type")},
         "baseline": {k: baseline[k] for k in ("fid", "precision", "recall")},

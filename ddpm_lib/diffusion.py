@@ -493,7 +493,7 @@ class GaussianDiffusion:
         if not any(lo <= t <= hi for t in timesteps):
             raise ValueError(
                 f"guidance_interval {tuple(interval)} holds none of the {len(timesteps)} timesteps the sampler "
-                f"visits (e.g. {', '.join(map(str, timesteps[:6]))}); widen it or use more steps"
+                f"visits (e.g. {', '.join(f'{t:g}' for t in timesteps[:6])}); widen it or use more steps"
             )
 
     def sample_progressive(

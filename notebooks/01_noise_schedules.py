@@ -22,7 +22,7 @@
 # that many tutorials carry: a linear schedule with a small $T$ never reaches pure noise.
 #
 # **You will:** compute $\beta_t$, $\alpha_t$, $\bar\alpha_t$ by hand and check them against `ddpm_lib`;
-# compare four schedules; measure the signal left at the last step; explore with a slider.
+# compare five schedules; measure the signal left at the last step; explore with a slider.
 #
 # **Deviations from the paper.** Timesteps are indexed from 0 in code: index `t` is the paper's step $t+1$
 # (see `NOTATION.md`). The maths is unchanged.
@@ -110,7 +110,7 @@ for t in [0, 99, 499, 999]:
           f"sqrt(alpha_bar)={alphas_cumprod[t].sqrt():.6f}  sqrt(1-alpha_bar)={(1 - alphas_cumprod[t]).sqrt():.6f}")
 
 # %% [markdown]
-# ## 3. Four schedules
+# ## 3. Five schedules
 #
 # - **linear** (Ho et al. 2020): the paper's choice.
 # - **cosine** (Nichol & Dhariwal 2021, Eq. 17): defines $\bar\alpha_t$ directly as
@@ -118,6 +118,9 @@ for t in [0, 99, 499, 999]:
 #   information is destroyed more evenly; $\beta_t = 1 - \bar\alpha_t/\bar\alpha_{t-1}$ is clipped at 0.999.
 # - **quadratic**: linear in $\sqrt{\beta_t}$.
 # - **sigmoid**: a sigmoid between the same endpoints.
+# - **rectified_flow** (Liu et al. 2023; Lipman et al. 2023): the straight path $(1-s)\,x_0 + s\,\epsilon$ of flow
+#   matching written as a DDPM schedule, $\bar\alpha = (1-s)^2/((1-s)^2 + s^2)$ with $s = (t+1)/(T+1)$; notebook 11
+#   derives it and trains a model on it.
 #
 # The $\beta_t$ panel has a **log axis**: the cosine schedule's last $\beta$ is the clip value 0.999, fifty times the
 # others' largest value, and on a linear axis it would flatten every other curve. The log signal-to-noise ratio
@@ -138,7 +141,7 @@ plt.show()
 # NBVAL_CHECK_OUTPUT
 for name in SCHEDULES:
     ac = alphas_cumprod_from_betas(make_betas(name, T))
-    print(f"{name:9s}: {(ac.sqrt() < 0.1).sum().item():3d} of {T} steps keep less than 10% of the signal")
+    print(f"{name:14s}: {(ac.sqrt() < 0.1).sum().item():3d} of {T} steps keep less than 10% of the signal")
 
 # %% [markdown]
 # Writing the cosine schedule's $\bar\alpha_t$ by hand, then checking it against the library. The clip at 0.999

@@ -18,6 +18,7 @@ ORDER = [
     "samplers",
     "bound",
     "unet",
+    "toy2d",
     "toy_cars",
     "data",
     "devices",
