@@ -269,6 +269,13 @@ def _churn(x, s, num_steps, s_churn, s_tmin, s_tmax, s_noise, generator):
     return x, s_hat
 
 
+def _euler_step(denoiser, x, s, s_next) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(D(x, s), the slope d = (x - D) / s, the Euler step to s_next): EDM's Algorithm 2, lines 7-8."""
+    denoised = denoiser(x, s)
+    d = (x - denoised) / s
+    return denoised, d, x + (s_next - s) * d
+
+
 @torch.no_grad()
 def sample_euler(
     denoiser: Denoiser,
@@ -288,9 +295,7 @@ def sample_euler(
     for i in range(n):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
         x_hat, s_hat = _churn(x, s, n, s_churn, s_tmin, s_tmax, s_noise, generator)
-        denoised = denoiser(x_hat, s_hat)
-        d = (x_hat - denoised) / s_hat
-        x_next = x_hat + (s_next - s_hat) * d
+        denoised, d, x_next = _euler_step(denoiser, x_hat, s_hat, s_next)
         _report(callback, i, s, s_next, x, denoised, x_next)
         x = x_next
     return x
@@ -315,9 +320,7 @@ def sample_heun(
     for i in range(n):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
         x_hat, s_hat = _churn(x, s, n, s_churn, s_tmin, s_tmax, s_noise, generator)
-        denoised = denoiser(x_hat, s_hat)
-        d = (x_hat - denoised) / s_hat
-        x_next = x_hat + (s_next - s_hat) * d
+        denoised, d, x_next = _euler_step(denoiser, x_hat, s_hat, s_next)
         if s_next > 0:  # Algorithm 2, lines 9-11: the trapezoidal correction
             d_next = (x_next - denoiser(x_next, s_next)) / s_next
             x_next = x_hat + (s_next - s_hat) * (d + d_next) / 2

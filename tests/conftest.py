@@ -12,6 +12,16 @@ def _private_precision_cache(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of small tensors (``pytestmark = pytest.mark.usefixtures("one_thread")``): with shared
+    cores, one thread beats two waiting on each other at every op (often 10x)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)

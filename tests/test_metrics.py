@@ -14,14 +14,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from ddpm_lib import evaluate, features, metrics, toy_cars
 from ddpm_lib.data import load_dataset
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are small: with shared cores, one thread beats two waiting on each other at every op (often 10x)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: one thread is faster
 
 
 @pytest.fixture(scope="module")

@@ -51,13 +51,7 @@ MU = torch.tensor([0.5, -1.0, 0.25, 0.0], dtype=torch.float64)  # (D,) the data'
 S = torch.tensor([0.3, 0.5, 1.0, 2.0], dtype=torch.float64)  # (D,) its standard deviation per axis
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are small: with shared cores, one thread beats two waiting on each other at every op (often 10x)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: one thread is faster
 
 
 # ---------------------------------------------------------------------------------- oracles
