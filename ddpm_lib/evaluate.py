@@ -40,7 +40,7 @@ from ddpm_lib.metrics import (
 )
 from ddpm_lib.model_card import add_metrics, evaluation_metrics
 from ddpm_lib.outputs import file_size_limit_as_error, write_atomic, write_text_atomic
-from ddpm_lib.samplers import DEFAULT_SAMPLER, SAMPLERS, Spacing
+from ddpm_lib.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, Spacing
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 MIN_SAMPLES = 10
@@ -108,7 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("sampling (with --checkpoint)")
     # defaults in SAMPLING_DEFAULTS: an option given with --samples is refused, not ignored
     g.add_argument("--sampler", choices=list(SAMPLERS), help=f"default {DEFAULT_SAMPLER}")
-    g.add_argument("--steps", type=int, help="sampler steps (default min(50, T); ddpm runs all T)")
+    g.add_argument(
+        "--steps",
+        type=int,
+        help=f"sampler steps (default min({DEFAULT_STEPS}, T); ddpm runs all T)",
+    )
     g.add_argument("--spacing", choices=get_args(Spacing), help="default: the sampler's own")
     g.add_argument(
         "--eta",

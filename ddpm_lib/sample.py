@@ -26,7 +26,7 @@ from ddpm_lib.checkpoints import PRETRAINED, load_ema_model
 from ddpm_lib.devices import Precision, device_report, resolve_precision, select_device
 from ddpm_lib.model_card import describe_file
 from ddpm_lib.outputs import check_output, file_size_limit_as_error, write_atomic
-from ddpm_lib.samplers import DEFAULT_SAMPLER, SAMPLERS, Spacing
+from ddpm_lib.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, Spacing
 from ddpm_lib.sampling import Samples, generate
 
 
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps",
         type=int,
         default=None,
-        help="steps (noise levels) of the sampler (default: min(50, T)); ddpm always runs all T; "
+        help=f"steps (noise levels) of the sampler (default: min({DEFAULT_STEPS}, T)); ddpm always runs all T; "
         "heun takes 2 network evaluations a step",
     )
     p.add_argument(

@@ -21,6 +21,7 @@ from ddpm_lib.devices import PrecisionChoice, resolve_precision
 from ddpm_lib.diffusion import GaussianDiffusion, Model, eval_mode, model_device
 from ddpm_lib.samplers import (
     DEFAULT_SPACING,
+    DEFAULT_STEPS,
     SAMPLERS,
     Denoiser,
     SamplerName,
@@ -109,7 +110,7 @@ def sampler_levels(
     """The noise levels ``(num_steps + 1,)`` a sampler visits, the last 0; checks the sampler's options once.
 
     ``"ddpm"`` runs all T levels (``num_steps`` None or T); the others ``num_steps`` levels (None:
-    min(50, T)), at most T on the model's own timesteps. ``spacing`` None is the sampler's own
+    min(:data:`~ddpm_lib.samplers.DEFAULT_STEPS`, T)), at most T on the model's own timesteps. ``spacing`` None is the sampler's own
     (:data:`~ddpm_lib.samplers.DEFAULT_SPACING`: timesteps for ddpm and ddim, Karras for the ODE solvers).
     """
     check_choice(sampler, SamplerName, "sampler")
@@ -123,7 +124,7 @@ def sampler_levels(
             )
         return make_sigmas(diffusion, T, spacing)
     if num_steps is None:
-        return make_sigmas(diffusion, min(50, T), spacing)
+        return make_sigmas(diffusion, min(DEFAULT_STEPS, T), spacing)
     most = T if spacing == "timesteps" else None
     check_int(num_steps, f"num_steps (steps of {sampler}, at most T={T})", 1, most)
     return make_sigmas(diffusion, num_steps, spacing)
