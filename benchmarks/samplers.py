@@ -144,9 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.model not in paths:
         p.error(f"no file for model {args.model!r}: give --checkpoint {args.model}=PATH")
     result = json.loads(args.out.read_text()) if args.out.exists() else {}
-    result["machine"] = (
-        f"{cpu_signature()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    )
+    result["machine"] = f"{cpu_signature()}, torch {torch.__version__}"
     result["settings"] = {
         "num_samples": args.num_samples,
         "num_reference": 5000,

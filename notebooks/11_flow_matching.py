@@ -662,3 +662,37 @@ for n in (1, 3, 8):
     assert torch.allclose(got, expected, atol=1e-8), (
         f"flow_euler with {n} steps differs from DDIM on the same levels"
     )
+
+# %% [markdown]
+# **Exercise 3.** A flow network's velocity $\hat u$ and its $\hat x_0$ are one prediction (section 2), so the flow loss
+# $|\hat u - u|^2$ is a weighted $x_0$ error. Write `flow_weight(s)`: the factor $w(s)$ with $|\hat u - u|^2 = w(s)\,
+# |\hat x_0 - x_0|^2$ at time `s` (a float in (0, 1)), where $u = \epsilon - x_0$ and $\hat u$ is the velocity implied
+# by $\hat x_0$ at the same $x_s$. Print $w$ at $s = 0.5$, and check by hand that it is $(1 + \sqrt{\mathrm{SNR}})^2$
+# with $\mathrm{SNR} = (1-s)^2/s^2$.
+
+
+# %% nbgrader={"grade": false, "grade_id": "ex3-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+### BEGIN SOLUTION
+def flow_weight(s):
+    return 1 / s**2
+
+
+### END SOLUTION
+print(f"w(0.5) = {flow_weight(0.5):g}")
+
+# %% nbgrader={"grade": true, "grade_id": "ex3-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+for s in (0.02, 0.3, 0.5, 0.97):
+    x0 = mix.sample(100, g, torch.float64)
+    eps = torch.randn(100, 2, generator=g, dtype=torch.float64)
+    x0_hat = x0 + 0.1 * torch.randn(100, 2, generator=g, dtype=torch.float64)  # a wrong guess
+    x_s = (1 - s) * x0 + s * eps
+    u, u_hat = eps - x0, (x_s - x0_hat) / s
+    w = flow_weight(s)
+    loss_u, loss_x0 = ((u_hat - u) ** 2).sum(1), ((x0_hat - x0) ** 2).sum(1)
+    assert torch.allclose(loss_u, w * loss_x0, rtol=1e-9), (
+        f"flow_weight({s}) is not the ratio of the two losses"
+    )
+    snr = (1 - s) ** 2 / s**2
+    assert abs(w - (1 + snr**0.5) ** 2) < 1e-9 * w, (
+        f"flow_weight({s}) differs from (1 + sqrt(SNR))^2"
+    )

@@ -256,3 +256,77 @@ def test_conditional_model_cpu_fallback_is_the_measured_step():
     s_per_step = LADDER["cpu_timing"]["speeds"]["no-attention"]["s_per_step"]
     assert f"at the {s_per_step:.2f} s per step measured" in FLAT
     assert f"3,600 steps take about {3600 * s_per_step / 60:.0f} minutes" in FLAT
+
+
+# --- the samplers and flow matching (benchmarks/samplers.json) -----------------------------------------
+
+SAMPLERS = json.loads((ROOT / "benchmarks" / "samplers.json").read_text())
+SAMPLER_ROWS, _, SAMPLER_END = table(README, "| sampler and levels | steps | NFE |")
+MINUTES_ROWS, MINUTES_START, MINUTES_END = table(README, "| sampler and levels | NFE | flow FID |")
+
+
+def test_sampler_table_has_every_run_once_and_is_the_json():
+    shipped = SAMPLERS["models"]["shipped"]
+    runs = {(r["label"], r["steps"]): r for r in shipped["runs"]}
+    seen = []
+    for label, steps, nfe, fid, precision, recall, seconds in SAMPLER_ROWS:
+        if label.startswith("real vs real"):
+            for cell, key in ((fid, "fid"), (precision, "precision"), (recall, "recall")):
+                check_cell(cell, shipped["baseline"][key])
+            continue
+        run = runs[label, int(steps)]
+        assert int(nfe) == run["nfe"]
+        check_cell(fid, run["fid"], run["fid_std"])
+        check_cell(precision, run["precision"])
+        check_cell(recall, run["recall"])
+        check_cell(seconds, run["seconds_per_image"])
+        seen.append((label, int(steps)))
+    assert sorted(seen) == sorted(runs)
+
+
+def test_equal_minutes_table_is_the_json():
+    flow = {(r["label"], r["nfe"]): r for r in SAMPLERS["models"]["flow-708"]["runs"]}
+    ddpm = {(r["label"], r["nfe"]): r for r in SAMPLERS["models"]["cpu-708"]["runs"]}
+    seen = []
+    for label, nfe, flow_fid, ddpm_fid, flow_pr, ddpm_pr, winner in MINUTES_ROWS:
+        f, d = flow[label, int(nfe)], ddpm[label, int(nfe)]
+        check_cell(flow_fid, f["fid"], f["fid_std"])
+        check_cell(ddpm_fid, d["fid"], d["fid_std"])
+        for cell, run in ((flow_pr, f), (ddpm_pr, d)):
+            precision, recall = cell.split("/")
+            check_cell(precision, run["precision"])
+            check_cell(recall, run["recall"])
+        margin = f["fid_std"] + d["fid_std"]
+        lower = (
+            "flow"
+            if f["fid"] < d["fid"] - margin
+            else "DDPM"
+            if d["fid"] < f["fid"] - margin
+            else None
+        )
+        assert winner == (lower or "within the spread"), (label, nfe, winner)
+        seen.append((label, int(nfe)))
+    assert sorted(seen) == sorted(flow.keys() & ddpm.keys())
+
+
+def sampler_derived() -> set[str]:
+    """The figures the samplers' bullets derive from the JSON: the choice's speedups and the rule's 0.03."""
+    choice = SAMPLERS["choice"]
+    return {f"{choice['speedup']:.1f}", f"{choice['wall_speedup']:.1f}", "0.03"}
+
+
+def test_sampler_bullets_quote_the_tables():
+    bullets = (
+        README[SAMPLER_END:MINUTES_START] + README[MINUTES_END : README.index("## The GPU path")]
+    )
+    numbers = printed_numbers(SAMPLER_ROWS) | printed_numbers(MINUTES_ROWS) | sampler_derived()
+    unexplained = decimals_in(bullets) - numbers
+    assert not unexplained, f"not in the tables nor derived from the JSON: {unexplained}"
+
+
+def test_the_cli_default_is_the_measured_choice():
+    from ddpm_lib.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS
+
+    fastest = SAMPLERS["choice"]["fastest_matching"]
+    assert (DEFAULT_SAMPLER, DEFAULT_STEPS) == (fastest["sampler"], fastest["steps"])
+    assert fastest["eta"] in (None, 1.0)  # the command lines' DDIM eta is 1 unless --eta is given

@@ -149,8 +149,9 @@ SHIPPED = {
             "instructions, exported by checkpoints.export_weights (EMA weights in bfloat16); other jobs "
             "shared the two cores for part of it (1.27 s per step alone, benchmarks/ladder.json)",
             "708 steps are the steps 15 CPU minutes buy on that CPU (benchmarks/ladder.json, "
-            "cpu_timing); its equal-minute partner, --preset cpu for the same 708 steps on the same "
-            "CPU, is scored beside it in benchmarks/samplers.json (models.cpu-708), not shipped",
+            "cpu_timing); its equal-minute partner, --preset cpu for the same 708 steps (the same "
+            "network and batch: a step of either recipe costs the same), trained on 2026-12-05, is "
+            "scored beside it in benchmarks/samplers.json (models.cpu-708), not shipped",
         ],
     },
     "toy_cars_classifier.pt": {
