@@ -22,7 +22,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal, TypeVar, get_args
+from typing import Literal, TypeVar
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from ddpm_lib import toy_cars
-from ddpm_lib.checks import check_int
+from ddpm_lib.checks import check_choice, check_int
 
 DatasetName = Literal["toy_cars", "stanford_cars", "cifar10", "folder"]
 Split = Literal["train", "test"]
@@ -384,12 +384,8 @@ def load_dataset(
     ``cifar10``: ``download`` (default True). Missing data raises :class:`DatasetUnavailableError`
     saying how to get it.
     """
-    if name not in get_args(DatasetName):
-        raise ValueError(
-            f"unknown dataset {name!r}; valid choices: {', '.join(get_args(DatasetName))}"
-        )
-    if split not in get_args(Split):
-        raise ValueError(f"unknown split {split!r}; valid choices: {', '.join(get_args(Split))}")
+    check_choice(name, DatasetName, "dataset")
+    check_choice(split, Split, "split")
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
         raise ValueError(f"image_size must be an integer >= 8, got {image_size!r}")
     allowed = {"toy_cars": {"num_images", "seed"}, "cifar10": {"download"}}.get(name, set())

@@ -46,6 +46,7 @@ from ddpm_lib.checkpoints import (
     load_checkpoint,
     state_mismatch,
 )
+from ddpm_lib.checks import check_choice, check_float, check_int
 from ddpm_lib.config import TrainConfig
 from ddpm_lib.data import (
     STANFORD_CARS_TRAIN_SIZE,
@@ -772,18 +773,18 @@ def diagnose(
     unknown = set(skip) - set(CHECKS)
     if unknown:
         raise DiagnoseInputError(f"unknown check(s) {sorted(unknown)}; valid: {', '.join(CHECKS)}")
-    for name, value, least in (
-        ("num_samples", num_samples, 2),
-        ("steps", steps, 1),
-        ("data_images", data_images, 2),
-        ("loss_images", loss_images, 1),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise DiagnoseInputError(f"{name} must be an integer >= {least}, got {value!r}")
-    if not 0.0 <= eta <= 1.0:
-        raise DiagnoseInputError(f"eta must lie in [0, 1], got {eta!r}")
-    if weights not in get_args(Weights):
-        raise DiagnoseInputError(f"weights must be one of {get_args(Weights)}, got {weights!r}")
+    try:  # the shared checks, raised as this tool's own error
+        for name, value, least in (
+            ("num_samples", num_samples, 2),
+            ("steps", steps, 1),
+            ("data_images", data_images, 2),
+            ("loss_images", loss_images, 1),
+        ):
+            check_int(value, name, least)
+        check_float(eta, "eta", 0, 1)
+        check_choice(weights, Weights, "weights")
+    except ValueError as exc:
+        raise DiagnoseInputError(str(exc)) from None
     inp = _read_input(source)
     cfg, ckpt = inp.cfg, inp.ckpt
     run = {name: name not in skip for name in CHECKS}

@@ -61,17 +61,8 @@ def classifier_free(
     """
     w = check_float(guidance_scale, "guidance_scale", 0)
     if interval is not None:
-        lo, hi = (check_int(v, "guidance_interval bound (a timestep index)", 0) for v in interval)
-        if lo > hi:
-            raise ValueError(
-                f"guidance_interval must be (lo, hi) with lo <= hi, got {tuple(interval)}"
-            )
-    num_classes = getattr(model, "num_classes", None)
-    if not num_classes:
-        raise ValueError(
-            "labels need a class-conditional model (trained with --class-cond); this one takes no labels"
-        )
-    null = torch.full_like(labels, num_classes)
+        lo, hi = _guidance_bounds(interval)
+    null = torch.full_like(labels, _num_classes(model))
 
     def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         y = labels.to(x.device)
@@ -83,6 +74,33 @@ def classifier_free(
         return cond + w * (cond - uncond)  # = (1 + w) cond - w uncond
 
     return eps
+
+
+def _guidance_bounds(interval, num_timesteps: int | None = None) -> tuple[int, int]:
+    """``(lo, hi)`` of a guidance interval: timestep indices, 0 <= lo <= hi (<= T-1 given T).
+
+    The one rule of every entry point that takes ``guidance_interval`` (:func:`classifier_free`
+    and the samplers); raises ``ValueError`` otherwise.
+    """
+    lo, hi = tuple(interval)
+    whole = all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi))
+    if not whole or not 0 <= lo <= hi or (num_timesteps is not None and hi >= num_timesteps):
+        most = "" if num_timesteps is None else f" <= {num_timesteps - 1} (T = {num_timesteps})"
+        raise ValueError(
+            f"guidance_interval must be timestep indices (lo, hi) with 0 <= lo <= hi{most}, "
+            f"got {tuple(interval)}"
+        )
+    return lo, hi
+
+
+def _num_classes(model: Callable[..., torch.Tensor]) -> int:
+    """The ``num_classes`` of a class-conditional ``model``; refuses one that takes no labels."""
+    num_classes = getattr(model, "num_classes", None)
+    if not num_classes:
+        raise ValueError(
+            "labels need a class-conditional model (trained with --class-cond); this one takes no labels"
+        )
+    return num_classes
 
 
 @contextlib.contextmanager
@@ -323,6 +341,22 @@ class GaussianDiffusion:
         """
         check_choice(loss_type, LossType, "loss_type")
         check_image_range(x0)
+        if snr_gamma is not None:
+            check_float(snr_gamma, "snr_gamma", 0, min_inclusive=False)
+        return self._training_loss(model, x0, loss_type, t, noise, generator, labels, snr_gamma)
+
+    def _training_loss(
+        self,
+        model,
+        x0,
+        loss_type="mse",
+        t=None,
+        noise=None,
+        generator=None,
+        labels=None,
+        snr_gamma=None,
+    ) -> torch.Tensor:
+        """:meth:`training_loss` unchecked, for loops that checked once (Trainer, train_2d)."""
         B = x0.shape[0]
         rng_device = generator.device if generator is not None else x0.device
         if t is None:
@@ -347,7 +381,6 @@ class GaussianDiffusion:
         }[loss_type]
         if snr_gamma is None:
             return loss_fn(output, target)
-        check_float(snr_gamma, "snr_gamma", 0, min_inclusive=False)
         snr = self.snr(t)
         # each target's squared error in units of the x_0 error (the SNR identities of notebook 08)
         x0_units = {
@@ -471,30 +504,28 @@ class GaussianDiffusion:
             return list(range(self.num_timesteps - 1, -1, -1))
         return self.ddim_timesteps(min(50, self.num_timesteps) if num_steps is None else num_steps)
 
-    def _check_guidance_interval(
-        self, interval, guidance_scale: float, labels: torch.Tensor | None, timesteps: list[int]
+    def _check_guidance(
+        self, guidance_scale: float, interval, labels: torch.Tensor | None, timesteps: list[int]
     ) -> None:
-        """Refuse a guidance interval that would change nothing: no guidance, outside [0, T-1], or no step in it."""
-        if interval is None:
-            return
-        if labels is None or not guidance_scale:
-            raise ValueError(
-                "guidance_interval only limits classifier-free guidance: it needs labels and guidance_scale > 0"
-            )
-        lo, hi = tuple(interval)
-        last = self.num_timesteps - 1
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi)) or not (
-            0 <= lo <= hi <= last
-        ):
-            raise ValueError(
-                f"guidance_interval must be timestep indices (lo, hi) with 0 <= lo <= hi <= {last} "
-                f"(T = {self.num_timesteps}), got {tuple(interval)}"
-            )
-        if not any(lo <= t <= hi for t in timesteps):
-            raise ValueError(
-                f"guidance_interval {tuple(interval)} holds none of the {len(timesteps)} timesteps the sampler "
-                f"visits (e.g. {', '.join(f'{t:g}' for t in timesteps[:6])}); widen it or use more steps"
-            )
+        """Refuse guidance that would change nothing; the check of every sampler entry point.
+
+        w > 0 without labels, or an interval without guidance, outside [0, T-1] or holding none
+        of the ``timesteps`` the sampler visits. Used by :meth:`sample_progressive` and
+        :func:`ddpm_lib.sampling.generate`; w itself is checked by :func:`classifier_free`.
+        """
+        if interval is not None:
+            if labels is None or not guidance_scale:
+                raise ValueError(
+                    "guidance_interval only limits classifier-free guidance: it needs labels and guidance_scale > 0"
+                )
+            lo, hi = _guidance_bounds(interval, self.num_timesteps)
+            if not any(lo <= t <= hi for t in timesteps):
+                raise ValueError(
+                    f"guidance_interval {tuple(interval)} holds none of the {len(timesteps)} timesteps the sampler "
+                    f"visits (e.g. {', '.join(f'{t:g}' for t in timesteps[:6])}); widen it or use more steps"
+                )
+        if labels is None and guidance_scale:
+            raise ValueError("guidance_scale needs labels: the classes to guide towards")
 
     def sample_progressive(
         self,
@@ -537,7 +568,7 @@ class GaussianDiffusion:
         def randn():
             return torch.randn(shape, generator=generator, device=device)
 
-        self._check_guidance_interval(guidance_interval, guidance_scale, labels, timesteps)
+        self._check_guidance(guidance_scale, guidance_interval, labels, timesteps)
         net = model
         if labels is not None:
             if tuple(labels.shape) != shape[:1]:
@@ -545,8 +576,6 @@ class GaussianDiffusion:
                     f"labels must have shape ({shape[0]},), one per image, got {tuple(labels.shape)}"
                 )
             net = classifier_free(model, labels.to(device), guidance_scale, guidance_interval)
-        elif guidance_scale:
-            raise ValueError("guidance_scale needs labels: the classes to guide towards")
         x = randn() if x_T is None else x_T.to(device)
         if progress:
             from tqdm.auto import tqdm

@@ -264,7 +264,7 @@ def _sample(args, model, diffusion, cfg, path) -> tuple[np.ndarray, dict]:
         args.num_samples,
         cfg.image_size,
         sampler=args.sampler,
-        num_steps=None if args.sampler == "ddpm" else args.steps,
+        num_steps=args.steps,  # None for ddpm: check_options refused --steps there
         eta=args.eta,
         spacing=args.spacing,
         seed=args.seed,

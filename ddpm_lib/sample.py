@@ -117,22 +117,6 @@ def check_writable(path: Path, checkpoint: Path | None = None) -> None:
     check_output(path, "--out", (".png", ".npz"), [("the input --checkpoint", checkpoint)])
 
 
-def check_guidance(args: argparse.Namespace, num_timesteps: int) -> None:
-    """Refuse guidance options that would change nothing (the library checks them again, without flag names)."""
-    if args.guidance_interval is None:
-        return
-    if not args.guidance_scale:
-        raise ValueError(
-            "--guidance-interval limits guidance to some steps: it needs --guidance-scale > 0"
-        )
-    lo, hi = args.guidance_interval
-    if not 0 <= lo <= hi < num_timesteps:
-        raise ValueError(
-            f"--guidance-interval {lo} {hi}: LO and HI are timestep indices, 0 <= LO <= HI <= {num_timesteps - 1} "
-            f"for this model (T = {num_timesteps})"
-        )
-
-
 def parse_classes(
     given: list[str] | None, class_names: tuple[str, ...], num_classes: int, num_samples: int
 ) -> torch.Tensor | None:
@@ -193,8 +177,6 @@ def main(argv: list[str] | None = None) -> int:
     # OSError: FileNotFoundError, a full disk
     try:
         check_writable(args.out, checkpoint)
-        if args.guidance_interval is not None and not args.guidance_scale:
-            check_guidance(args, 1)  # refused before loading anything
         if args.eta is not None and args.sampler != "ddim":
             raise ValueError(f"--eta is a DDIM option; the {args.sampler} sampler does not take it")
         device = select_device(args.device)
@@ -204,7 +186,6 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(
                 "--guidance-scale needs a class-conditional checkpoint (trained with --class-cond)"
             )
-        check_guidance(args, diffusion.num_timesteps)
         batch = min(args.batch_size, max(args.num_samples, 1), 32)
         precision = resolve_precision(
             args.precision,

@@ -27,6 +27,7 @@ from typing import Literal, NamedTuple, get_args
 
 import torch
 
+from ddpm_lib.checks import check_choice
 from ddpm_lib.diffusion import GaussianDiffusion, Model, classifier_free
 
 SamplerName = Literal["ddpm", "ddim", "euler", "heun", "dpmpp_2m", "dpmpp_2m_sde"]
@@ -93,13 +94,12 @@ def make_sigmas(diffusion: GaussianDiffusion, num_steps: int, spacing: Spacing) 
     ``"timesteps"``: the model's own, :func:`timestep_sigmas`. ``"karras"``: :func:`karras_sigmas` over the
     model's range cut to EDM's [0.002, 80], so that no step is spent where the image is pure noise.
     """
+    check_choice(spacing, Spacing, "spacing")
     if spacing == "timesteps":
         return timestep_sigmas(diffusion, num_steps)
-    if spacing == "karras":
-        sigmas = model_sigmas(diffusion)
-        lo, hi = max(float(sigmas[0]), EDM_SIGMA_MIN), min(float(sigmas[-1]), EDM_SIGMA_MAX)
-        return karras_sigmas(lo, hi, num_steps)
-    raise ValueError(f"unknown spacing {spacing!r}; valid choices: {', '.join(get_args(Spacing))}")
+    sigmas = model_sigmas(diffusion)
+    lo, hi = max(float(sigmas[0]), EDM_SIGMA_MIN), min(float(sigmas[-1]), EDM_SIGMA_MAX)
+    return karras_sigmas(lo, hi, num_steps)
 
 
 # ---------------------------------------------------------------------------------- the denoiser

@@ -18,7 +18,7 @@ import torch
 from ddpm_lib.checks import check_choice, check_float, check_int
 from ddpm_lib.data import to_uint8
 from ddpm_lib.devices import PrecisionChoice, resolve_precision
-from ddpm_lib.diffusion import GaussianDiffusion, Model, eval_mode, model_device
+from ddpm_lib.diffusion import GaussianDiffusion, Model, _num_classes, eval_mode, model_device
 from ddpm_lib.samplers import (
     DEFAULT_SPACING,
     DEFAULT_STEPS,
@@ -70,11 +70,7 @@ def _check_labels(
     if labels is None:
         return None
     labels = torch.as_tensor(labels)
-    num_classes = getattr(model, "num_classes", 0)
-    if not num_classes:
-        raise ValueError(
-            "labels need a class-conditional model (trained with --class-cond); this one takes no labels"
-        )
+    num_classes = _num_classes(model)
     if labels.shape != (num_samples,) or labels.is_floating_point():
         raise ValueError(
             f"labels must be integers of shape ({num_samples},), one per sample, got {labels.dtype} {tuple(labels.shape)}"
@@ -115,8 +111,7 @@ def sampler_levels(
     """
     check_choice(sampler, SamplerName, "sampler")
     T = diffusion.num_timesteps
-    spacing = DEFAULT_SPACING[sampler] if spacing is None else spacing
-    check_choice(spacing, Spacing, "spacing")
+    spacing = DEFAULT_SPACING[sampler] if spacing is None else spacing  # make_sigmas checks it
     if sampler == "ddpm":
         if num_steps not in (None, T):
             raise ValueError(
@@ -141,23 +136,11 @@ def _sampler_options(
     return {}
 
 
-def _denoiser(model, diffusion, sigmas, clip_denoised, labels, guidance_scale, interval):
-    """The :class:`~ddpm_lib.samplers.Denoiser` of one batch, guidance checked against the visited levels."""
-    denoiser = Denoiser(model, diffusion, clip_denoised=clip_denoised)
-    timesteps = [denoiser.sigma_to_t(float(s)) for s in sigmas[:-1]]
-    diffusion._check_guidance_interval(interval, guidance_scale, labels, timesteps)
-    if labels is None:
-        if guidance_scale:
-            raise ValueError("guidance_scale needs labels: the classes to guide towards")
-        return denoiser
-    return Denoiser(
-        model,
-        diffusion,
-        clip_denoised=clip_denoised,
-        labels=labels,
-        guidance_scale=guidance_scale,
-        guidance_interval=interval,
-    )
+def _check_guidance(model, diffusion, sigmas, labels, guidance_scale, interval) -> None:
+    """The guidance options against the timesteps of the sampler's levels, once per call."""
+    to_t = Denoiser(model, diffusion).sigma_to_t
+    timesteps = [to_t(float(s)) for s in sigmas[:-1]]
+    diffusion._check_guidance(guidance_scale, interval, labels, timesteps)
 
 
 def _progress_bar(progress: bool, total: int, sampler: str):
@@ -229,6 +212,7 @@ def generate(
     labels = _check_labels(labels, model, num_samples)
     sigmas = sampler_levels(diffusion, sampler, num_steps, spacing)
     options = _sampler_options(sampler, diffusion, eta, allow_eta_above_one)
+    _check_guidance(model, diffusion, sigmas, labels, guidance_scale, guidance_interval)
     choice = _precision(precision, model, shape, batch_size)
     device = model_device(model)
     images = torch.empty(shape)
@@ -239,8 +223,13 @@ def generate(
         batch_noise = x_T[start : start + n].to(device) if x_T is not None else None
         batch_noise = _start_noise((n, *shape[1:]), g, device, batch_noise)
         batch_labels = labels[start : start + n].to(device) if labels is not None else None
-        denoiser = _denoiser(
-            model, diffusion, sigmas, clip_denoised, batch_labels, guidance_scale, guidance_interval
+        denoiser = Denoiser(
+            model,
+            diffusion,
+            clip_denoised=clip_denoised,
+            labels=batch_labels,
+            guidance_scale=guidance_scale,
+            guidance_interval=guidance_interval,
         )
         bar = _progress_bar(progress, len(sigmas) - 1, sampler)
         with choice.autocast():
@@ -289,6 +278,7 @@ def trajectory(
     labels = _check_labels(labels, model, num_samples)
     sigmas = sampler_levels(diffusion, sampler, num_steps, spacing)
     options = _sampler_options(sampler, diffusion, eta, False)
+    _check_guidance(model, diffusion, sigmas, labels, guidance_scale, guidance_interval)
     total = len(sigmas) - 1
     keep = (
         set(range(total))
@@ -301,7 +291,13 @@ def trajectory(
     start = time.perf_counter()
     x_T = _start_noise(shape, g, device)
     labels = labels.to(device) if labels is not None else None
-    denoiser = _denoiser(model, diffusion, sigmas, True, labels, guidance_scale, guidance_interval)
+    denoiser = Denoiser(
+        model,
+        diffusion,
+        labels=labels,
+        guidance_scale=guidance_scale,
+        guidance_interval=guidance_interval,
+    )
     ts, xs, x0s = [], [], []
 
     def record(step: SamplerStep) -> None:

@@ -214,14 +214,17 @@ def train_2d(
     """Train an :class:`MLP` on ``data`` with the library's loss (L_simple, Ho et al. 2020, Algorithm 1).
 
     Each of ``steps`` Adam steps draws ``batch_size`` points (from the mixture, or rows of an ``(N, d)``
-    tensor) and calls :meth:`~ddpm_lib.diffusion.GaussianDiffusion.training_loss` on them as it does
-    on images, with the diffusion's ``prediction_type`` and Min-SNR ``snr_gamma``; the learning rate
-    decays linearly to 0; one CPU thread. The points must lie in [-1, 1], as images do. Returns the
-    network in eval mode and the loss of every step. Seeded: the same arguments, the same network.
+    tensor) and takes :meth:`~ddpm_lib.diffusion.GaussianDiffusion.training_loss` on them as the
+    trainer does on images (its checks made once, here), with the diffusion's
+    ``prediction_type`` and Min-SNR ``snr_gamma``; the learning rate decays linearly to 0; one
+    CPU thread. The points must lie in [-1, 1], as images do. Returns the network in eval mode
+    and the loss of every step. Seeded: the same arguments, the same network.
     """
     steps = check_int(steps, "steps", 1)
     batch_size = check_int(batch_size, "batch_size", 1)
     lr = check_float(lr, "lr", 0, min_inclusive=False)
+    if snr_gamma is not None:
+        check_float(snr_gamma, "snr_gamma", 0, min_inclusive=False)
     g = torch.Generator().manual_seed(check_int(seed, "seed"))
     if isinstance(data, GaussianMixture):
         reach = float(data.means.abs().max()) + 6 * data.std
@@ -250,7 +253,8 @@ def train_2d(
     )  # a network this small gains nothing from more; on busy cores, 10x slower
     try:
         for _ in range(steps):
-            loss = diffusion.training_loss(model, draw().float(), generator=g, snr_gamma=snr_gamma)
+            x0 = draw().float()  # in [-1, 1]: the mixture's reach or the data checked above
+            loss = diffusion._training_loss(model, x0, generator=g, snr_gamma=snr_gamma)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

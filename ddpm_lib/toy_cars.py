@@ -301,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from torchvision.utils import save_image
 
+    from ddpm_lib.checks import check_int
     from ddpm_lib.outputs import check_output, file_size_limit_as_error, write_atomic
 
     parser = argparse.ArgumentParser(
@@ -317,9 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     file_size_limit_as_error()
     try:
         for name, lo, hi in (("image_size", 8, 512), ("per_type", 1, 256), ("seed", 0, 2**63 - 1)):
-            if not lo <= getattr(args, name) <= hi:
-                flag = "--" + name.replace("_", "-")
-                raise ValueError(f"{flag} must be in [{lo}, {hi}], got {getattr(args, name)}")
+            check_int(getattr(args, name), "--" + name.replace("_", "-"), lo, hi)
         out = check_output(args.out, "--out", (".png",))
         images = preview(args.per_type, args.image_size, args.seed)
         write_atomic(

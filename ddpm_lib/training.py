@@ -44,6 +44,7 @@ from ddpm_lib.checkpoints import (
     state_mismatch,
     truncate_log,
 )
+from ddpm_lib.checks import check_image_range
 from ddpm_lib.config import BOOKKEEPING_FIELDS, TrainConfig
 from ddpm_lib.data import ImageTensorDataset, load_dataset
 from ddpm_lib.devices import dist_info, init_distributed, resolve_precision, select_device
@@ -352,12 +353,15 @@ class Trainer:
 
         A class-conditional run replaces each label ``(B,)`` by the null label with probability ``p_uncond``
         (Ho & Salimans 2022, Algorithm 1), so one network learns the conditional and unconditional model.
+        A given ``x0`` is checked here; the config's loss options were checked when it was built.
         """
         start = time.perf_counter()
         cfg = self.config
         if x0 is None:
             x0 = self.get_batch(self.step)
             labels = self.dataset.labels[self.batch_indices(self.step)] if cfg.class_cond else None
+        else:
+            check_image_range(x0)
         if cfg.class_cond:
             if labels is None:
                 raise ValueError(
@@ -370,7 +374,7 @@ class Trainer:
             group["lr"] = self.lr_at(self.step)
         self.train_model.train()
         with self.precision.autocast():
-            loss = self.diffusion.training_loss(
+            loss = self.diffusion._training_loss(
                 self.train_model, x0, cfg.loss_type, labels=labels, snr_gamma=cfg.snr_gamma
             )
         value = loss.item()

@@ -451,7 +451,7 @@ show_images(out.images, nrow=per_name, title=f"{', '.join(ask)}: DDIM-20, w = 1 
 GRID_SCALES = (0.0, 2.0, 8.0) if FAST else (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 LIVE_SCALES = (0.0, 8.0) if FAST else (0.0, 0.5, 4.0)  # measured in section 5 on N_LIVE samples
 PER_CLASS = 2 if FAST else 4  # images per body type in the grid
-STEPS = 10 if FAST else 20
+STEPS = 5 if FAST else 20
 N_LIVE = 32 if FAST else 96
 BATCH = K * PER_CLASS
 count = {w: N_LIVE if w in LIVE_SCALES else BATCH for w in GRID_SCALES}

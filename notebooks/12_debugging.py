@@ -72,7 +72,7 @@ FAST = env_flag("DDPM_FAST")
 device = torch.device("cpu")  # every case here is small; the CPU keeps the numbers the same on every machine
 N = 8 if FAST else 16  # samples per grid
 STEPS = 10 if FAST else 20  # DDIM steps
-RUNS = Path("../runs/notebook_10")
+RUNS = Path("../runs/notebook_12")
 
 model, diffusion, cfg = load_ema_model(DDPM_MODEL, device)
 _, _, cfg_pretrained = load_ema_model(PRETRAINED, device)

@@ -351,11 +351,11 @@ ROWS = [
     sample("--out is the checkpoint by another name", "{sample} --checkpoint {weights_npz} --out {alias_npz}",
            r"--out .*alias.npz is also the input --checkpoint"),
     sample("--guidance-interval without a scale", "{sample} --guidance-interval 2 5 --out {tmp}/s.png",
-           r"--guidance-interval limits guidance to some steps: it needs --guidance-scale > 0"),
+           r"guidance_interval only limits classifier-free guidance: it needs labels and guidance_scale > 0"),
     sample("--guidance-scale, unconditional model", "{sample} --guidance-scale 3 --guidance-interval 2000 3000 --out {tmp}/s.png",
            r"--guidance-scale needs a class-conditional checkpoint"),
     sample("--guidance-interval beyond T", "{sample} --checkpoint {cond} --guidance-scale 3 --guidance-interval 2000 3000 --out {tmp}/s.png",
-           r"--guidance-interval 2000 3000: LO and HI are timestep indices, 0 <= LO <= HI <= 499 for this model \(T = 500\)"),
+           r"guidance_interval must be timestep indices \(lo, hi\) with 0 <= lo <= hi <= 499 \(T = 500\), got \(2000, 3000\)"),
     sample("--eta with ddpm", "{sample} --sampler ddpm --eta 0.5 --out {tmp}/s.png", r"--eta is a DDIM option; the ddpm sampler"),
 
     # python -m ddpm_lib.train: tampered training checkpoints, one line naming the file and the field
@@ -613,7 +613,7 @@ def test_divergence_after_a_checkpoint_resumes_with_a_lower_lr(
     argv = shlex.split(f"{TINY} --num-images 64 --out {out} --resume")
     monkeypatch.setattr(
         GaussianDiffusion,
-        "training_loss",
+        "_training_loss",
         lambda *a, **k: torch.tensor(float("nan"), requires_grad=True),
     )
     assert train_cli.main([*argv, "--max-steps", "4"]) == 2

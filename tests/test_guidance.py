@@ -269,7 +269,7 @@ def test_label_dropout_rate(tmp_path, monkeypatch):
         seen.append(labels)
         return sum(p.sum() for p in model.parameters()) * 0
 
-    monkeypatch.setattr(trainer.diffusion, "training_loss", loss)
+    monkeypatch.setattr(trainer.diffusion, "_training_loss", loss)
     for _ in range(20):
         trainer.train_step()
     null = torch.cat(seen) == 6

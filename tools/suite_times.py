@@ -6,6 +6,11 @@ the run: each part's time (summed over its tests; the parts run side by side und
 so they add up to more than the wall time), the run's wall time, and the CPU kind, since the same
 suite takes twice as long on a CPU without bf16 instructions. ``--suite-times-json FILE`` also
 writes the table as JSON. Run as a script, it prints the CPU kind alone.
+
+Under ``-n N --dist loadscope`` it also orders the work: pytest-xdist hands out whole parts (a
+notebook, a test file), by default the ones with the most tests first; here the part that took
+longest in the last run goes first (the times of ``--suite-times-json``, else those recorded in
+``tools/suite_times_reference.json``), so that no long part starts last while the other worker idles.
 """
 
 import json
@@ -14,8 +19,11 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
+
 # The budgets the project holds the suite to (DEVELOPERS.md; issue "make test within 5 minutes").
 BUDGET_S = {"bf16": 200.0, "no-bf16": 300.0}
+REFERENCE = Path(__file__).with_name("suite_times_reference.json")
 
 
 def cpu_kind() -> tuple[str, str]:
@@ -87,6 +95,33 @@ class SuiteTimes:
             }
             Path(out).parent.mkdir(parents=True, exist_ok=True)
             Path(out).write_text(json.dumps(record, indent=1) + "\n")
+
+
+def last_times(config) -> dict[str, float]:
+    """Seconds per part from the last run's JSON, else from the reference run's (empty if neither)."""
+    for path in (config.getoption("suite_times_json"), REFERENCE):
+        if path and Path(path).is_file():
+            return json.loads(Path(path).read_text())["parts"]
+    return {}
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: unused without it
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's scope scheduling, with the longest parts handed out first."""
+    if config.getoption("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    times = last_times(config)
+
+    class LongestFirst(LoadScopeScheduling):
+        def _assign_work_unit(self, node):
+            # a part unknown to the last run (a new file) counts as long: it goes early
+            longest = max(self.workqueue, key=lambda scope: times.get(_part(scope), 1e9))
+            self.workqueue.move_to_end(longest, last=False)
+            super()._assign_work_unit(node)
+
+    return LongestFirst(config, log)
 
 
 def pytest_addoption(parser):
