@@ -150,6 +150,7 @@ def test_kl_terms_match_their_closed_form(oracle_cls, variance_type):
     assert measured.sum().item() == pytest.approx(expected.sum().item(), rel=0.01)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variance_type", ["fixed_large", "fixed_small"])
 def test_bound_is_above_the_entropy_of_the_data_and_close_for_the_optimal_model(
     oracle_cls, variance_type
@@ -220,6 +221,7 @@ def test_seeded_regression_value(oracle_cls):
     assert total.tolist() == pytest.approx([10.525134, 12.765685], abs=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "schedule", ["linear", "cosine"]
 )  # cosine: a clipped last beta makes the last term huge

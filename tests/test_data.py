@@ -81,6 +81,7 @@ def test_toy_cars_train_test_disjoint():
     assert not any(bytes(x.numpy()) in hashes for x in test.images)
 
 
+@pytest.mark.slow
 def test_toy_cars_variety():
     ds = load_dataset("toy_cars", image_size=32, num_images=1000)
     assert len({bytes(x.numpy()) for x in ds.images}) == 1000  # no two identical

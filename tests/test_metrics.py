@@ -81,6 +81,7 @@ def test_kid_is_zero_for_one_distribution_and_positive_for_shifted_sets():
     )
 
 
+@pytest.mark.slow
 def test_the_feature_network_is_a_torchmetrics_feature_and_matches_the_precomputed_path(net):
     real = load_dataset("toy_cars", 32, "train", num_images=64).images
     fake = load_dataset("toy_cars", 32, "test", num_images=64).images
@@ -157,6 +158,7 @@ def test_real_cars_score_far_better_than_blurred_ones_than_noise(net):
     assert s["real"]["class_tv"] < 0.1 < s["blur"]["class_tv"] < s["noise"]["class_tv"]
 
 
+@pytest.mark.slow
 def test_evaluate_samples_reports_spread_and_baseline(net):
     ref = metrics.reference_features("toy_cars", 32, 200, net)
     assert metrics.reference_features("toy_cars", 32, 200, net) is ref  # cached
@@ -343,6 +345,7 @@ def test_cli_bad_checkpoint_options(tmp_path, capsys, argv, message):
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
 
 
+@pytest.mark.slow
 def test_write_card_adds_the_scores_to_the_checkpoints_card_and_nothing_else(tmp_path, capsys):
     from ddpm_lib.checkpoints import PRETRAINED, load_checkpoint
     from ddpm_lib.model_card import describe_file

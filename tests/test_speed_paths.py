@@ -148,6 +148,7 @@ def test_bench_profile_table_and_interleaving():
     assert bench.spread_pct([1.0, 1.1, 0.9]) == pytest.approx(20.0)
 
 
+@pytest.mark.slow
 def test_bench_peer_has_our_shape_and_trains_by_the_engine_step():
     diffusers = pytest.importorskip("diffusers")
     bench = _bench()

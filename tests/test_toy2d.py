@@ -166,6 +166,7 @@ def test_samplers_with_the_exact_denoiser_land_on_the_ring(sampler):
     assert float(nearest.pow(2).mean().sqrt()) < 2 * mix.std * 1.1  # 2-D: E|x - mu|^2 = 2 tau^2
 
 
+@pytest.mark.slow
 def test_trained_flow_mlp_learns_the_velocity():
     """The library's loss with the flow target on the rectified-flow schedule: the network's u is the exact one.
 
