@@ -117,7 +117,7 @@ def batch_for(budget_s: float, steps: int, lo: int = 4, hi: int = 16) -> int:
 # brightness), which explains the figure below:
 
 # %%
-n = 4 if FAST else batch_for(240, 3 * diffusion.num_timesteps, lo=4, hi=8)  # 3 runs of 1000 steps: 8 images where they fit in 4 minutes
+n = 2 if FAST else batch_for(240, 3 * diffusion.num_timesteps, lo=4, hi=8)  # 3 runs of 1000 steps: 8 images where they fit in 4 minutes
 g = torch.Generator().manual_seed(0)
 x_T = torch.randn(n, 3, S, S, generator=g).to(device)
 zs = torch.randn(diffusion.num_timesteps, n, 3, S, S, generator=g).to(device)  # the z of every step, drawn up front
@@ -193,7 +193,7 @@ ax.grid(alpha=0.3);
 
 # %%
 sampler, steps = ("ddim", 50) if FAST else ("ddpm", None)  # fast mode (tests): DDIM, 50 steps
-num = 4 if FAST else batch_for(150, diffusion.num_timesteps, lo=8)  # 8 to 16 images: about 2.5 minutes of DDPM-1000 where 16 fit
+num = 2 if FAST else batch_for(150, diffusion.num_timesteps, lo=8)  # 8 to 16 images: about 2.5 minutes of DDPM-1000 where 16 fit
 warm_up(num)
 traj = trajectory(model, diffusion, num, S, sampler=sampler, num_steps=steps, eta=1.0, seed=1, precision=precision,
                   progress=not FAST)
@@ -506,7 +506,7 @@ fig.tight_layout()
 # brightness of $\hat x_0$ along the section-2 trajectories, to see when each image settles.
 
 # %%
-x0 = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(6))[: 32 if FAST else 128]]
+x0 = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(6))[: 16 if FAST else 128]]
 ts_probe = [999, 700, 400, 100] if FAST else [999, 950, 900, 850, 800, 750, 700, 650, 600, 500, 400, 300, 200, 100]
 var_mean = x0.mean((2, 3)).var(0).mean().item()  # Var(image mean), averaged over the channels
 g = torch.Generator().manual_seed(9)

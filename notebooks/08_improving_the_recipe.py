@@ -279,7 +279,7 @@ for label, d in (("linear, T = 1000", paper), ("cosine, T = 500", cosine)):
 # %%
 train = load_dataset("toy_cars", image_size=32, num_images=1024 if FAST else 2048)
 real = from_uint8(train.images)  # (N, 3, 32, 32) in [-1, 1]
-x0_probe = real[:32]
+x0_probe = real[: 8 if FAST else 32]  # the fast mode (tests) probes 8 images
 mean_image_error = real.var(0).mean().item()  # E|x0 - mean image|^2 per pixel
 
 
@@ -671,7 +671,7 @@ for path, (_, _, config) in MODELS.items():
 
 # %%
 n_samples = {PRETRAINED: 8, DDPM_MODEL: 8} if FAST else {PRETRAINED: 64, DDPM_MODEL: 32}
-steps = 20 if FAST else 50  # fast mode (tests): fewer images and steps
+steps = 10 if FAST else 50  # fast mode (tests): fewer images and steps
 samples = {}
 for path, n in n_samples.items():
     model, diffusion, _ = MODELS[path]

@@ -186,7 +186,7 @@ print(f"{steps:,} steps x {config.batch_size} images = {seen:,} images seen; abo
 # both losses at a $t$ alike) once with their true labels and once with the null label:
 
 # %%
-N_LOSS = 16 if FAST else 48
+N_LOSS = 8 if FAST else 48
 loss_ts = [round(f * (T - 1)) for f in (0.02, 0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 0.98)]
 cars = load_dataset("toy_cars", S, "test", num_images=N_LOSS)
 x0, y_true = from_uint8(cars.images), cars.labels.long()
@@ -452,7 +452,7 @@ GRID_SCALES = (0.0, 2.0, 8.0) if FAST else (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 LIVE_SCALES = (0.0, 8.0) if FAST else (0.0, 0.5, 4.0)  # measured in section 5 on N_LIVE samples
 PER_CLASS = 2 if FAST else 4  # images per body type in the grid
 STEPS = 5 if FAST else 20
-N_LIVE = 32 if FAST else 96
+N_LIVE = 16 if FAST else 96
 BATCH = K * PER_CLASS
 count = {w: N_LIVE if w in LIVE_SCALES else BATCH for w in GRID_SCALES}
 cost = sum(n * STEPS * (1 if w else 0.5) for w, n in count.items()) * per_image_step  # an unguided step: about half a guided one
@@ -510,7 +510,7 @@ print("body type read by the classifier, share of the grid's images per w:",
 # so compare these rows with each other and with their baseline, not with the study's $N = 600$.
 
 # %%
-N_REF = 1000 if FAST else 2000
+N_REF = 500 if FAST else 2000
 reference = reference_features("toy_cars", S, N_REF, net, "train")
 held_out = compute_features(load_dataset("toy_cars", S, "test", num_images=N_LIVE).images, net)
 live = {}
@@ -640,19 +640,20 @@ print("the unconditional model: accuracy within 0.05 of chance; the conditional 
 # A guided step needs two predictions, $f_\theta(x_t, t, y)$ and $f_\theta(x_t, t, \varnothing)$. `classifier_free`
 # computes both in **one** batched forward pass over $2B$ images (the labels and the null labels concatenated): the
 # arithmetic of a guided step doubles, and whether the time doubles depends on how busy the hardware already is at
-# batch $B$. Measured here, after a warm-up call, on 8 images with DDIM-10 (the fastest of `REPEATS` runs each: 3, or
-# 1 in the fast mode), with the study's middle interval as the third setting:
+# batch $B$. Measured here, after a warm-up call, on `N_TIMING` = 8 images with DDIM-10 (the fastest of `REPEATS` runs
+# each: 3; the fast mode times 2 images once), with the study's middle interval as the third setting:
 
 # %% tags=["nbval-ignore-output"]
 # NBVAL_IGNORE_OUTPUT
 REPEATS = 1 if FAST else 3
 MIDDLE = next(lo_hi for lo_hi in INTERVALS if lo_hi[0] > 0 and lo_hi[1] < T - 1)  # neither end of the schedule
-timing_labels = torch.arange(8) % K
+N_TIMING = 2 if FAST else 8  # images per timed run
+timing_labels = torch.arange(N_TIMING) % K
 timing_settings = {"unguided (w = 0)": (0.0, None), "guided, w = 2": (2.0, None), f"guided, w = 2 on t in {MIDDLE}": (2.0, MIDDLE)}
-generate(model, diffusion, 8, S, num_steps=10, labels=timing_labels, guidance_scale=2.0, precision="auto")  # warm-up
+generate(model, diffusion, N_TIMING, S, num_steps=10, labels=timing_labels, guidance_scale=2.0, precision="auto")  # warm-up
 best_s = {}
 for name, (w, interval) in timing_settings.items():
-    runs = [generate(model, diffusion, 8, S, num_steps=10, labels=timing_labels, guidance_scale=w, guidance_interval=interval,
+    runs = [generate(model, diffusion, N_TIMING, S, num_steps=10, labels=timing_labels, guidance_scale=w, guidance_interval=interval,
                      precision="auto").seconds for _ in range(REPEATS)]  # fmt: skip
     best_s[name] = min(runs)  # the fastest run: the least disturbed by other work on the machine
 visited = diffusion.sampling_timesteps("ddim", 10)

@@ -265,14 +265,14 @@ show_grids({"x_T, linear T = 300": x_T["linear"][:N], "x_T, cosine T = 300": x_T
 # runs of the `tiny` U-Net, identical but for the learning rate (the high one also without warm-up and clipping):
 
 # %%
-STEPS_TRAIN = 15 if FAST else 40
+STEPS_TRAIN, BATCH_TRAIN = (15, 8) if FAST else (40, 16)
 shutil.rmtree(RUNS, ignore_errors=True)
 arms = {"too low (1e-7)": dict(lr=1e-7), "good (1e-3)": dict(lr=1e-3, warmup_steps=5),
         "too high (1.0, no clipping)": dict(lr=1.0, warmup_steps=0, grad_clip=1e12)}
 logs, run_dirs = {}, {}
 t0 = time.perf_counter()
 for i, (arm, kw) in enumerate(arms.items()):
-    config = TrainConfig.ddpm_demo(model="tiny", num_images=256, batch_size=16, max_steps=STEPS_TRAIN, log_every=1,
+    config = TrainConfig.ddpm_demo(model="tiny", num_images=256, batch_size=BATCH_TRAIN, max_steps=STEPS_TRAIN, log_every=1,
                                    sample_every=10**6, checkpoint_every=10**6, num_sample_images=4, sample_steps=5,
                                    precision="fp32", channels_last=False, **kw)
     run_dirs[arm] = RUNS / f"lr_{i}"
@@ -441,7 +441,7 @@ code = D.main([str(run_dirs["too high (1.0, no clipping)"]), *quick, "--skip", "
 print("exit status:", code)
 
 # %%
-code = D.main([str(PRETRAINED), "--num-samples", "16" if FAST else "32", "--steps", "20",
+code = D.main([str(PRETRAINED), "--num-samples", "16" if FAST else "32", "--steps", "10" if FAST else "20",
                "--data-images", "256", "--loss-images", "8"])
 print("exit status:", code)
 

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(SHARED_TINY)
 TINY_ARGS = shlex.split(
     "--model tiny --image-size 16 --num-images 64 --batch-size 8 --num-timesteps 100 "
-    "--log-every 5 --no-progress --precision fp32"
+    "--log-every 5 --no-progress --precision fp32 --num-sample-images 4 --sample-steps 5"
 )
 
 
