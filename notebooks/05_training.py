@@ -93,7 +93,7 @@ model = build_model("tiny", image_size=32)
 optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
 
 losses = []
-B = 16 if FAST else 32  # fast mode (tests): half the batch, a tenth of the steps
+B = 8 if FAST else 32  # fast mode (tests): a quarter of the batch, a tenth of the steps
 for _ in range(20 if FAST else 200):
     x0 = torch.stack([dataset[i][0] for i in torch.randint(len(dataset), (B,))])  # line 2
     t = torch.randint(0, diffusion.num_timesteps, (B,))  # line 3
@@ -212,7 +212,7 @@ if "emulated_avx2_bf16_speedup" in bench:  # measured by `bench.py --emulate-avx
 # %%
 if FAST:  # the `tiny` U-Net (no attention) on a few images: the tests' run
     preset = "ddpm"
-    config = TrainConfig.ddpm_demo(model="tiny", num_images=256, batch_size=16, max_steps=30, log_every=5, sample_every=15,
+    config = TrainConfig.ddpm_demo(model="tiny", num_images=256, batch_size=8, max_steps=30, log_every=5, sample_every=15,
                                    sample_steps=10, num_sample_images=4, checkpoint_every=15)
 elif device.type == "cuda":  # the paper's 64x64 configuration; a step budget that fits a 30-minute cell on one GPU
     preset = "paper"

@@ -51,13 +51,13 @@ def test_loss_falls_when_overfitting(tmp_path):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.slow
 def test_resume_in_process_is_exact(tmp_path, precision):
-    cfg = tiny_config(max_steps=12, precision=precision, checkpoint_every=5)
+    cfg = tiny_config(max_steps=8, precision=precision, checkpoint_every=3)
     full = Trainer(cfg, tmp_path / "full", progress=False)
     full.fit()
     part = Trainer(cfg, tmp_path / "part", progress=False)
-    part.fit(max_steps=7)  # checkpoint at 5 and at the end (7)
+    part.fit(max_steps=5)  # checkpoint at 3 and at the end (5)
     resumed = Trainer(cfg, tmp_path / "part", resume=True, progress=False)
-    assert resumed.step == 7
+    assert resumed.step == 5
     resumed.fit()
     for a, b in [(full.model, resumed.model), (full.ema, resumed.ema)]:
         pa, pb = _params(a), _params(b)
@@ -67,7 +67,7 @@ def test_resume_in_process_is_exact(tmp_path, precision):
 @pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, one_thread):
     """A CLI run killed with SIGKILL and resumed ends with the same weights as an uninterrupted run."""
-    args = [*TINY_ARGS, "--max-steps", "30", "--checkpoint-every", "5", "--seed", "3"]
+    args = [*TINY_ARGS, "--max-steps", "20", "--checkpoint-every", "4", "--seed", "3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "ddpm_lib.train"]
     quiet = dict(env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -79,7 +79,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, one_thread):
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     killed_at = load_checkpoint(ckpt)["step"]
-    assert 5 <= killed_at < 30, "the run was not killed mid-way; the test proves nothing"
+    assert 4 <= killed_at < 20, "the run was not killed mid-way; the test proves nothing"
     # the uninterrupted run: the same command line, in this process (one thread, as the others)
     assert train_cli.main([*args, "--out", str(tmp_path / "full")]) == 0
     subprocess.run(
@@ -90,7 +90,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, one_thread):
     )
 
     a, b = load_checkpoint(tmp_path / "full/checkpoint.pt"), load_checkpoint(ckpt)
-    assert a["step"] == b["step"] == 30
+    assert a["step"] == b["step"] == 20
     for part in ("model", "ema"):
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
     steps = [int(float(r["step"])) for r in csv.DictReader(open(tmp_path / "killed/loss.csv"))]
