@@ -254,7 +254,7 @@ print("eval mode equals the pretrained model (allclose, atol 1e-5):", torch.allc
 # starting noise $x_T$ and the same sampler (DDIM, $\eta = 1$, notebook 06), once in eval mode and twice in train mode:
 
 # %%
-n, steps = (4, 10) if FAST else (8, 20)
+n, steps = (2, 10) if FAST else (8, 20)
 x_T = torch.randn(n, 3, config.image_size, config.image_size, generator=torch.Generator().manual_seed(0))
 
 

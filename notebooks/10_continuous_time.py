@@ -78,7 +78,7 @@ from ddpm_lib.toy2d import GaussianMixture, ring
 
 FAST = env_flag("DDPM_FAST")
 N_IMAGES = 4 if FAST else 8  # images of the numerical checks (sections 4 and 5)
-N_GRID = 4 if FAST else 16  # images per sampler in the live grid (section 8)
+N_GRID = 2 if FAST else 16  # images per sampler in the live grid (section 8)
 BENCHMARK = Path("../benchmarks/samplers.json")
 
 model, diffusion, cfg = load_ema_model(PRETRAINED)

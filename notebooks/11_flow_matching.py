@@ -59,7 +59,7 @@ FAST = env_flag("DDPM_FAST")
 STEPS_2D = 300 if FAST else 3000  # Adam steps of each 2-D network (section 4)
 N_POINTS = 1000 if FAST else 4000  # points each trained 2-D network draws (section 5)
 N_EXACT = 4000  # points of the exact computations (sections 3 and 4): cheap, the same in both modes
-N_GRID = 4 if FAST else 16  # car images per grid (section 6)
+N_GRID = 2 if FAST else 16  # car images per grid (section 6)
 BENCHMARK = Path("../benchmarks/samplers.json")
 T = 500  # the timesteps of every schedule below, as the shipped models have
 

@@ -70,7 +70,7 @@ from ddpm_lib.unet import build_model
 
 FAST = env_flag("DDPM_FAST")
 device = torch.device("cpu")  # every case here is small; the CPU keeps the numbers the same on every machine
-N = 8 if FAST else 16  # samples per grid
+N = 4 if FAST else 16  # samples per grid
 STEPS = 10 if FAST else 20  # DDIM steps
 RUNS = Path("../runs/notebook_12")
 
