@@ -404,7 +404,7 @@ print(f"mean |difference| between the two: {(pair[0] - pair[1]).abs().mean().ite
 # show copies.
 
 # %%
-n_gallery = 8 if FAST else batch_for(80, 50, lo=32, hi=128)  # 128 where they take under ~80 s
+n_gallery = 4 if FAST else batch_for(80, 50, lo=32, hi=128)  # 128 where they take under ~80 s
 warm_up(n_gallery)
 gallery_steps = 20 if FAST else 50  # fast mode (tests): fewer steps
 gallery = generate(model, diffusion, n_gallery, S, num_steps=gallery_steps, eta=1.0, seed=5, precision=precision)
@@ -417,7 +417,7 @@ train = load_dataset("toy_cars", image_size=S, num_images=1024 if FAST else (con
 real = from_uint8(train.images)
 d = torch.cdist(gallery.images[:8].flatten(1), real.flatten(1))  # (8, N) pixel distances
 nearest = real[d.argmin(1)]
-show_images(torch.cat([gallery.images[:8], nearest]), nrow=8, title="top: samples, bottom: nearest training image", scale=1.0);
+show_images(torch.cat([gallery.images[:8], nearest]), nrow=min(8, n_gallery), title="top: samples, bottom: nearest training image", scale=1.0);
 
 # %% [markdown]
 # ### 5.1 The colours, measured
