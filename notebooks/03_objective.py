@@ -315,7 +315,7 @@ print(f"sigma_1 = {sigma_decoder:.5f}: a perfect inner pixel costs {floor_bits:.
 # %%
 model, pretrained_diffusion, config = load_ema_model(DDPM_MODEL)
 print(f"{DDPM_MODEL.name}: {recipe_summary(config)}, variance {pretrained_diffusion.variance_type}")
-num_images, num_steps = (8, 20) if FAST else (32, 100)
+num_images, num_steps = (4, 20) if FAST else (32, 100)
 timesteps = log_spaced_timesteps(pretrained_diffusion.num_timesteps, num_steps)
 print(f"{num_images} held-out images, {len(timesteps)} timestep indices:", timesteps[:8], "...", timesteps[-3:])
 

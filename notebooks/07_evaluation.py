@@ -63,7 +63,7 @@ from ddpm_lib.checks import env_flag
 FAST = env_flag("DDPM_FAST")
 ASSETS = Path("../assets")
 STUDY = json.loads(Path("../benchmarks/eval_study.json").read_text())
-N_REF = 1000 if FAST else 5000  # reference: the first N_REF train images (the study used 5,000)
+N_REF = 500 if FAST else 5000  # reference: the first N_REF train images (the study used 5,000)
 N_LIVE = 100 if FAST else 500  # images per live set
 meta = STUDY["meta"]
 print(f"study: {meta['date'][:10]}, {meta['seconds'] / 60:.0f} min on {meta['machine']}, torch {meta['torch']}")
