@@ -334,7 +334,9 @@ def test_diagnose_samples_a_tiny_model_end_to_end():
 
 @pytest.mark.slow
 def test_shipped_pretrained_weights_pass(capsys):
-    small = "--num-samples 16 --steps 10 --data-images 256 --loss-images 8".split()  # notebook 12, fast
+    small = (
+        "--num-samples 16 --steps 10 --data-images 256 --loss-images 8".split()
+    )  # notebook 12, fast
     assert D.main([str(PRETRAINED), *small]) == 0
     out = capsys.readouterr().out
     assert "no problem found (0 warning(s))" in out, out
