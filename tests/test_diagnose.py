@@ -334,9 +334,8 @@ def test_diagnose_samples_a_tiny_model_end_to_end():
 
 @pytest.mark.slow
 def test_shipped_pretrained_weights_pass(capsys):
-    small = (
-        "--num-samples 16 --steps 10 --data-images 256 --loss-images 8".split()
-    )  # notebook 12, fast
+    # notebook 12's sizes in fast mode
+    small = "--num-samples 16 --steps 10 --data-images 256 --loss-images 8".split()
     assert D.main([str(PRETRAINED), *small]) == 0
     out = capsys.readouterr().out
     assert "no problem found (0 warning(s))" in out, out
