@@ -170,8 +170,21 @@ def effective(cfg, field):  # None means "the preset's own", e.g. the paper's dr
     return getattr(UNET_PRESETS[cfg.model], field) if field in ("dropout", "attention_resolutions") and value is None else value
 
 
-for field in ["model", "attention_resolutions", "schedule", "num_timesteps", "prediction_type", "snr_gamma", "batch_size", "lr",
-              "warmup_steps", "grad_clip", "ema_decay", "ema_warmup", "dropout"]:  # fmt: skip
+for field in [
+    "model",
+    "attention_resolutions",
+    "schedule",
+    "num_timesteps",
+    "prediction_type",
+    "snr_gamma",
+    "batch_size",
+    "lr",
+    "warmup_steps",
+    "grad_clip",
+    "ema_decay",
+    "ema_warmup",
+    "dropout",
+]:
     print(f"{field:21s} paper: {effective(paper, field)!s:14s} ddpm_demo: {effective(ddpm, field)}")
 
 # %% [markdown]
@@ -188,8 +201,11 @@ for field in ["model", "attention_resolutions", "schedule", "num_timesteps", "pr
 # NBVAL_CHECK_OUTPUT
 shipped = load_checkpoint(DDPM_MODEL)
 shipped_config = TrainConfig.from_dict(shipped["config"])
-differ = [f.name for f in dataclasses.fields(TrainConfig)
-          if f.name not in BOOKKEEPING_FIELDS and getattr(shipped_config, f.name) != getattr(ddpm, f.name)]  # fmt: skip
+differ = [
+    f.name
+    for f in dataclasses.fields(TrainConfig)
+    if f.name not in BOOKKEEPING_FIELDS and getattr(shipped_config, f.name) != getattr(ddpm, f.name)
+]
 print(shipped["model_card"]["command"])
 print(f"{DDPM_MODEL.name}: {shipped['step']:,} steps; fields of its recipe that differ from TrainConfig.ddpm_demo(): {differ or 'none'}")
 cpu_timing = json.loads(Path("../benchmarks/ladder.json").read_text())["cpu_timing"]
@@ -368,8 +384,11 @@ print("resumed at step", resumed.step, "with", sum(torch.equal(a, b) for a, b in
 from ddpm_lib.train import build_parser, config_from_args
 
 base = PRESETS[preset]()  # the command line's defaults: the preset this cell's run started from
-changed = [f.name for f in dataclasses.fields(TrainConfig)
-           if f.name not in BOOKKEEPING_FIELDS and getattr(config, f.name) != getattr(base, f.name)]  # fmt: skip
+changed = [
+    f.name
+    for f in dataclasses.fields(TrainConfig)
+    if f.name not in BOOKKEEPING_FIELDS and getattr(config, f.name) != getattr(base, f.name)
+]
 args = ["--preset", preset, "--out", str(RUN.relative_to("..")), "--resume", "--max-steps", str(shipped["step"])]
 args += [a for name in changed for a in (f"--{name.replace('_', '-')}", str(getattr(config, name)))]
 continued = TrainConfig.from_dict(ckpt["config"]).resumed_with(config_from_args(build_parser().parse_args(args)))
@@ -424,8 +443,11 @@ noise = torch.randn_like(x0)  # (20, 3, 32, 32)
 pretrained, diffusion, _ = load_ema_model(DDPM_MODEL)  # this notebook's recipe after 1,600 steps (eval mode)
 
 # a tiny run of the engine: 5 steps of this notebook's recipe on batches of 8, in float32, keeping the raw weights
-small_run = Trainer(TrainConfig.ddpm_demo(model="tiny", batch_size=8, precision="fp32", channels_last=False), dataset=cars,
-                    progress=False)  # fmt: skip
+small_run = Trainer(
+    TrainConfig.ddpm_demo(model="tiny", batch_size=8, precision="fp32", channels_last=False),
+    dataset=cars,
+    progress=False,
+)
 raw_after_step = []
 for _ in range(5):
     small_run.train_step()
@@ -463,8 +485,14 @@ print("loss per bucket of 100 steps:", [round(v, 4) for v in bucket_loss.tolist(
 
 # %% nbgrader={"grade": true, "grade_id": "ex1-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 with torch.no_grad():
-    expected = torch.stack([diffusion.training_loss(pretrained, x0[i : i + 1], t=t_probe[i : i + 1], noise=noise[i : i + 1])
-                            for i in range(20)])  # fmt: skip
+    expected = torch.stack(
+        [
+            diffusion.training_loss(
+                pretrained, x0[i : i + 1], t=t_probe[i : i + 1], noise=noise[i : i + 1]
+            )
+            for i in range(20)
+        ]
+    )
     whole_batch = diffusion.training_loss(pretrained, x0, t=t_probe, noise=noise)
 order = torch.randperm(20, generator=torch.Generator().manual_seed(1))  # the answer must not assume sorted t
 with refusing((GaussianDiffusion, "q_sample"), (GaussianDiffusion, "training_loss"),
@@ -503,9 +531,17 @@ def ema_shares(n, decay):
 print(f"after 1,600 steps at decay 0.999 the first 800 steps keep {sum(ema_shares(1600, 0.999)[:800]):.2e} of the EMA")
 
 # %% nbgrader={"grade": true, "grade_id": "ex2-test", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-EMA_LIBRARY = [(ddpm_lib.training, "ema_decay"), (ddpm_lib.training, "AveragedModel"), (ddpm_lib.diagnose, "ema_decay"),
-               (ddpm_lib.diagnose, "ema_decays"), (ddpm_lib.diagnose, "ema_step_weights"), (ddpm_lib.diagnose, "check_ema_age"),
-               (swa_utils, "AveragedModel"), (swa_utils, "get_ema_multi_avg_fn"), (Trainer, "_ema_update")]  # fmt: skip
+EMA_LIBRARY = [
+    (ddpm_lib.training, "ema_decay"),
+    (ddpm_lib.training, "AveragedModel"),
+    (ddpm_lib.diagnose, "ema_decay"),
+    (ddpm_lib.diagnose, "ema_decays"),
+    (ddpm_lib.diagnose, "ema_step_weights"),
+    (ddpm_lib.diagnose, "check_ema_age"),
+    (swa_utils, "AveragedModel"),
+    (swa_utils, "get_ema_multi_avg_fn"),
+    (Trainer, "_ema_update"),
+]
 cases = [(5, small_run.config.ema_decay), (1, 0.999), (40, 0.9), (1600, 0.999), (12000, 0.999)]
 with refusing(*EMA_LIBRARY, answer=ema_shares):
     answers = {case: [float(c) for c in ema_shares(*case)] for case in cases}
@@ -553,8 +589,14 @@ def torch_adam_change(lr):
     return [p.detach() - b for p, b in zip(params, before)]
 
 
-ADAM_LIBRARY = [(torch.optim, "Adam"), (torch.optim, "AdamW"), (torch_adam, "Adam"), (torch_adam, "adam"), (torch_adamw, "AdamW"),
-                (torch_adamw, "adamw")]  # fmt: skip
+ADAM_LIBRARY = [
+    (torch.optim, "Adam"),
+    (torch.optim, "AdamW"),
+    (torch_adam, "Adam"),
+    (torch_adam, "adam"),
+    (torch_adamw, "AdamW"),
+    (torch_adamw, "adamw"),
+]
 for lr in (lr_first, 0.1):
     expected = torch_adam_change(lr)
     with refusing(*ADAM_LIBRARY, answer=adam_first_update):

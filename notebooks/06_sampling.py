@@ -438,14 +438,24 @@ def colour_stats(x: torch.Tensor) -> dict:
     """Colour statistics of images (N, 3, H, W) in [-1, 1]."""
     per_image = x.mean((2, 3))  # (N, 3): each image's mean colour
     b = brightness_of(x)
-    return {"n": len(x), "mean": x.mean((0, 2, 3)), "se": per_image.std(0) / len(x) ** 0.5, "std": x.std((0, 2, 3)),
-            "spread": per_image.std(0), "brighter": (b > p95).float().mean().item(), "darker": (b < p5).float().mean().item(),
-            "brightness": b}  # fmt: skip
+    return {
+        "n": len(x),
+        "mean": x.mean((0, 2, 3)),
+        "se": per_image.std(0) / len(x) ** 0.5,
+        "std": x.std((0, 2, 3)),
+        "spread": per_image.std(0),
+        "brighter": (b > p95).float().mean().item(),
+        "darker": (b < p5).float().mean().item(),
+        "brightness": b,
+    }
 
 
 n_colour = 8 if FAST else batch_for(100, 80, lo=32, hi=128)  # 4 samplers, 80 steps in all per image
-colour = {"data": colour_stats(real), f"{'DDIM 50' if FAST else 'DDPM 1000'} (section 2)": colour_stats(traj["samples"]),
-          f"DDIM {gallery_steps}, eta=1 (gallery)": colour_stats(gallery.images)}  # fmt: skip
+colour = {
+    "data": colour_stats(real),
+    f"{'DDIM 50' if FAST else 'DDPM 1000'} (section 2)": colour_stats(traj["samples"]),
+    f"DDIM {gallery_steps}, eta=1 (gallery)": colour_stats(gallery.images),
+}
 for steps, eta, clip in [(10, 0.0, True), (10, 1.0, True)] + ([] if FAST else [(50, 0.0, True), (10, 1.0, False)]):
     out = generate(model, diffusion, n_colour, S, num_steps=steps, eta=eta, seed=5, clip_denoised=clip, precision=precision)
     colour[f"DDIM {steps}, eta={eta:g}" + ("" if clip else ", no clipping")] = colour_stats(out.images)
@@ -519,8 +529,16 @@ for t in ts_probe:
     x0_pred = diffusion.predict_x0_from_noise(x_t, t, eps)
     a = diffusion.alphas_cumprod[t].item()
     snr = a * var_mean / ((1 - a) / (S * S))
-    probe_rows.append({"t": t, "snr": snr, "error": (eps - noise).mean((2, 3)).std().item(), "bound": (snr / (1 + snr) / (S * S)) ** 0.5,
-                       "raw": x0_pred.mean((2, 3)).std(0).mean().item(), "clipped": x0_pred.clamp(-1, 1).mean((2, 3)).std(0).mean().item()})  # fmt: skip
+    probe_rows.append(
+        {
+            "t": t,
+            "snr": snr,
+            "error": (eps - noise).mean((2, 3)).std().item(),
+            "bound": (snr / (1 + snr) / (S * S)) ** 0.5,
+            "raw": x0_pred.mean((2, 3)).std(0).mean().item(),
+            "clipped": x0_pred.clamp(-1, 1).mean((2, 3)).std(0).mean().item(),
+        }
+    )
 data_spread = var_mean**0.5
 for r in probe_rows:
     print(f"t={r['t']:3d}: snr {r['snr']:8.3f} | error on the noise's image mean {r['error']:.4f}, bound {r['bound']:.4f} "
@@ -626,9 +644,22 @@ from ddpm_lib.grading import refusing
 
 
 # the reverse process's steps and the schedules of visited steps: what the exercises re-derive
-SAMPLER_LIBRARY = [(GaussianDiffusion, name) for name in ("q_posterior", "predict_x0_from_noise", "predict_noise_from_x0",
-                   "p_mean_variance", "_p_sample", "p_sample", "ddim_step", "ddim_timesteps", "sampling_timesteps",
-                   "sample_progressive", "sample")] + [(ddpm_lib.sampling, "generate"), (ddpm_lib.sampling, "trajectory")]  # fmt: skip
+SAMPLER_LIBRARY = [
+    (GaussianDiffusion, name)
+    for name in (
+        "q_posterior",
+        "predict_x0_from_noise",
+        "predict_noise_from_x0",
+        "p_mean_variance",
+        "_p_sample",
+        "p_sample",
+        "ddim_step",
+        "ddim_timesteps",
+        "sampling_timesteps",
+        "sample_progressive",
+        "sample",
+    )
+] + [(ddpm_lib.sampling, "generate"), (ddpm_lib.sampling, "trajectory")]
 
 diffusion = GaussianDiffusion(make_betas("linear", 1000))  # T = 1000; its constants are float64
 ab = diffusion.alphas_cumprod  # bar-alpha_t, shape (1000,)

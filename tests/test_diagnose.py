@@ -1,8 +1,10 @@
-"""ddpm_lib.diagnose names each failure on a small broken fixture and stays silent on healthy ones."""
+"""ddpm_lib.diagnose names each failure on a small broken fixture and stays silent on healthy ones.
+
+That the shipped weights pass the whole diagnosis (`--strict`) is checked by notebook 12, which runs it.
+"""
 
 import json
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -12,7 +14,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from ddpm_lib import diagnose as D
 from ddpm_lib.build import model_args
-from ddpm_lib.checkpoints import PRETRAINED, append_log_row, save_atomic
+from ddpm_lib.checkpoints import append_log_row, save_atomic
 from ddpm_lib.config import TrainConfig
 from ddpm_lib.diffusion import GaussianDiffusion
 from ddpm_lib.schedules import make_betas
@@ -330,13 +332,3 @@ def test_diagnose_samples_a_tiny_model_end_to_end():
     found = D.diagnose(tiny_ckpt(), **FAST)
     assert [f.check for f in found] == list(D.CHECKS)
     assert "loss_per_noise_level" in problems(found)  # an untrained network predicts nothing
-
-
-@pytest.mark.slow
-def test_shipped_pretrained_weights_pass(capsys):
-    # notebook 12's sizes in fast mode
-    small = "--num-samples 16 --steps 10 --data-images 256 --loss-images 8".split()
-    assert D.main([str(PRETRAINED), *small]) == 0
-    out = capsys.readouterr().out
-    assert "no problem found (0 warning(s))" in out, out
-    assert Path(PRETRAINED).is_file()

@@ -109,7 +109,7 @@ def test_guided_prediction_is_one_batched_pass_of_the_paper_formula():
 @pytest.mark.slow
 def test_scale_zero_sampling_reproduces_the_conditional_model_exactly():
     model = _conditional_unet()
-    d = GaussianDiffusion(make_betas("linear", 100))
+    d = GaussianDiffusion(make_betas("linear", 30))  # any T: the two runs must agree bit for bit
     y = torch.tensor([3, 3, 0, 5])
 
     def fixed(x, t):
