@@ -40,7 +40,9 @@ def test_loss_falls_when_overfitting(tmp_path):
     trainer = Trainer(
         tiny_config(num_images=8, batch_size=8, max_steps=40, lr=3e-3), tmp_path, progress=False
     )
-    history = trainer.fit()  # 40 steps on 8 images: the last 10 steps' loss is 0.3-0.5 of the first 10's
+    history = (
+        trainer.fit()
+    )  # 40 steps on 8 images: the last 10 steps' loss is 0.3-0.5 of the first 10's
     first = np.mean([r["loss"] for r in history[:5]])
     last = np.mean([r["loss"] for r in history[-5:]])
     assert last < 0.7 * first
@@ -353,38 +355,33 @@ def test_train_cli_help_and_errors(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_torchrun_two_gloo_processes(tmp_path):
-    """The same program under torchrun: DDP with gloo on the CPU, rank 0 writes the checkpoint."""
-    out = tmp_path / "ddp"
+def test_torchrun_two_gloo_processes_resume_exactly(tmp_path):
+    """The training command under torchrun: DDP with gloo on the CPU, rank 0 writes the checkpoint, and 6 steps
+    then --resume to 8 end with the weights of 8 steps uninterrupted (tests/torchrun_resume.py runs the three)."""
+    resumed, whole = tmp_path / "resumed", tmp_path / "whole"
     cmd = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--standalone",
         "--nproc_per_node=2",
-        "-m",
-        "ddpm_lib.train",
+        str(Path(__file__).with_name("torchrun_resume.py")),
+        str(resumed),
+        str(whole),
         *TINY_ARGS,
-        "--max-steps",
-        "6",
         "--checkpoint-every",
         "3",
-        "--out",
-        str(out),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    ckpt = load_checkpoint(out / "checkpoint.pt")
-    assert ckpt["step"] == 6 and ckpt["world_size"] == 2
-    assert ckpt["rng"]["cpu"].shape[0] == 2 and not torch.equal(
-        ckpt["rng"]["cpu"][0], ckpt["rng"]["cpu"][1]
+    assert result.stdout.count("on 2 process(es) (DDP, gloo)") == 3
+    assert "step 6/8" in result.stdout  # the second run resumed at step 6
+    a, b = load_checkpoint(resumed / "checkpoint.pt"), load_checkpoint(whole / "checkpoint.pt")
+    assert a["step"] == b["step"] == 8 and a["world_size"] == 2
+    rng = a["rng"]["cpu"]  # each rank's generator, restored per rank on resume
+    assert (
+        rng.shape[0] == 2 and not torch.equal(rng[0], rng[1]) and torch.equal(rng, b["rng"]["cpu"])
     )
-    assert "on 2 process(es) (DDP, gloo)" in result.stdout
-    # resume under torchrun continues from step 6 to 8
-    cmd[cmd.index("--max-steps") + 1] = "8"
-    result = subprocess.run(
-        [*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert load_checkpoint(out / "checkpoint.pt")["step"] == 8
+    for part in ("model", "ema"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
