@@ -450,7 +450,7 @@ def colour_stats(x: torch.Tensor) -> dict:
     }
 
 
-n_colour = 8 if FAST else batch_for(100, 80, lo=32, hi=128)  # 4 samplers, 80 steps in all per image
+n_colour = 4 if FAST else batch_for(100, 80, lo=32, hi=128)  # 4 samplers, 80 steps in all per image
 colour = {
     "data": colour_stats(real),
     f"{'DDIM 50' if FAST else 'DDPM 1000'} (section 2)": colour_stats(traj["samples"]),
