@@ -356,8 +356,8 @@ def test_train_cli_help_and_errors(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_torchrun_two_gloo_processes_resume_exactly(tmp_path):
-    """The training command under torchrun: DDP with gloo on the CPU, rank 0 writes the checkpoint, and 6 steps
-    then --resume to 8 end with the weights of 8 steps uninterrupted (tests/torchrun_resume.py runs the three)."""
+    """The training engine under torchrun: DDP with gloo on the CPU, rank 0 writes the checkpoint, and 6 steps
+    then a resume to 8 end with the weights of 8 steps uninterrupted (tests/torchrun_resume.py runs the three)."""
     resumed, whole = tmp_path / "resumed", tmp_path / "whole"
     cmd = [
         sys.executable,
@@ -373,10 +373,23 @@ def test_torchrun_two_gloo_processes_resume_exactly(tmp_path):
         "3",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("on 2 process(es) (DDP, gloo)") == 3
-    assert "step 6/8" in result.stdout  # the second run resumed at step 6
+    # a session of its own, so that a hang takes torchrun's worker processes down with it
+    with subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as launch:
+        try:
+            stdout, stderr = launch.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(launch.pid, signal.SIGKILL)
+            stdout, stderr = launch.communicate()
+            pytest.fail(f"torchrun did not finish in 300 s: {stderr[-3000:]}")
+    assert launch.returncode == 0, stderr[-3000:]
+    assert "on 2 process(es) (DDP, gloo)" in stdout and "resumed at step 6" in stdout, stdout
     a, b = load_checkpoint(resumed / "checkpoint.pt"), load_checkpoint(whole / "checkpoint.pt")
     assert a["step"] == b["step"] == 8 and a["world_size"] == 2
     rng = a["rng"]["cpu"]  # each rank's generator, restored per rank on resume

@@ -1,25 +1,34 @@
-"""Launched by ``test_training.py`` under torchrun: in each process, the training command the way a user types
-it, three times (one launch, so that the processes start once): 6 steps into one folder, ``--resume`` there to
-8, and 8 steps uninterrupted into another folder.
+"""Launched by ``test_training.py`` under torchrun. In each process, the training engine of ``python -m
+ddpm_lib.train`` (the command line's config, one process group for all three runs): 6 steps into one folder, a
+new trainer that resumes there to 8, and 8 steps uninterrupted into another folder.
 
     python -m torch.distributed.run --standalone --nproc_per_node=2 tests/torchrun_resume.py RESUMED WHOLE ARGS...
 """
 
 import sys
 
+import torch.distributed as dist
+
 from ddpm_lib import train
+from ddpm_lib.training import Trainer
 
 
 def main(argv: list[str]) -> int:
     resumed, whole, *args = argv
-    for run in (
-        [*args, "--max-steps", "6", "--out", resumed],
-        [*args, "--max-steps", "8", "--out", resumed, "--resume"],
-        [*args, "--max-steps", "8", "--out", whole],
-    ):
-        status = train.main(run)
-        if status:
-            return status
+    config = train.config_from_args(
+        train.build_parser().parse_args([*args, "--max-steps", "8", "--out", resumed])
+    )
+    first = Trainer(config, resumed, progress=False)
+    if first.is_main:
+        print(first.describe(), flush=True)
+    first.fit(max_steps=6)
+    again = Trainer(config, resumed, resume=True, progress=False)
+    if again.is_main:
+        print(f"resumed at step {again.step}", flush=True)
+    again.fit()
+    Trainer(config, whole, progress=False).fit()
+    dist.barrier()  # leave the process group together: gloo aborts a process that exits inside one
+    dist.destroy_process_group()
     return 0
 
 
