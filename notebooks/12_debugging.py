@@ -174,7 +174,7 @@ class Negated(nn.Module):
 
 
 negated = Negated(model)
-x_loss = x_train[:8 if FAST else 16]  # images per band of t
+x_loss = x_train[:4 if FAST else 16]  # images per band of t
 rows = D.loss_per_band(negated, diffusion, x_loss, num_bands=5)
 show(D.check_loss_bands(rows))
 print("eps-MSE / predicting 0, per band (sign error):", [round(r["loss"] / r["trivial"], 2) for r in rows])
