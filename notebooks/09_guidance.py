@@ -391,15 +391,8 @@ N_2D = 2000 if FAST else 3000  # the checks below allow 3 standard errors at thi
 y_2d = torch.arange(N_2D) % K2
 samples_2d, share = {}, {}
 for w in (0.0, 1.0, 4.0):
-    out_2d = mix_diffusion.sample(
-        mixture,
-        (N_2D, 2, 1, 1),
-        "ddpm",
-        generator=torch.Generator().manual_seed(0),
-        labels=y_2d,
-        guidance_scale=w,
-        clip_denoised=False,
-    )
+    out_2d = mix_diffusion.sample(mixture, (N_2D, 2, 1, 1), "ddpm", labels=y_2d, guidance_scale=w,
+                                  generator=torch.Generator().manual_seed(0), clip_denoised=False)
     samples_2d[w] = out_2d.view(N_2D, 2).double()
     share[w] = (torch.cdist(samples_2d[w], MEANS).argmin(1) == y_2d).double().mean().item()
 
