@@ -33,21 +33,24 @@ FAST_ENV := DDPM_FAST=1 TQDM_DISABLE=1 OMP_NUM_THREADS=1
 NBVAL := --nbval-current-env --nbval-lax --nbval-sanitize-with notebooks/sanitize.cfg \
 	--nbval-cell-timeout=900 -W "ignore:Overlapping options"
 
+# pytest without the seconds that jsonschema's IRI grammar costs every process at start (tools/no_iri_parser.py)
+PYTEST := $(BIN)/python -m pytest -p tools.no_iri_parser
+
 test: $(STAMP)
-	$(FAST_ENV) $(BIN)/python -m pytest -p tools.suite_times -p no:cacheprovider -n $(WORKERS) \
+	$(FAST_ENV) $(PYTEST) -p tools.suite_times -p no:cacheprovider -n $(WORKERS) \
 		--dist loadscope $(NBVAL) --suite-times-json build/test_times.json tests $(NOTEBOOKS)
 
 # The quick tier while editing (well under a minute): math, shapes, the analytic-oracle checks and the
 # command lines' argument checks; everything marked slow (training runs, subprocesses, notebooks) waits
 # for `make test`.
 test-fast: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -p no:cacheprovider -q -n $(WORKERS) -m "not slow" tests
+	OMP_NUM_THREADS=1 $(PYTEST) -p no:cacheprovider -q -n $(WORKERS) -m "not slow" tests
 
 unit-test: $(STAMP)
-	$(FAST_ENV) $(BIN)/python -m pytest -p tools.suite_times -n $(WORKERS) --dist loadscope tests
+	$(FAST_ENV) $(PYTEST) -p tools.suite_times -n $(WORKERS) --dist loadscope tests
 
 nb-test: $(STAMP)
-	$(FAST_ENV) $(BIN)/python -m pytest -p tools.suite_times -p no:cacheprovider -n $(WORKERS) \
+	$(FAST_ENV) $(PYTEST) -p tools.suite_times -p no:cacheprovider -n $(WORKERS) \
 		--dist loadscope $(NBVAL) $(NOTEBOOKS)
 
 # On a machine with a CUDA GPU (under 10 minutes): the tests that need CUDA (fp16 + GradScaler, bf16, channels-last,

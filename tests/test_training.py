@@ -40,9 +40,8 @@ def test_loss_falls_when_overfitting(tmp_path):
     trainer = Trainer(
         tiny_config(num_images=8, batch_size=8, max_steps=40, lr=3e-3), tmp_path, progress=False
     )
-    history = (
-        trainer.fit()
-    )  # 40 steps on 8 images: the last 10 steps' loss is 0.3-0.5 of the first 10's
+    # 40 steps on 8 images: the last 10 steps' loss is 0.3-0.5 of the first 10's
+    history = trainer.fit()
     first = np.mean([r["loss"] for r in history[:5]])
     last = np.mean([r["loss"] for r in history[-5:]])
     assert last < 0.7 * first

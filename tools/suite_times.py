@@ -11,13 +11,10 @@ Under ``-n N --dist loadscope`` it also orders the work: pytest-xdist hands out 
 notebook, a test file), by default the ones with the most tests first; here the part that took
 longest in the last run goes first (the times of ``--suite-times-json``, else those recorded in
 ``tools/suite_times_reference.json``), so that no long part starts last while the other worker idles.
-Loaded first, it also spares every pytest process an import that costs seconds and checks nothing here
-(see ``rfc3987_syntax`` below).
 """
 
 import json
 import os
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -27,13 +24,6 @@ import pytest
 # The budgets the project holds the suite to (DEVELOPERS.md; issue "make test within 5 minutes").
 BUDGET_S = {"bf16": 200.0, "no-bf16": 300.0}
 REFERENCE = Path(__file__).with_name("suite_times_reference.json")
-
-# nbformat, which nbval, jupytext and nbgrader import in every pytest process, imports jsonschema, whose
-# optional "iri" format checker builds an Earley parser from the rfc3987-syntax grammar at import: about
-# 3 s of each process's start, for a format that no notebook schema names (nbformat validates without a
-# format checker). Loaded with -p, this module runs before those plugins; marking the package absent makes
-# jsonschema leave out that one checker.
-sys.modules.setdefault("rfc3987_syntax", None)
 
 
 def cpu_kind() -> tuple[str, str]:
